@@ -1,0 +1,905 @@
+"""Benchmark rnnfast against its peers and print one markdown table per kind of row.
+
+Usage (from the repository root, with rnnfast installed)::
+
+    python bench/run.py                                    # the full table, all peers
+    python bench/run.py --configs small,charrnn --repeats 3
+    python bench/run.py --cells lstm --configs stream-256 --modes stream
+    python bench/run.py --threads 1 --peers torch --json out.json
+
+Options:
+    --cells     lstm,gru,rnn            cells to run (RNN is the tanh variant)
+    --configs   small,charrnn,mid,large,stream-128,stream-256,stream-512
+                                        shapes from /work/shared/bench-configs.md
+    --modes     train,infer,stream      train = forward + backward with every gradient;
+                                        infer = whole-sequence inference; stream = batch-1,
+                                        one step per call with the state carried between calls
+                                        (stream configs run only stream, the others only
+                                        train and infer)
+    --peers     numpy,torch,onnx        numpy = rnnfast.reference (the NumPy reference),
+                                        torch = torch.nn.{RNN,LSTM,GRU},
+                                        onnx = ONNX Runtime on the exported torch module
+                                        (inference and stream only); "" for rnnfast alone
+    --repeats   N                       timed samples per measurement (median is quoted)
+    --threads   N                       threads for rnnfast, torch, ONNX Runtime and (when
+                                        given) the BLAS behind NumPy
+    --min-sample SECONDS                fast calls are looped until one sample lasts this long
+    --max-time  SECONDS                 time budget of one measurement, warm-up included;
+                                        slow peers get fewer samples (at least one)
+    --json      PATH                    also write every number to PATH
+
+Every peer runs on the same weights (taken from rnnfast's state_dict), the same input and, for
+training, the same random upstream gradient. Throughput uses the cost model of
+/work/shared/rnn-equations.md: 2*T*B*(I_k+H)*G*H forward FLOPs per layer, 3x that for training,
+quoted against the NumPy sgemm rate (2048x2048 float32) measured at the start of the run. Stream
+rows also show the weight-read floor: the 4*G*H*(I+H) weight bytes divided by the read bandwidth
+NumPy reaches over a float32 buffer of that size (the fastest of buf.sum(), buf.max() and
+np.dot(buf, buf), each a median over repeats).
+
+A peer that is missing or fails shows "n/a (ErrorType)" and its message is listed under the table;
+the run goes on. Progress goes to stderr, the tables to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+
+def _apply_thread_env(argv: list[str]) -> None:
+    """Pass --threads to the BLAS behind NumPy, which reads it only when NumPy is first imported."""
+    for i, arg in enumerate(argv):
+        value = None
+        if arg == "--threads" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--threads="):
+            value = arg.split("=", 1)[1]
+        if value is not None and value.isdigit():
+            for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+                os.environ[var] = value
+
+
+if __name__ == "__main__":
+    _apply_thread_env(sys.argv[1:])
+
+import numpy as np  # noqa: E402  (after the thread environment is set)
+
+
+# --------------------------------------------------------------------------------------------------
+# What is measured
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    T: int
+    B: int
+    I: int  # noqa: E741
+    H: int
+    L: int = 1
+
+    @property
+    def stream(self) -> bool:
+        return self.name.startswith("stream")
+
+
+CONFIGS = {
+    c.name: c
+    for c in (
+        Config("small", T=50, B=8, I=32, H=128),
+        Config("charrnn", T=100, B=32, I=64, H=256, L=2),
+        Config("mid", T=50, B=64, I=256, H=512),
+        Config("large", T=50, B=64, I=1024, H=1024),
+        # One step per call; the step count of a measurement is chosen by the timer.
+        Config("stream-128", T=1, B=1, I=128, H=128),
+        Config("stream-256", T=1, B=1, I=256, H=256),
+        Config("stream-512", T=1, B=1, I=512, H=512),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    key: str  # command-line name
+    label: str  # name in the table
+    cls_name: str  # class name in rnnfast, rnnfast.reference and torch.nn
+    gates: int  # G of the cost model
+    nonlinearity: str | None = None
+
+    def kwargs(self) -> dict:
+        return {} if self.nonlinearity is None else {"nonlinearity": self.nonlinearity}
+
+
+CELLS = {
+    c.key: c
+    for c in (
+        Cell("rnn", "RNN tanh", "RNN", gates=1, nonlinearity="tanh"),
+        Cell("lstm", "LSTM", "LSTM", gates=4),
+        Cell("gru", "GRU", "GRU", gates=3),
+    )
+}
+
+MODES = ("train", "infer", "stream")
+
+
+def modes_for(config: Config, modes: list[str]) -> list[str]:
+    """The requested modes that apply to a config: stream configs stream, the others do not."""
+    if config.stream:
+        return [m for m in modes if m == "stream"]
+    return [m for m in modes if m != "stream"]
+
+
+def forward_flops(cell: Cell, config: Config) -> int:
+    """Cost model: 2*T*B*(I_k+H)*G*H per layer (one direction), gate math left out."""
+    total = 0
+    for k in range(config.L):
+        input_k = config.I if k == 0 else config.H
+        total += 2 * config.T * config.B * (input_k + config.H) * cell.gates * config.H
+    return total
+
+
+def mode_flops(cell: Cell, config: Config, mode: str) -> int:
+    return 3 * forward_flops(cell, config) if mode == "train" else forward_flops(cell, config)
+
+
+def weight_bytes(cell: Cell, config: Config) -> int:
+    """Bytes of weights a batch-1 step must read: 4*G*H*(I+H) for one layer."""
+    return 4 * cell.gates * config.H * (config.I + config.H)
+
+
+# --------------------------------------------------------------------------------------------------
+# Timing
+
+
+@dataclass
+class Timing:
+    median: float  # seconds per call
+    best: float
+    samples: int  # timed samples the median is over
+    inner: int  # calls per sample
+
+
+def _time_call(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(
+    fn: Callable[[], object], repeats: int, min_sample: float = 0.02, max_time: float = 10.0
+) -> Timing:
+    """Median seconds per call of fn.
+
+    Warm-up first (one call, and for calls under a second more calls for about min_sample), which
+    also estimates the cost of one call. Each timed sample then loops fn enough times to last at
+    least min_sample. The number of samples is `repeats`, fewer (but at least one) when they would
+    not fit in what is left of max_time.
+    """
+    start = time.perf_counter()
+    estimate = _time_call(fn)
+    if estimate < 1.0:
+        warm_until = time.perf_counter() + min_sample
+        while True:
+            estimate = min(estimate, _time_call(fn))
+            if time.perf_counter() >= warm_until:
+                break
+    estimate = max(estimate, 1e-9)
+    inner = max(1, math.ceil(min_sample / estimate))
+    remaining = max_time - (time.perf_counter() - start)
+    samples = max(1, min(repeats, int(remaining / (inner * estimate))))
+
+    per_call = []
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        per_call.append((time.perf_counter() - t0) / inner)
+    return Timing(statistics.median(per_call), min(per_call), samples, inner)
+
+
+def sgemm_ceiling(repeats: int, min_sample: float, max_time: float) -> float:
+    """GFLOP/s of NumPy's 2048x2048 float32 matrix product."""
+    n = 2048
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    out = np.empty((n, n), dtype=np.float32)
+    timing = measure(lambda: np.matmul(a, b, out=out), max(repeats, 5), min_sample, max_time)
+    return 2 * n**3 / timing.median / 1e9
+
+
+class ReadProbe:
+    """Read bandwidth (bytes/s) over a float32 buffer of a given size, cached by size.
+
+    Each probe reads the buffer once per call; the bandwidth quoted is that of the fastest probe.
+    buf.sum() alone is a poor floor: NumPy's pairwise float32 summation is bound by its adds, not by
+    the reads, and runs several times below what buf.max() or the BLAS dot product reach.
+    """
+
+    PROBES = {
+        "sum": lambda buf: buf.sum,
+        "max": lambda buf: buf.max,
+        "dot": lambda buf: (lambda: np.dot(buf, buf)),  # both operands are the same bytes
+    }
+
+    def __init__(self, repeats: int, min_sample: float, max_time: float):
+        self.repeats, self.min_sample, self.max_time = max(repeats, 5), min_sample, max_time
+        self.measured: dict[int, dict[str, float]] = {}  # bytes -> probe -> bytes/s
+
+    def bandwidth(self, nbytes: int) -> float:
+        if nbytes not in self.measured:
+            buf = np.ones(nbytes // 4, dtype=np.float32)
+            self.measured[nbytes] = {
+                name: buf.nbytes / measure(make(buf), self.repeats, self.min_sample,
+                                           self.max_time / len(self.PROBES)).median
+                for name, make in self.PROBES.items()
+            }
+        return max(self.measured[nbytes].values())
+
+
+# --------------------------------------------------------------------------------------------------
+# Inputs shared by every peer of a row
+
+
+@dataclass
+class Workload:
+    cell: Cell
+    config: Config
+    mode: str
+    weights: dict[str, np.ndarray]  # PyTorch names and shapes
+    x: np.ndarray  # (T,B,I), or (1,1,I) for stream
+    dy: np.ndarray  # upstream gradient of y, (T,B,H)
+
+
+def make_weights(cell: Cell, config: Config, rf, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """rnnfast's own initial weights; a uniform(-1/sqrt(H), 1/sqrt(H)) set when it is missing."""
+    if rf is not None:
+        try:
+            module = getattr(rf, cell.cls_name)(
+                config.I, config.H, num_layers=config.L, **cell.kwargs()
+            )
+            return {k: np.array(v, dtype=np.float32) for k, v in module.state_dict().items()}
+        except Exception as exc:  # fall back below; rnnfast's own row reports the failure
+            print(f"  (rnnfast state_dict failed: {type(exc).__name__}; using random weights)",
+                  file=sys.stderr)
+    bound = 1.0 / math.sqrt(config.H)
+    gh = cell.gates * config.H
+    weights = {}
+    for k in range(config.L):
+        input_k = config.I if k == 0 else config.H
+        for name, shape in (
+            (f"weight_ih_l{k}", (gh, input_k)),
+            (f"weight_hh_l{k}", (gh, config.H)),
+            (f"bias_ih_l{k}", (gh,)),
+            (f"bias_hh_l{k}", (gh,)),
+        ):
+            weights[name] = rng.uniform(-bound, bound, shape).astype(np.float32)
+    return weights
+
+
+def make_workload(cell: Cell, config: Config, mode: str, rf, seed: int) -> Workload:
+    rng = np.random.default_rng(seed)
+    weights = make_weights(cell, config, rf, rng)
+    x = rng.standard_normal((config.T, config.B, config.I), dtype=np.float32)
+    dy = rng.standard_normal((config.T, config.B, config.H), dtype=np.float32)
+    return Workload(cell, config, mode, weights, x, dy)
+
+
+def _copy_weights(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v.copy() for k, v in weights.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# Peers. build() returns a Runnable for one workload or raises; NotApplicable marks a mode the
+# peer does not take part in (shown as "-" rather than "n/a").
+
+
+class NotApplicable(Exception):
+    pass
+
+
+@dataclass
+class Runnable:
+    step: Callable[[], object]  # one call of the measured operation
+    output: Callable[[], np.ndarray] | None = None  # y of an inference call, for cross-checks
+
+
+class ApiPeer:
+    """rnnfast and its NumPy reference: both follow the rnnfast API."""
+
+    def __init__(self, name: str, label: str, namespace):
+        self.name, self.label, self.namespace = name, label, namespace
+
+    def build(self, w: Workload) -> Runnable:
+        module = getattr(self.namespace, w.cell.cls_name)(
+            w.config.I, w.config.H, num_layers=w.config.L, **w.cell.kwargs()
+        )
+        module.load_state_dict(_copy_weights(w.weights))
+        x, dy = w.x, w.dy
+
+        if w.mode == "infer":
+            return Runnable(lambda: module(x), output=lambda: np.asarray(module(x)[0]))
+
+        if w.mode == "train":
+
+            def train_step():
+                module.zero_grad()
+                module.forward(x, training=True)
+                module.backward(dy)
+
+            return Runnable(train_step)
+
+        state = [None]
+
+        def stream_step():
+            _, state[0] = module(x, state=state[0])
+
+        return Runnable(stream_step)
+
+
+class TorchPeer:
+    name, label = "torch", "torch"
+
+    def __init__(self, threads: int):
+        import torch
+
+        self.torch = torch
+        torch.set_num_threads(threads)
+
+    def module(self, w: Workload):
+        torch = self.torch
+        cls = getattr(torch.nn, w.cell.cls_name)
+        module = cls(w.config.I, w.config.H, num_layers=w.config.L, **w.cell.kwargs())
+        module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in w.weights.items()})
+        return module
+
+    def build(self, w: Workload) -> Runnable:
+        torch = self.torch
+        module = self.module(w)
+
+        if w.mode == "train":
+            module.train()
+            x = torch.from_numpy(w.x.copy()).requires_grad_()  # dx is part of the work
+            dy = torch.from_numpy(w.dy.copy())
+
+            def train_step():
+                module.zero_grad()
+                x.grad = None
+                y, _ = module(x)
+                y.backward(dy)
+
+            return Runnable(train_step)
+
+        module.eval()
+        x = torch.from_numpy(w.x.copy())
+
+        if w.mode == "infer":
+
+            def infer_step():
+                with torch.inference_mode():
+                    return module(x)
+
+            return Runnable(infer_step, output=lambda: infer_step()[0].numpy())
+
+        state = [None]
+
+        def stream_step():
+            with torch.inference_mode():
+                _, state[0] = module(x, state[0])
+
+        return Runnable(stream_step)
+
+
+class OnnxPeer:
+    """ONNX Runtime running the torch module exported with torch.onnx.export (inference only)."""
+
+    name, label = "onnx", "onnxrt"
+
+    def __init__(self, threads: int, workdir: str):
+        import onnxruntime
+
+        self.ort = onnxruntime
+        self.torch_peer = TorchPeer(threads)
+        self.threads, self.workdir = threads, workdir
+
+    def _export(self, w: Workload) -> str:
+        torch = self.torch_peer.torch
+        rnn = self.torch_peer.module(w).eval()
+        lstm = w.cell.cls_name == "LSTM"
+
+        class WithState(torch.nn.Module):
+            """Makes the initial state an explicit input so that stream steps can carry it."""
+
+            def __init__(self):
+                super().__init__()
+                self.rnn = rnn
+
+            def forward(self, x, h0, c0=None):
+                if lstm:
+                    y, (h, c) = self.rnn(x, (h0, c0))
+                    return y, h, c
+                y, h = self.rnn(x, h0)
+                return y, h
+
+        c = w.config
+        zeros = torch.zeros(c.L, c.B, c.H)
+        args = (torch.from_numpy(w.x.copy()), zeros) + ((zeros.clone(),) if lstm else ())
+        names = ["x", "h0", "c0"][: len(args)]
+        path = os.path.join(self.workdir, f"{w.cell.key}-{c.name}-{w.mode}.onnx")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter is chatty about RNNs
+            export_kwargs = dict(
+                input_names=names,
+                output_names=["y", "hn", "cn"][: len(args)],
+                opset_version=17,
+            )
+            try:
+                torch.onnx.export(WithState(), args, path, dynamo=False, **export_kwargs)
+            except TypeError:  # a torch from before the dynamo argument
+                torch.onnx.export(WithState(), args, path, **export_kwargs)
+        return path
+
+    def build(self, w: Workload) -> Runnable:
+        if w.mode == "train":
+            raise NotApplicable("inference only")
+        options = self.ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        session = self.ort.InferenceSession(
+            self._export(w), options, providers=["CPUExecutionProvider"]
+        )
+        c = w.config
+        feeds = {i.name: np.zeros((c.L, c.B, c.H), dtype=np.float32) for i in session.get_inputs()}
+        feeds["x"] = w.x
+
+        if w.mode == "infer":
+            return Runnable(
+                lambda: session.run(None, feeds), output=lambda: session.run(["y"], feeds)[0]
+            )
+
+        state_names = [n for n in ("h0", "c0") if n in feeds]
+
+        def stream_step():
+            outputs = session.run(None, feeds)
+            for name, value in zip(state_names, outputs[1:]):
+                feeds[name] = value
+
+        return Runnable(stream_step)
+
+
+class MissingPeer:
+    """A peer that could not be set up; every row reports why."""
+
+    def __init__(self, name: str, label: str, exc: BaseException):
+        self.name, self.label, self.exc = name, label, exc
+
+    def build(self, w: Workload) -> Runnable:
+        raise self.exc
+
+
+def make_peer(name: str, threads: int, workdir: str, rf, reference):
+    label = {"rnnfast": "rnnfast", "numpy": "numpy ref", "torch": "torch", "onnx": "onnxrt"}[name]
+    try:
+        if name == "rnnfast":
+            if isinstance(rf, BaseException):
+                raise rf
+            return ApiPeer(name, label, rf)
+        if name == "numpy":
+            if isinstance(reference, BaseException):
+                raise reference
+            return ApiPeer(name, label, reference)
+        if name == "torch":
+            return TorchPeer(threads)
+        return OnnxPeer(threads, workdir)
+    except Exception as exc:
+        return MissingPeer(name, label, exc)
+
+
+def import_rnnfast():
+    """(rnnfast, rnnfast.reference), each the module or the exception importing it raised."""
+    try:
+        rf = importlib.import_module("rnnfast")
+    except Exception as exc:
+        return exc, exc
+    try:
+        reference = importlib.import_module("rnnfast.reference")
+    except Exception as exc:
+        reference = getattr(rf, "reference", exc)
+    return rf, reference
+
+
+# --------------------------------------------------------------------------------------------------
+# Running the rows
+
+
+@dataclass
+class PeerResult:
+    seconds: float | None = None  # median per call
+    best_seconds: float | None = None
+    samples: int = 0
+    inner: int = 0
+    error: str | None = None  # "ErrorType: message" when it failed
+    not_applicable: str | None = None
+    max_abs_diff: float | None = None  # of y against rnnfast's, infer rows
+
+    @property
+    def ok(self) -> bool:
+        return self.seconds is not None
+
+
+@dataclass
+class Row:
+    cell: str
+    config: str
+    mode: str
+    shape: dict
+    flops: int  # per call
+    results: dict[str, PeerResult] = field(default_factory=dict)
+    weight_bytes: int | None = None  # stream rows
+    floor_seconds: float | None = None  # stream rows: weight bytes / read bandwidth
+    floor_error: str | None = None
+
+    def gflops(self, peer: str = "rnnfast") -> float | None:
+        r = self.results.get(peer)
+        return self.flops / r.seconds / 1e9 if r and r.ok else None
+
+    def ratio(self, peer: str) -> float | None:
+        """peer time / rnnfast time: above 1 means rnnfast is faster."""
+        mine, theirs = self.results.get("rnnfast"), self.results.get(peer)
+        if mine and theirs and mine.ok and theirs.ok:
+            return theirs.seconds / mine.seconds
+        return None
+
+
+def _describe(exc: BaseException) -> str:
+    message = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {message[0][:200]}" if message else type(exc).__name__
+
+
+def run_peer(peer, workload: Workload, args) -> tuple[PeerResult, Runnable | None]:
+    try:
+        runnable = peer.build(workload)
+    except NotApplicable as exc:
+        return PeerResult(not_applicable=str(exc)), None
+    except Exception as exc:
+        return PeerResult(error=_describe(exc)), None
+    try:
+        t = measure(runnable.step, args.repeats, args.min_sample, args.max_time)
+    except Exception as exc:
+        return PeerResult(error=_describe(exc)), None
+    return PeerResult(t.median, t.best, t.samples, t.inner), runnable
+
+
+def run_row(cell: Cell, config: Config, mode: str, peers, args, rf, probe: ReadProbe) -> Row:
+    rf_module = None if isinstance(rf, BaseException) else rf
+    workload = make_workload(cell, config, mode, rf_module, args.seed)
+    row = Row(
+        cell=cell.label,
+        config=config.name,
+        mode=mode,
+        shape=dict(T=config.T, B=config.B, I=config.I, H=config.H, L=config.L),
+        flops=mode_flops(cell, config, mode),
+    )
+    reference_y = None
+    for peer in peers:
+        result, runnable = run_peer(peer, workload, args)
+        if result.ok and runnable is not None and runnable.output is not None:
+            try:
+                y = runnable.output()
+                if reference_y is None:
+                    reference_y = y  # rnnfast runs first, so its y is the yardstick
+                else:
+                    result.max_abs_diff = float(np.max(np.abs(y - reference_y)))
+            except Exception as exc:
+                result.error = f"output check: {_describe(exc)}"
+        row.results[peer.name] = result
+    if mode == "stream":
+        row.weight_bytes = weight_bytes(cell, config)
+        try:
+            row.floor_seconds = row.weight_bytes / probe.bandwidth(row.weight_bytes)
+        except Exception as exc:
+            row.floor_error = _describe(exc)
+    return row
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+
+
+def machine_info(threads: int) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    info = {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable,
+        "threads": threads,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        info["numpy_blas"] = f"{blas.get('name')} {blas.get('version', '')}".strip()
+    except Exception:
+        pass
+    for name in ("rnnfast", "torch", "onnxruntime"):
+        try:
+            info[name] = getattr(importlib.import_module(name), "__version__", "installed")
+        except Exception as exc:
+            info[name] = f"n/a ({type(exc).__name__})"
+    return info
+
+
+def _num(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value >= 100:
+        return f"{value:.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    if value >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def _time_cell(result: PeerResult | None, scale: float) -> str:
+    if result is None:
+        return "-"
+    if result.ok:
+        return _num(result.seconds * scale)
+    if result.not_applicable:
+        return "-"
+    return f"n/a ({result.error.split(':', 1)[0]})"
+
+
+def _ratio_cell(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.2f}x"
+
+
+def _markdown(header: list[str], lines: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    out = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |"]
+    out.append("| " + " | ".join("-" * w for w in widths) + " |")
+    for line in lines:
+        out.append("| " + " | ".join(c.ljust(w) for c, w in zip(line, widths)) + " |")
+    return "\n".join(out)
+
+
+def format_report(
+    rows: list[Row], peers, info: dict, sgemm: float | None, probe: ReadProbe
+) -> str:
+    others = [p for p in peers if p.name != "rnnfast"]
+    parts = [
+        f"machine: {info['cpu']}, {info['logical_cpus']} logical CPUs "
+        f"({info['usable_cpus']} usable), {info['threads']} threads",
+        "versions: "
+        + ", ".join(
+            f"{k} {info[k]}"
+            for k in ("python", "numpy", "numpy_blas", "rnnfast", "torch", "onnxruntime")
+            if k in info
+        ),
+        f"sgemm ceiling (NumPy 2048x2048 float32): "
+        + (f"{sgemm:.1f} GFLOP/s" if sgemm else "n/a"),
+        "ratios are peer time / rnnfast time: above 1 means rnnfast is faster",
+        "",
+    ]
+
+    def shares(row: Row) -> list[str]:
+        g = row.gflops()
+        return [_num(g), f"{100 * g / sgemm:.1f}%" if g is not None and sgemm else "-"]
+
+    def peer_cells(row: Row, scale: float) -> list[str]:
+        cells = []
+        for p in others:
+            cells += [_time_cell(row.results.get(p.name), scale), _ratio_cell(row.ratio(p.name))]
+        return cells
+
+    sequence = [r for r in rows if r.mode != "stream"]
+    if sequence:
+        header = ["cell", "config", "mode", "rnnfast ms", "GFLOP/s", "of sgemm"]
+        for p in others:
+            header += [f"{p.label} ms", f"{p.name}/rf"]
+        lines = [
+            [r.cell, r.config, r.mode, _time_cell(r.results.get("rnnfast"), 1e3)]
+            + shares(r)
+            + peer_cells(r, 1e3)
+            for r in sequence
+        ]
+        parts += ["### Whole sequences (ms per call)", "", _markdown(header, lines), ""]
+
+    stream = [r for r in rows if r.mode == "stream"]
+    if stream:
+        header = ["cell", "config", "rnnfast us/step", "GFLOP/s", "of sgemm", "floor us",
+                  "rf/floor"]
+        for p in others:
+            header += [f"{p.label} us", f"{p.name}/rf"]
+        lines = []
+        for r in stream:
+            mine = r.results.get("rnnfast")
+            over_floor = (
+                mine.seconds / r.floor_seconds if mine and mine.ok and r.floor_seconds else None
+            )
+            floor = _num(r.floor_seconds * 1e6) if r.floor_seconds else f"n/a ({r.floor_error})"
+            lines.append(
+                [r.cell, r.config, _time_cell(mine, 1e6)]
+                + shares(r)
+                + [floor, _ratio_cell(over_floor)]
+                + peer_cells(r, 1e6)
+            )
+        parts += [
+            "### Batch-1 streaming, state carried (us per step)",
+            "",
+            _markdown(header, lines),
+            "",
+            "floor = weight bytes 4*G*H*(I+H) / read bandwidth over that many bytes (the fastest of",
+            "buf.sum(), buf.max() and np.dot(buf, buf); GB/s by probe: "
+            + "; ".join(
+                f"{nbytes // 1024} KiB: "
+                + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in probe.measured[nbytes].items())
+                for nbytes in sorted(probe.measured)
+            )
+            + ")",
+            "",
+        ]
+
+    notes = []
+    for r in rows:
+        for name, res in r.results.items():
+            where = f"{r.cell} {r.config} {r.mode}, {name}"
+            if res.error:
+                notes.append(f"- {where}: {res.error}")
+            if res.max_abs_diff is not None and res.max_abs_diff > 1e-3:
+                notes.append(f"- {where}: output differs from rnnfast by {res.max_abs_diff:.2e}")
+    not_applicable = sorted({(p, r.results[p].not_applicable) for r in rows for p in r.results
+                             if r.results[p].not_applicable})
+    notes += [f"- {p}: {why}" for p, why in not_applicable]
+    if notes:
+        parts += ["Notes:", *dict.fromkeys(notes), ""]
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def _names(value: str, choices, what: str) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n not in choices]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown {what}: {', '.join(unknown)} (choose from {', '.join(choices)})"
+        )
+    return names
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark rnnfast against the NumPy reference, PyTorch and ONNX Runtime.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--cells", default="rnn,lstm,gru",
+                        type=lambda v: _names(v, CELLS, "cell"))
+    parser.add_argument("--configs", default=",".join(CONFIGS),
+                        type=lambda v: _names(v, CONFIGS, "config"))
+    parser.add_argument("--modes", default=",".join(MODES),
+                        type=lambda v: _names(v, MODES, "mode"))
+    parser.add_argument("--peers", default="numpy,torch,onnx",
+                        type=lambda v: _names(v, ("numpy", "torch", "onnx"), "peer"))
+    parser.add_argument("--repeats", type=int, default=5, help="timed samples per measurement")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for every peer (default: rnnfast's default)")
+    parser.add_argument("--min-sample", type=float, default=0.02,
+                        help="seconds one timed sample lasts at least")
+    parser.add_argument("--max-time", type=float, default=8.0,
+                        help="seconds one measurement may take; slow peers get fewer samples")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", metavar="PATH", help="write every number to PATH")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    rf, reference = import_rnnfast()
+    if isinstance(rf, BaseException):
+        print(f"warning: rnnfast is not importable ({_describe(rf)})", file=sys.stderr)
+
+    threads = args.threads
+    if not isinstance(rf, BaseException):
+        try:
+            if threads is not None:
+                rf.set_num_threads(threads)
+            threads = rf.get_num_threads()
+        except Exception as exc:
+            print(f"warning: rnnfast thread setting failed ({_describe(exc)})", file=sys.stderr)
+    if threads is None:
+        threads = machine_info(0)["usable_cpus"]
+
+    info = machine_info(threads)
+    print(f"measuring the sgemm ceiling on {info['cpu']} ...", file=sys.stderr)
+    try:
+        sgemm = sgemm_ceiling(args.repeats, args.min_sample, args.max_time)
+    except Exception as exc:
+        print(f"warning: sgemm probe failed ({_describe(exc)})", file=sys.stderr)
+        sgemm = None
+    probe = ReadProbe(args.repeats, args.min_sample, args.max_time)
+
+    plan = [
+        (CELLS[c], CONFIGS[k], m)
+        for c in args.cells
+        for k in args.configs
+        for m in modes_for(CONFIGS[k], args.modes)
+    ]
+    if not plan:
+        print("nothing to run: stream configs take only --modes stream, the others train/infer",
+              file=sys.stderr)
+        return 2
+
+    rows: list[Row] = []
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="rnnfast-bench-") as workdir:
+        peers = [make_peer(n, threads, workdir, rf, reference) for n in ["rnnfast", *args.peers]]
+        try:
+            for i, (cell, config, mode) in enumerate(plan, 1):
+                print(f"[{i}/{len(plan)}] {cell.label} {config.name} {mode}", end="",
+                      file=sys.stderr, flush=True)
+                row = run_row(cell, config, mode, peers, args, rf, probe)
+                rows.append(row)
+                scale, unit = (1e6, "us") if mode == "stream" else (1e3, "ms")
+                summary = ", ".join(
+                    f"{name} {_time_cell(res, scale)}" for name, res in row.results.items()
+                )
+                print(f": {summary} {unit}", file=sys.stderr, flush=True)
+        except KeyboardInterrupt:
+            print("\ninterrupted: reporting the rows done so far", file=sys.stderr)
+    elapsed = time.perf_counter() - started
+
+    print(format_report(rows, peers, info, sgemm, probe))
+    print(f"({len(rows)} rows in {elapsed:.0f} s)", file=sys.stderr)
+
+    if args.json:
+        document = {
+            "machine": info,
+            "settings": {k: v for k, v in vars(args).items() if k != "json"} | {"threads": threads},
+            "sgemm_gflops": sgemm,
+            "read_bandwidth_bytes_per_s": {str(k): v for k, v in probe.measured.items()},
+            "rows": [
+                asdict(r)
+                | {
+                    "gflops": r.gflops(),
+                    "ratios": {p.name: r.ratio(p.name) for p in peers if p.name != "rnnfast"},
+                }
+                for r in rows
+            ],
+        }
+        with open(args.json, "w") as f:
+            json.dump(document, f, indent=2)
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+// pybind11 bindings: check shapes, allocate outputs, release the GIL, call the engine.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+
+#include "dispatch.h"
+#include "engine.h"
+#include "threading.h"
+
+namespace py = pybind11;
+using namespace rnnfast;
+
+namespace {
+
+template <typename T>
+using Arr = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
+void check_shape(const py::array& a, std::vector<long> want, const char* what) {
+  bool ok = a.ndim() == (py::ssize_t)want.size();
+  for (size_t i = 0; ok && i < want.size(); ++i) ok = a.shape(i) == want[i];
+  if (!ok) {
+    std::string w = "(";
+    for (size_t i = 0; i < want.size(); ++i) w += (i ? ", " : "") + std::to_string(want[i]);
+    std::string g = "(";
+    for (py::ssize_t i = 0; i < a.ndim(); ++i) g += (i ? ", " : "") + std::to_string(a.shape(i));
+    throw py::value_error(std::string(what) + " must have shape " + w + "), got " + g + ")");
+  }
+}
+
+template <typename T>
+const T* optional_state(const py::object& o, std::vector<long> shape, const char* what,
+                        Arr<T>& holder) {
+  if (o.is_none()) return nullptr;
+  holder = Arr<T>::ensure(o);
+  if (!holder) throw py::type_error(std::string(what) + " must be a float array");
+  check_shape(holder, shape, what);
+  return holder.data();
+}
+
+template <typename T>
+void bind_engine(py::module_& m, const char* name) {
+  typedef Engine<T> E;
+  py::class_<E>(m, name)
+      .def(py::init<int, int, int, int, bool, bool>(), py::arg("cell"), py::arg("input_size"),
+           py::arg("hidden_size"), py::arg("num_layers"), py::arg("bidirectional"),
+           py::arg("bias"))
+      .def_property_readonly("cell", &E::cell)
+      .def_property_readonly("input_size", &E::input_size)
+      .def_property_readonly("hidden_size", &E::hidden_size)
+      .def_property_readonly("num_layers", &E::num_layers)
+      .def_property_readonly("directions", &E::directions)
+      .def("layout",
+           [](const E& e) {
+             py::list out;
+             for (const ParamEntry& p : e.layout())
+               out.append(py::make_tuple(p.name, p.offset, py::tuple(py::cast(p.shape))));
+             return out;
+           })
+      .def_property_readonly("params",
+                             [](py::object self) {
+                               E& e = self.cast<E&>();
+                               return py::array_t<T>({e.num_params()}, {sizeof(T)}, e.params(),
+                                                     self);
+                             })
+      .def_property_readonly("grads",
+                             [](py::object self) {
+                               E& e = self.cast<E&>();
+                               return py::array_t<T>({e.num_params()}, {sizeof(T)}, e.grads(),
+                                                     self);
+                             })
+      .def("repack", &E::repack, py::call_guard<py::gil_scoped_release>())
+      .def("zero_grad", &E::zero_grad, py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("has_cache", &E::has_cache)
+      .def(
+          "forward",
+          [](E& e, Arr<T> x, py::object h0, py::object c0, py::object lengths, bool training,
+             double dropout, uint64_t seed, int nthreads) {
+            if (x.ndim() != 3 || x.shape(2) != e.input_size())
+              throw py::value_error("x must have shape (T, B, " + std::to_string(e.input_size()) +
+                                    ")");
+            const long steps = x.shape(0), batch = x.shape(1), H = e.hidden_size();
+            const long LD = (long)e.num_layers() * e.directions();
+            if (steps < 1 || batch < 1) throw py::value_error("x must have T >= 1 and B >= 1");
+            if (!(dropout >= 0.0 && dropout < 1.0))
+              throw py::value_error("dropout must be in [0, 1)");
+            Arr<T> h0a, c0a;
+            Arr<int32_t> lena;
+            const T* h0p = optional_state<T>(h0, {LD, batch, H}, "h0", h0a);
+            const T* c0p = nullptr;
+            if (e.cell() == LSTM) c0p = optional_state<T>(c0, {LD, batch, H}, "c0", c0a);
+            const int32_t* lp = nullptr;
+            if (!lengths.is_none()) {
+              lena = Arr<int32_t>::ensure(lengths);
+              if (!lena) throw py::type_error("lengths must be an integer array");
+              check_shape(lena, {batch}, "lengths");
+              for (long b = 0; b < batch; ++b)
+                if (lena.data()[b] < 1 || lena.data()[b] > steps)
+                  throw py::value_error("lengths must lie in [1, T]");
+              lp = lena.data();
+            }
+            py::array_t<T> y({steps, batch, (long)e.directions() * H});
+            py::array_t<T> hn({LD, batch, H});
+            py::object cn_obj = py::none();
+            T* cnp = nullptr;
+            if (e.cell() == LSTM) {
+              py::array_t<T> cn({LD, batch, H});
+              cnp = cn.mutable_data();
+              cn_obj = cn;
+            }
+            T* yp = y.mutable_data();
+            T* hnp = hn.mutable_data();
+            {
+              py::gil_scoped_release release;
+              e.forward(x.data(), (int)steps, (int)batch, h0p, c0p, lp, training, dropout, seed,
+                        nthreads, yp, hnp, cnp);
+            }
+            return py::make_tuple(y, hn, cn_obj);
+          },
+          py::arg("x"), py::arg("h0") = py::none(), py::arg("c0") = py::none(),
+          py::arg("lengths") = py::none(), py::arg("training") = false,
+          py::arg("dropout") = 0.0, py::arg("seed") = 0, py::arg("nthreads") = 0)
+      .def(
+          "backward",
+          [](E& e, Arr<T> dy, py::object dhn, py::object dcn, int nthreads) {
+            if (!e.has_cache())
+              throw py::value_error("backward() needs a forward(..., training=True) first");
+            const long steps = e.cache_steps(), batch = e.cache_batch(), H = e.hidden_size();
+            const long LD = (long)e.num_layers() * e.directions();
+            check_shape(dy, {steps, batch, (long)e.directions() * H}, "dy");
+            Arr<T> dha, dca;
+            const T* dhp = optional_state<T>(dhn, {LD, batch, H}, "dh_n", dha);
+            const T* dcp = nullptr;
+            if (e.cell() == LSTM) dcp = optional_state<T>(dcn, {LD, batch, H}, "dc_n", dca);
+            py::array_t<T> dx({steps, batch, (long)e.input_size()});
+            py::array_t<T> dh0({LD, batch, H});
+            py::object dc0_obj = py::none();
+            T* dc0p = nullptr;
+            if (e.cell() == LSTM) {
+              py::array_t<T> dc0({LD, batch, H});
+              dc0p = dc0.mutable_data();
+              dc0_obj = dc0;
+            }
+            T* dxp = dx.mutable_data();
+            T* dh0p = dh0.mutable_data();
+            {
+              py::gil_scoped_release release;
+              e.backward(dy.data(), dhp, dcp, nthreads, dxp, dh0p, dc0p);
+            }
+            return py::make_tuple(dx, dh0, dc0_obj);
+          },
+          py::arg("dy"), py::arg("dh_n") = py::none(), py::arg("dc_n") = py::none(),
+          py::arg("nthreads") = 0);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "rnnfast C++ engine";
+  m.attr("RNN_TANH") = (int)RNN_TANH;
+  m.attr("RNN_RELU") = (int)RNN_RELU;
+  m.attr("LSTM") = (int)LSTM;
+  m.attr("GRU") = (int)GRU;
+  bind_engine<float>(m, "EngineF32");
+  bind_engine<double>(m, "EngineF64");
+  m.def("set_num_threads", &set_max_threads, py::arg("n"));
+  m.def("get_num_threads", &max_threads);
+  m.def("openmp_available", &openmp_available);
+  m.def("in_forked_child", &in_forked_child);
+  m.def("isa", &current_isa);
+  m.def("supported_isas", &supported_isas);
+  m.def("set_isa", &set_isa, py::arg("name"));
+}

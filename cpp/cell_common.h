@@ -1,0 +1,61 @@
+// Pieces shared by the cell files: per-row pointers handed to epilogues, and the
+// state copy for rows past their sequence's end.
+#pragma once
+#include "simd.h"
+
+namespace rnnfast {
+namespace RF_NS {
+
+template <typename T>
+struct FwdRows {
+  const T* x;       // (G*H) input projection + biases of this row
+  const T* h_prev;  // (H)
+  T* h_new;
+  const T* c_prev;  // LSTM only
+  T* c_new;
+  T* y;             // output row (may be null)
+  T* cache;         // (W*H) kept for backward (may be null)
+  const T* b_hn;    // GRU only
+};
+
+template <typename T>
+struct BwdRows {
+  const T* dy;      // upstream gradient of this row's output (may be null)
+  T* dh;            // in: dL/dh after this step (recurrent part)
+  T* dc;            // LSTM: in dL/dc after this step, out: before it
+  const T* h_prev;
+  const T* h_new;
+  const T* c_prev;
+  const T* cache;
+  T* da_hh;         // (G*H) pre-activation grads for W_hh and b_hh
+  T* da_ih;         // same for W_ih, b_ih when it differs or lives elsewhere (else null)
+  T* direct;        // (H) part of dL/dh_prev not going through W_hh
+};
+
+// Hidden units [u0, u1) of panel p, for cells whose panel covers `units` units.
+static inline void panel_units(int p, int units, int H, int& u0, int& u1) {
+  u0 = p * units;
+  u1 = u0 + units < H ? u0 + units : H;
+}
+
+template <typename T>
+static inline void copy_units(const T* src, T* dst, int u0, int u1) {
+  for (int u = u0; u < u1; ++u) dst[u] = src[u];
+}
+
+// Loads/stores W units starting at u0 of a row, n = min(W, H - u0) of them valid.
+template <typename T>
+static inline typename Simd<T>::V load_units(const T* p, int n) {
+  typedef typename Simd<T>::V V;
+  return n >= Simd<T>::W ? vload<V>(p) : vload_part<V>(p, n);
+}
+template <typename T>
+static inline void store_units(T* p, typename Simd<T>::V v, int n) {
+  if (n >= Simd<T>::W)
+    vstore(p, v);
+  else
+    vstore_part(p, v, n);
+}
+
+}  // namespace RF_NS
+}  // namespace rnnfast

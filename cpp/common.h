@@ -1,0 +1,65 @@
+// Plain types shared by the dispatcher and the per-ISA kernels. Kept free of
+// std:: templates and non-static inline functions: kernels are compiled once per
+// instruction set and must not share out-of-line code with other copies.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace rnnfast {
+
+enum Cell : int { RNN_TANH = 0, RNN_RELU = 1, LSTM = 2, GRU = 3 };
+
+// Gates per cell (rows of weight_ih / weight_hh are G*H).
+static inline int cell_gates(int cell) { return cell == LSTM ? 4 : cell == GRU ? 3 : 1; }
+// Values cached per (step, row) for backward, in units of H.
+static inline int cell_cache_width(int cell) { return cell == LSTM ? 5 : cell == GRU ? 4 : 0; }
+
+// One layer and direction of the recurrence, time-major, everything row-major.
+//   xproj  (T,B,G*H)  x_t W_ih^T + b_ih (+ b_hh except GRU's n rows), in time order
+//   tidx   (T,B)      time index processed by row b at step s, or -1 when inactive
+//   hs     (S,B,H)    states in step order: hs[0] = h0, hs[s+1] = state after step s.
+//                     S = T+1 when training (kept for backward), 2 for inference (ping-pong)
+//   cs     (S,B,H)    LSTM cell states, same convention
+//   cache  (T,B,W*H)  per-step gate values kept for backward (training only, else null)
+//   y      (T,B,ldy)  outputs written at y + t*B*ldy + b*ldy (already offset to the direction)
+template <typename T>
+struct LayerFwd {
+  int cell, steps, batch, hidden;
+  const T* xproj;
+  const int32_t* tidx;
+  const T* packed_whh;     // pack_recurrent() layout
+  const T* b_hn;           // GRU only: b_hh rows of n (inside the reset product); may be null
+  T* hs;
+  T* cs;
+  T* cache;
+  T* y;
+  long ldy;
+  bool keep_all;           // training: hs/cs hold all steps; else ping-pong
+};
+
+//   dy     (T,B,ldy)  upstream gradient of this direction's outputs (time order)
+//   dh     (B,H)      in: gradient of the final state; out: gradient of h0
+//   dc     (B,H)      same for LSTM cell state
+//   da_hh  (T,B,G*H)  out: pre-activation grads for W_hh, in step order
+//   da_ih  (T,B,G*H)  out: pre-activation grads for W_ih, in time order (zero where inactive)
+//   work   3*B*H scratch
+template <typename T>
+struct LayerBwd {
+  int cell, steps, batch, hidden;
+  const int32_t* tidx;
+  const T* packed_whh_t;   // pack_matrix() of W_hh (G*H x H), for dh_prev = dA W_hh
+  const T* w_hh;           // (G*H, H) unpacked
+  const T* b_hn;
+  const T* hs;
+  const T* cs;
+  const T* cache;
+  const T* dy;
+  long ldy;
+  T* dh;
+  T* dc;
+  T* da_hh;
+  T* da_ih;
+  T* work;
+};
+
+}  // namespace rnnfast

@@ -1,0 +1,315 @@
+#include "engine.h"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+
+#include "dispatch.h"
+#include "threading.h"
+
+namespace rnnfast {
+
+template <typename T>
+Engine<T>::Engine(int cell, int input_size, int hidden_size, int num_layers, bool bidirectional,
+                  bool bias)
+    : cell_(cell), I_(input_size), H_(hidden_size), L_(num_layers), D_(bidirectional ? 2 : 1),
+      G_(cell_gates(cell)), bias_(bias) {
+  if (cell < RNN_TANH || cell > GRU) throw std::invalid_argument("unknown cell kind");
+  if (I_ <= 0 || H_ <= 0 || L_ <= 0) throw std::invalid_argument("sizes must be positive");
+  long off = 0;
+  const long GH = (long)G_ * H_;
+  for (int k = 0; k < L_; ++k)
+    for (int d = 0; d < D_; ++d) {
+      Slot s;
+      s.in_size = k == 0 ? I_ : D_ * H_;
+      const std::string sfx = "_l" + std::to_string(k) + (d ? "_reverse" : "");
+      s.w_ih = off;
+      layout_.push_back({"weight_ih" + sfx, off, {GH, (long)s.in_size}});
+      off += GH * s.in_size;
+      s.w_hh = off;
+      layout_.push_back({"weight_hh" + sfx, off, {GH, (long)H_}});
+      off += GH * H_;
+      s.b_ih = s.b_hh = -1;
+      if (bias_) {
+        s.b_ih = off;
+        layout_.push_back({"bias_ih" + sfx, off, {GH}});
+        off += GH;
+        s.b_hh = off;
+        layout_.push_back({"bias_hh" + sfx, off, {GH}});
+        off += GH;
+      }
+      slots_.push_back(std::move(s));
+    }
+  params_.assign(off, T(0));
+  grads_.assign(off, T(0));
+  repack();
+}
+
+template <typename T>
+void Engine<T>::repack() {
+  std::unique_lock<std::shared_mutex> lock(pack_mutex_);
+  const KernelTable<T>& kt = kernels<T>();
+  const long GH = (long)G_ * H_;
+  for (Slot& s : slots_) {
+    const T* whh = params_.data() + s.w_hh;
+    s.packed_fwd.assign(kt.packed_size[cell_](H_), T(0));
+    kt.pack[cell_](s.packed_fwd.data(), whh, H_);
+    s.packed_bwd.assign(kt.prepacked_size((int)GH, H_), T(0));
+    kt.prepack(s.packed_bwd.data(), (int)GH, H_, whh, H_, 1);
+    s.bias_sum.assign(GH, T(0));
+    if (bias_) {
+      const T* bih = params_.data() + s.b_ih;
+      const T* bhh = params_.data() + s.b_hh;
+      // GRU keeps b_hn out: it sits inside the reset product.
+      const long nsum = cell_ == GRU ? 2L * H_ : GH;
+      for (long j = 0; j < GH; ++j) s.bias_sum[j] = bih[j] + (j < nsum ? bhh[j] : T(0));
+    }
+  }
+  packed_isa_ = kt.name;
+}
+
+template <typename T>
+void Engine<T>::ensure_packed() {
+  // Only a test that switches instruction sets at run time gets here with a mismatch.
+  bool stale;
+  {
+    std::shared_lock<std::shared_mutex> lock(pack_mutex_);
+    stale = packed_isa_ != kernels<T>().name;
+  }
+  if (stale) repack();
+}
+
+template <typename T>
+void Engine<T>::zero_grad() {
+  std::fill(grads_.begin(), grads_.end(), T(0));
+}
+
+template <typename T>
+void Engine<T>::build_tidx(int steps, int batch, const int32_t* lengths,
+                           std::vector<int32_t>* tidx) const {
+  for (int d = 0; d < D_; ++d) {
+    tidx[d].resize((size_t)steps * batch);
+    for (int s = 0; s < steps; ++s)
+      for (int b = 0; b < batch; ++b) {
+        const int len = lengths ? lengths[b] : steps;
+        tidx[d][(size_t)s * batch + b] = s < len ? (d == 0 ? s : len - 1 - s) : -1;
+      }
+  }
+}
+
+template <typename T>
+void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* c0,
+                        const int32_t* lengths, bool training, double dropout, uint64_t seed,
+                        int nthreads, T* y, T* hn, T* cn) {
+  ensure_packed();
+  std::unique_lock<std::mutex> train_lock(train_mutex_, std::defer_lock);
+  if (training) train_lock.lock();
+  std::shared_lock<std::shared_mutex> lock(pack_mutex_);
+  const KernelTable<T>& kt = kernels<T>();
+  const int nt = threads_for_call(nthreads);
+  const long TB = (long)steps * batch, BH = (long)batch * H_, GH = (long)G_ * H_;
+  const long DH = (long)D_ * H_;
+  const bool use_dropout = training && dropout > 0 && L_ > 1;
+
+  std::vector<int32_t> tidx_local[2];
+  std::vector<int32_t>* tidx = training ? cache_.tidx : tidx_local;
+  build_tidx(steps, batch, lengths, tidx);
+  if (training) {
+    cache_.valid = false;
+    cache_.steps = steps;
+    cache_.batch = batch;
+    cache_.dropout = use_dropout ? dropout : 0.0;
+    cache_.inputs.resize(L_);
+    cache_.masks.resize(L_);
+    cache_.hs.resize(slots_.size());
+    cache_.cs.resize(slots_.size());
+    cache_.gates.resize(slots_.size());
+    cache_.inputs[0].assign(x, x + TB * I_);
+    // Padding past a sequence's end takes no part; zero it so that weight
+    // gradients (dA^T X with dA = 0 there) cannot pick up NaN or inf from it.
+    if (lengths)
+      for (int t = 0; t < steps; ++t)
+        for (int b = 0; b < batch; ++b)
+          if (t >= lengths[b]) std::memset(&cache_.inputs[0][((size_t)t * batch + b) * I_], 0, sizeof(T) * I_);
+  }
+
+  std::vector<T> xproj(TB * GH);
+  std::vector<T> out_a, out_b;   // layer outputs, ping-pong (inference)
+  const T* layer_in = training ? cache_.inputs[0].data() : x;
+  const int stride_state = training ? steps + 1 : 2;
+  std::vector<T> hs_local, cs_local;
+
+  for (int k = 0; k < L_; ++k) {
+    const bool last = k == L_ - 1;
+    T* layer_out;
+    if (last) {
+      layer_out = y;
+    } else {
+      std::vector<T>& buf = (k % 2 == 0) ? out_a : out_b;
+      buf.resize(TB * DH);
+      layer_out = buf.data();
+    }
+    if (lengths) std::memset(layer_out, 0, sizeof(T) * TB * DH);
+    for (int d = 0; d < D_; ++d) {
+      const int si = k * D_ + d;
+      Slot& s = slots_[si];
+      const T* wih = params_.data() + s.w_ih;
+      kt.gemm((int)TB, (int)GH, s.in_size, layer_in, s.in_size, 1, wih, 1, s.in_size, xproj.data(),
+              GH, false, nt);
+      if (bias_) kt.add_bias(xproj.data(), TB, (int)GH, s.bias_sum.data(), nt);
+
+      std::vector<T>& hs = training ? cache_.hs[si] : hs_local;
+      std::vector<T>& cs = training ? cache_.cs[si] : cs_local;
+      hs.resize((size_t)stride_state * BH);
+      if (h0)
+        std::memcpy(hs.data(), h0 + si * BH, sizeof(T) * BH);
+      else
+        std::memset(hs.data(), 0, sizeof(T) * BH);
+      if (cell_ == LSTM) {
+        cs.resize((size_t)stride_state * BH);
+        if (c0)
+          std::memcpy(cs.data(), c0 + si * BH, sizeof(T) * BH);
+        else
+          std::memset(cs.data(), 0, sizeof(T) * BH);
+      }
+      T* gate_cache = nullptr;
+      if (training && cell_cache_width(cell_) > 0) {
+        cache_.gates[si].resize(TB * cell_cache_width(cell_) * H_);
+        gate_cache = cache_.gates[si].data();
+      }
+      LayerFwd<T> a;
+      a.cell = cell_;
+      a.steps = steps;
+      a.batch = batch;
+      a.hidden = H_;
+      a.xproj = xproj.data();
+      a.tidx = tidx[d].data();
+      a.packed_whh = s.packed_fwd.data();
+      a.b_hn = (cell_ == GRU && bias_) ? params_.data() + s.b_hh + 2 * H_ : nullptr;
+      a.hs = hs.data();
+      a.cs = cell_ == LSTM ? cs.data() : nullptr;
+      a.cache = gate_cache;
+      a.y = layer_out + d * H_;
+      a.ldy = DH;
+      a.keep_all = training;
+      kt.forward[cell_](a, nt);
+      const long fin = training ? steps : (steps & 1);
+      std::memcpy(hn + si * BH, hs.data() + fin * BH, sizeof(T) * BH);
+      if (cell_ == LSTM) std::memcpy(cn + si * BH, cs.data() + fin * BH, sizeof(T) * BH);
+    }
+    if (!last) {
+      if (training) {
+        std::vector<T>& next_in = cache_.inputs[k + 1];
+        next_in.assign(layer_out, layer_out + TB * DH);
+        if (use_dropout) {
+          cache_.masks[k + 1].resize(TB * DH);
+          kt.dropout(next_in.data(), cache_.masks[k + 1].data(), TB * DH, dropout, seed, k, nt);
+        }
+        layer_in = next_in.data();
+      } else {
+        layer_in = layer_out;
+      }
+    }
+  }
+  if (training) cache_.valid = true;
+}
+
+template <typename T>
+void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, T* dx, T* dh0,
+                         T* dc0) {
+  std::lock_guard<std::mutex> train_lock(train_mutex_);
+  std::shared_lock<std::shared_mutex> lock(pack_mutex_);
+  if (!cache_.valid) throw std::logic_error("backward() needs a forward(training=True) first");
+  if (packed_isa_ != kernels<T>().name)
+    throw std::logic_error("the instruction set changed between forward and backward");
+  const KernelTable<T>& kt = kernels<T>();
+  const int nt = threads_for_call(nthreads);
+  const int steps = cache_.steps, batch = cache_.batch;
+  const long TB = (long)steps * batch, BH = (long)batch * H_, GH = (long)G_ * H_;
+  const long DH = (long)D_ * H_;
+
+  std::vector<T> dlayer(dy, dy + TB * DH);   // gradient w.r.t. the current layer's output
+  std::vector<T> dinput, da_hh(TB * GH), da_ih, work(3 * BH), dh(BH), dc(BH);
+  for (int k = L_ - 1; k >= 0; --k) {
+    const int in_size = slots_[k * D_].in_size;
+    T* dx_k;
+    if (k == 0) {
+      dx_k = dx;
+    } else {
+      dinput.resize(TB * in_size);
+      dx_k = dinput.data();
+    }
+    std::memset(dx_k, 0, sizeof(T) * TB * in_size);
+    const T* x_k = cache_.inputs[k].data();
+    for (int d = 0; d < D_; ++d) {
+      const int si = k * D_ + d;
+      Slot& s = slots_[si];
+      // Step order equals time order in the forward direction; only GRU's W_ih
+      // gradients differ from W_hh's.
+      const bool alias = d == 0 && cell_ != GRU;
+      T* da_i = da_hh.data();
+      if (!alias) {
+        da_ih.assign(TB * GH, T(0));
+        da_i = da_ih.data();
+      }
+      if (dhn)
+        std::memcpy(dh.data(), dhn + si * BH, sizeof(T) * BH);
+      else
+        std::fill(dh.begin(), dh.end(), T(0));
+      if (cell_ == LSTM) {
+        if (dcn)
+          std::memcpy(dc.data(), dcn + si * BH, sizeof(T) * BH);
+        else
+          std::fill(dc.begin(), dc.end(), T(0));
+      }
+      LayerBwd<T> a;
+      a.cell = cell_;
+      a.steps = steps;
+      a.batch = batch;
+      a.hidden = H_;
+      a.tidx = cache_.tidx[d].data();
+      a.packed_whh_t = s.packed_bwd.data();
+      a.w_hh = params_.data() + s.w_hh;
+      a.b_hn = nullptr;
+      a.hs = cache_.hs[si].data();
+      a.cs = cell_ == LSTM ? cache_.cs[si].data() : nullptr;
+      a.cache = cell_cache_width(cell_) > 0 ? cache_.gates[si].data() : nullptr;
+      a.dy = dlayer.data() + d * H_;
+      a.ldy = DH;
+      a.dh = dh.data();
+      a.dc = cell_ == LSTM ? dc.data() : nullptr;
+      a.da_hh = da_hh.data();
+      a.da_ih = da_i;
+      a.work = work.data();
+      kt.backward[cell_](a, nt);
+      std::memcpy(dh0 + si * BH, dh.data(), sizeof(T) * BH);
+      if (cell_ == LSTM) std::memcpy(dc0 + si * BH, dc.data(), sizeof(T) * BH);
+
+      // Weight gradients as large products after the sweep.
+      T* g = grads_.data();
+      const T* wih = params_.data() + s.w_ih;
+      kt.gemm((int)GH, H_, (int)TB, da_hh.data(), 1, GH, cache_.hs[si].data(), H_, 1, g + s.w_hh,
+              H_, true, nt);
+      kt.gemm((int)GH, s.in_size, (int)TB, da_i, 1, GH, x_k, s.in_size, 1, g + s.w_ih, s.in_size,
+              true, nt);
+      if (bias_) {
+        kt.col_sums(g + s.b_ih, da_i, TB, (int)GH, nt);
+        kt.col_sums(g + s.b_hh, da_hh.data(), TB, (int)GH, nt);
+      }
+      kt.gemm((int)TB, s.in_size, (int)GH, da_i, GH, 1, wih, s.in_size, 1, dx_k, s.in_size, true,
+              nt);
+    }
+    if (k > 0) {
+      dlayer.assign(dx_k, dx_k + TB * in_size);
+      if (cache_.dropout > 0) {
+        const std::vector<T>& m = cache_.masks[k];
+        for (long e = 0; e < TB * in_size; ++e) dlayer[e] *= m[e];
+      }
+    }
+  }
+}
+
+template class Engine<float>;
+template class Engine<double>;
+
+}  // namespace rnnfast

@@ -1,0 +1,81 @@
+// A multi-layer, optionally bidirectional recurrent network: parameters and
+// gradients in flat buffers (PyTorch's names, order and shapes), weights packed
+// when set, forward over sequences and BPTT backward through the kernel table.
+#pragma once
+#include <cstdint>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <vector>
+
+#include "common.h"
+
+namespace rnnfast {
+
+struct ParamEntry {
+  std::string name;
+  long offset;
+  std::vector<long> shape;
+};
+
+template <typename T>
+class Engine {
+ public:
+  Engine(int cell, int input_size, int hidden_size, int num_layers, bool bidirectional, bool bias);
+
+  int cell() const { return cell_; }
+  int input_size() const { return I_; }
+  int hidden_size() const { return H_; }
+  int num_layers() const { return L_; }
+  int directions() const { return D_; }
+  bool has_bias() const { return bias_; }
+  const std::vector<ParamEntry>& layout() const { return layout_; }
+  T* params() { return params_.data(); }
+  T* grads() { return grads_.data(); }
+  long num_params() const { return (long)params_.size(); }
+
+  // Re-derives packed weights and summed biases from params(); call after writing them.
+  void repack();
+  void zero_grad();
+
+  // x (T,B,I); h0/c0 (L*D,B,H) or null; lengths (B) or null, 1 <= len <= T.
+  // y (T,B,D*H), hn/cn (L*D,B,H) are written. training keeps what backward needs.
+  void forward(const T* x, int steps, int batch, const T* h0, const T* c0, const int32_t* lengths,
+               bool training, double dropout, uint64_t seed, int nthreads, T* y, T* hn, T* cn);
+  // dy (T,B,D*H), dhn/dcn or null. Writes dx (T,B,I), dh0/dc0; adds into grads().
+  void backward(const T* dy, const T* dhn, const T* dcn, int nthreads, T* dx, T* dh0, T* dc0);
+  bool has_cache() const { return cache_.valid; }
+  int cache_steps() const { return cache_.steps; }
+  int cache_batch() const { return cache_.batch; }
+
+ private:
+  struct Slot {  // one layer and direction
+    int in_size;
+    long w_ih, w_hh, b_ih, b_hh;  // offsets into params_ (-1 when no bias)
+    std::vector<T> packed_fwd, packed_bwd, bias_sum;
+  };
+  struct Cache {
+    bool valid = false;
+    int steps = 0, batch = 0;
+    double dropout = 0;
+    std::vector<int32_t> tidx[2];
+    std::vector<std::vector<T>> inputs;  // per layer: its input (after dropout)
+    std::vector<std::vector<T>> masks;   // per layer k >= 1: dropout mask of its input
+    std::vector<std::vector<T>> hs, cs, gates;  // per slot
+  };
+
+  void ensure_packed();
+  void build_tidx(int steps, int batch, const int32_t* lengths, std::vector<int32_t>* tidx) const;
+
+  int cell_, I_, H_, L_, D_, G_;
+  bool bias_;
+  std::vector<T> params_, grads_;
+  std::vector<ParamEntry> layout_;
+  std::vector<Slot> slots_;
+  std::string packed_isa_;
+  Cache cache_;
+  std::shared_mutex pack_mutex_;   // inference shares; repack excludes
+  std::mutex train_mutex_;         // training forward/backward touch the cache
+};
+
+}  // namespace rnnfast

@@ -1,0 +1,182 @@
+#include "gemm.h"
+
+#include <cstdlib>
+#include <new>
+
+#include "threading_kernel.h"
+
+namespace rnnfast {
+namespace RF_NS {
+
+namespace {
+
+constexpr int NV = 2;
+constexpr int KC = 256;
+
+template <typename T>
+struct Blocking {
+  static constexpr int W = Simd<T>::W;
+  static constexpr int MR = MicroRows<NV>::MR;
+  static constexpr int NR = NV * W;
+  static constexpr int MC = MR * 16;
+  static constexpr int NC = NR * 128;
+};
+
+// Writes (or adds) the valid mr x nr corner of an accumulator tile into C.
+template <typename T, int MR>
+inline void store_tile(typename Simd<T>::V (&acc)[MR][NV], T* C, long ldc, int mr, int nr,
+                       bool add, const T* D, long ldd) {
+  typedef typename Simd<T>::V V;
+  constexpr int W = Simd<T>::W;
+  for (int r = 0; r < mr; ++r) {
+    T* c = C + r * ldc;
+    const T* d = D ? D + r * ldd : nullptr;
+    for (int v = 0; v < NV; ++v) {
+      int n = nr - v * W;
+      if (n <= 0) break;
+      V x = acc[r][v];
+      if (n >= W) {
+        if (add) x += vload<V>(c + v * W);
+        if (d) x += vload<V>(d + v * W);
+        vstore(c + v * W, x);
+      } else {
+        if (add) x += vload_part<V>(c + v * W, n);
+        if (d) x += vload_part<V>(d + v * W, n);
+        vstore_part(c + v * W, x, n);
+      }
+    }
+  }
+}
+
+// Packs rows [0, mc) x cols [0, kc) of A into MR-row micro-panels (k-major), zero-padded.
+template <typename T, int MR>
+void pack_a(T* dst, int mc, int kc, const T* A, long rsa, long csa) {
+  for (int i0 = 0; i0 < mc; i0 += MR) {
+    T* d = dst + (long)i0 * kc;
+    for (int k = 0; k < kc; ++k)
+      for (int r = 0; r < MR; ++r)
+        d[(long)k * MR + r] = i0 + r < mc ? A[(i0 + r) * rsa + k * csa] : T(0);
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void gemm(int M, int N, int K, const T* A, long rsa, long csa, const T* B, long rsb, long csb,
+          T* C, long ldc, bool accumulate, int nthreads) {
+  typedef Blocking<T> BL;
+  typedef typename Simd<T>::V V;
+  constexpr int MR = BL::MR, NR = BL::NR, MC = BL::MC, NC = BL::NC;
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate)
+      for (int m = 0; m < M; ++m)
+        for (int n = 0; n < N; ++n) C[m * ldc + n] = T(0);
+    return;
+  }
+  const int nc_max = N < NC ? N : NC;
+  const int kc_max = K < KC ? K : KC;
+  const long bsize = panels_for<T, NV>(nc_max) * (long)kc_max * NR;
+  const long asize = (long)MC * kc_max;
+  const int mblocks = (M + MC - 1) / MC;
+  int nt = rf_threads_for(nthreads, 2.0 * M * N * K);
+  if (nt > mblocks * 8) nt = mblocks * 8;
+  T* bbuf = static_cast<T*>(std::aligned_alloc(64, sizeof(T) * ((bsize + 15) / 16 * 16)));
+  T* abuf = static_cast<T*>(std::aligned_alloc(64, sizeof(T) * ((asize * nt + 15) / 16 * 16)));
+  if (!bbuf || !abuf) {
+    std::free(bbuf);
+    std::free(abuf);
+    throw std::bad_alloc();
+  }
+  // Split the N range of a block too when there are fewer M blocks than threads.
+  const int nsplit = mblocks >= 2 * nt ? 1 : (2 * nt + mblocks - 1) / mblocks;
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    RF_FLUSH_DENORMALS_SCOPE;
+    T* my_a = abuf + asize * rf_thread_num();
+    for (int jc = 0; jc < N; jc += NC) {
+      const int nc = N - jc < NC ? N - jc : NC;
+      const int npanels = (int)panels_for<T, NV>(nc);
+      for (int pc = 0; pc < K; pc += KC) {
+        const int kc = K - pc < KC ? K - pc : KC;
+        const bool add = accumulate || pc > 0;
+#pragma omp for schedule(static)
+        for (int p = 0; p < npanels; ++p) {
+          int ncols = nc - p * NR < NR ? nc - p * NR : NR;
+          pack_panels<T, NV>(bbuf + (long)p * kc * NR, kc, ncols, B + pc * rsb + (jc + p * NR) * csb,
+                             rsb, csb);
+        }
+        const int ppt = (npanels + nsplit - 1) / nsplit;  // panels per task
+#pragma omp for schedule(dynamic, 1)
+        for (int task = 0; task < mblocks * nsplit; ++task) {
+          const int ib = task / nsplit, part = task % nsplit;
+          const int p0 = part * ppt, p1 = p0 + ppt < npanels ? p0 + ppt : npanels;
+          if (p0 >= p1) continue;
+          const int ic = ib * MC;
+          const int mc = M - ic < MC ? M - ic : MC;
+          pack_a<T, MR>(my_a, mc, kc, A + ic * rsa + pc * csa, rsa, csa);
+          for (int p = p0; p < p1; ++p) {
+            const int nr = nc - p * NR < NR ? nc - p * NR : NR;
+            const T* bp = bbuf + (long)p * kc * NR;
+            for (int i0 = 0; i0 < mc; i0 += MR) {
+              const T* ap = my_a + (long)i0 * kc;
+              const T* rows[MR];
+              for (int r = 0; r < MR; ++r) rows[r] = ap + r;
+              V acc[MR][NV];
+              micro_kernel<T, MR, NV>(kc, rows, MR, bp, acc);
+              int mr = mc - i0 < MR ? mc - i0 : MR;
+              store_tile<T, MR>(acc, C + (long)(ic + i0) * ldc + jc + p * NR, ldc, mr, nr, add,
+                                nullptr, 0);
+            }
+          }
+        }
+      }
+    }
+  }
+  std::free(bbuf);
+  std::free(abuf);
+}
+
+template <typename T>
+long prepacked_size(int K, int N) {
+  return panels_for<T, kPrepackedNV>(N) * (long)K * kPrepackedNV * Simd<T>::W;
+}
+
+template <typename T>
+void prepack(T* dst, int K, int N, const T* B, long rsb, long csb) {
+  pack_panels<T, kPrepackedNV>(dst, K, N, B, rsb, csb);
+}
+
+template <typename T>
+void gemm_prepacked(int M, int N, int K, const T* A, long lda, const T* Bp, T* C, long ldc,
+                    const T* D, long ldd) {
+  typedef typename Simd<T>::V V;
+  constexpr int MR = MicroRows<NV>::MR, NR = NV * Simd<T>::W;
+  const int npanels = (int)panels_for<T, NV>(N);
+  const int mblocks = (M + MR - 1) / MR;
+#pragma omp for schedule(static)
+  for (int task = 0; task < npanels * mblocks; ++task) {
+    const int p = task / mblocks, i0 = (task % mblocks) * MR;
+    const int mr = M - i0 < MR ? M - i0 : MR;
+    const int nr = N - p * NR < NR ? N - p * NR : NR;
+    const T* rows[MR];
+    for (int r = 0; r < MR; ++r) rows[r] = A + (long)(i0 + (r < mr ? r : 0)) * lda;
+    V acc[MR][NV];
+    micro_kernel<T, MR, NV>(K, rows, 1, Bp + (long)p * K * NR, acc);
+    store_tile<T, MR>(acc, C + (long)i0 * ldc + p * NR, ldc, mr, nr, false,
+                      D ? D + (long)i0 * ldd + p * NR : nullptr, ldd);
+  }
+}
+
+#define RF_INSTANTIATE(T)                                                                       \
+  template void gemm<T>(int, int, int, const T*, long, long, const T*, long, long, T*, long, bool, \
+                        int);                                                                  \
+  template long prepacked_size<T>(int, int);                                                    \
+  template void prepack<T>(T*, int, int, const T*, long, long);                                 \
+  template void gemm_prepacked<T>(int, int, int, const T*, long, const T*, T*, long, const T*, long);
+RF_INSTANTIATE(float)
+RF_INSTANTIATE(double)
+
+}  // namespace RF_NS
+}  // namespace rnnfast

@@ -1,0 +1,90 @@
+// Blocked GEMM pieces for one instruction set: a register-tiled micro-kernel
+// (MR rows x NV vectors), B packing into column panels, the general product used
+// for the big per-sequence products, and the pre-packed product used per step.
+#pragma once
+#include <cstddef>
+#include "simd.h"
+
+namespace rnnfast {
+namespace RF_NS {
+
+// Registers: 32 vector registers with AVX-512, 16 otherwise. MR x NV accumulators
+// plus NV loaded B vectors and one broadcast must fit.
+template <int NV> struct MicroRows;
+#if defined(RF_ISA_avx512)
+template <> struct MicroRows<2> { static constexpr int MR = 12; };
+template <> struct MicroRows<3> { static constexpr int MR = 8; };
+template <> struct MicroRows<4> { static constexpr int MR = 6; };
+#else
+template <> struct MicroRows<2> { static constexpr int MR = 6; };
+template <> struct MicroRows<3> { static constexpr int MR = 4; };
+template <> struct MicroRows<4> { static constexpr int MR = 3; };
+#endif
+
+// acc[r][v] = sum_k a[r][k*cs] * Bp[k*NR + v*W ...]; Bp is one packed panel.
+template <typename T, int MR, int NV>
+static inline __attribute__((always_inline)) void micro_kernel(
+    int K, const T* const* a, long cs, const T* Bp, typename Simd<T>::V (&acc)[MR][NV]) {
+  typedef typename Simd<T>::V V;
+  constexpr int W = Simd<T>::W;
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = V{};
+  for (int k = 0; k < K; ++k) {
+    V b[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) b[v] = vload<V>(Bp + (long)k * NV * W + v * W);
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      V ar = vbcast<V>(a[r][k * cs]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] += ar * b[v];
+    }
+  }
+}
+
+// Number of NV-vector panels covering n columns, and the packed size of a K x n block.
+template <typename T, int NV>
+static inline long panels_for(long n) {
+  constexpr int NR = NV * Simd<T>::W;
+  return (n + NR - 1) / NR;
+}
+
+// Packs columns [0, n) of the K x n matrix B (element (k, j) at B[k*rs + j*cs])
+// into panels of NR columns, each K x NR contiguous, zero-padded.
+template <typename T, int NV>
+static void pack_panels(T* dst, int K, int n, const T* B, long rs, long cs) {
+  constexpr int NR = NV * Simd<T>::W;
+  long np = panels_for<T, NV>(n);
+  for (long p = 0; p < np; ++p) {
+    T* d = dst + p * (long)K * NR;
+    for (int k = 0; k < K; ++k)
+      for (int j = 0; j < NR; ++j) {
+        long col = p * NR + j;
+        d[(long)k * NR + j] = col < n ? B[k * rs + col * cs] : T(0);
+      }
+  }
+}
+
+// C (M x N, row-major, ldc) = A B (or += when accumulate), A(m,k) = A[m*rsa + k*csa],
+// B(k,n) = B[k*rsb + n*csb]. Multithreaded with up to nthreads OpenMP threads.
+template <typename T>
+void gemm(int M, int N, int K, const T* A, long rsa, long csa, const T* B, long rsb, long csb,
+          T* C, long ldc, bool accumulate, int nthreads);
+
+// Packed-B layout for gemm_prepacked: pack_panels<T, kPrepackedNV> of the whole K.
+constexpr int kPrepackedNV = 2;
+template <typename T>
+long prepacked_size(int K, int N);
+template <typename T>
+void prepack(T* dst, int K, int N, const T* B, long rsb, long csb);
+
+// Inside an OpenMP parallel region (work-shared with an orphaned `omp for`):
+// C(m, :) = A(m, :) Bp + D(m, :) for m < M, A row-major with lda, D may be null.
+template <typename T>
+void gemm_prepacked(int M, int N, int K, const T* A, long lda, const T* Bp, T* C, long ldc,
+                    const T* D, long ldd);
+
+}  // namespace RF_NS
+}  // namespace rnnfast

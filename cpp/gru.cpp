@@ -1,0 +1,87 @@
+// GRU cell (gates r, z, n; b_hn inside the reset product): forward epilogue and BPTT step.
+#include "activations.h"
+#include "cell_common.h"
+#include "simd.h"
+#include "kernels.h"
+#include "recurrence.h"
+
+namespace rnnfast {
+namespace RF_NS {
+
+struct GruCell {
+  static constexpr int NV = 3;
+  template <typename T> using Rows = FwdRows<T>;
+  template <typename T> using BackRows = BwdRows<T>;
+  template <typename T> static constexpr int units() { return Simd<T>::W; }
+  template <typename T> static long column(long p, int v, int u, int H) {
+    long unit = p * Simd<T>::W + u;
+    return unit < H ? v * (long)H + unit : -1;
+  }
+  template <typename T>
+  static void freeze(int p, int H, const T* h_prev, T* h_new, const T*, T*) {
+    int u0, u1;
+    panel_units(p, units<T>(), H, u0, u1);
+    copy_units(h_prev, h_new, u0, u1);
+  }
+
+  // x holds x W_ih^T + b_ih, plus b_hh for r and z (not n: b_hn is added inside r*(.)).
+  template <typename T>
+  static void forward_epilogue(int, int p, int H, typename Simd<T>::V* acc, const Rows<T>& io) {
+    typedef typename Simd<T>::V V;
+    const int u0 = p * Simd<T>::W, n = H - u0;
+    V r = vsigmoid(acc[0] + load_units<T>(io.x + u0, n));
+    V z = vsigmoid(acc[1] + load_units<T>(io.x + H + u0, n));
+    V hn = acc[2];
+    if (io.b_hn) hn += load_units<T>(io.b_hn + u0, n);
+    V nn = vtanh(load_units<T>(io.x + 2 * H + u0, n) + r * hn);
+    V hp = load_units<T>(io.h_prev + u0, n);
+    V h = nn + z * (hp - nn);
+    store_units<T>(io.h_new + u0, h, n);
+    if (io.y) store_units<T>(io.y + u0, h, n);
+    if (io.cache) {
+      store_units<T>(io.cache + u0, r, n);
+      store_units<T>(io.cache + H + u0, z, n);
+      store_units<T>(io.cache + 2 * H + u0, nn, n);
+      store_units<T>(io.cache + 3 * H + u0, hn, n);
+    }
+  }
+
+  // The forward was h = (1-z)*n + z*h_prev, n = tanh(xn + r*hn), hn = W_hn h_prev + b_hn;
+  // so dn = dh*(1-z), dz = dh*(h_prev - n), dh_prev gets dh*z directly, and
+  // d(pre_n) = dn*(1-n^2) goes to W_in as is and to W_hn times r; dr = d(pre_n)*hn.
+  template <typename T>
+  static void backward_row(int, int H, const BackRows<T>& io) {
+    const T *cr = io.cache, *cz = cr + H, *cn = cz + H, *chn = cn + H;
+    T *ar = io.da_hh, *az = ar + H, *an = az + H;
+    T* in = io.da_ih ? io.da_ih : nullptr;
+    for (int u = 0; u < H; ++u) {
+      const T dh = io.dh[u] + (io.dy ? io.dy[u] : T(0));
+      const T r = cr[u], z = cz[u], nn = cn[u], hp = io.h_prev[u];
+      const T dpre_n = dh * (T(1) - z) * (T(1) - nn * nn);
+      const T dpre_r = dpre_n * chn[u] * r * (T(1) - r);
+      const T dpre_z = dh * (hp - nn) * z * (T(1) - z);
+      ar[u] = dpre_r;
+      az[u] = dpre_z;
+      an[u] = dpre_n * r;
+      in[u] = dpre_r;
+      in[H + u] = dpre_z;
+      in[2 * H + u] = dpre_n;
+      io.direct[u] = dh * z;
+    }
+  }
+};
+
+template <typename T>
+long gru_packed_size(int H) { return recurrent_packed_size<T, GruCell>(H); }
+template <typename T>
+void gru_pack(T* dst, const T* w_hh, int H) { recurrent_pack<T, GruCell>(dst, w_hh, H); }
+template <typename T>
+void gru_forward(const LayerFwd<T>& a, int nt) { recurrent_forward<T, GruCell>(a, nt); }
+template <typename T>
+void gru_backward(const LayerBwd<T>& a, int nt) { recurrent_backward<T, GruCell>(a, nt); }
+
+RF_INSTANTIATE_CELL(gru, float)
+RF_INSTANTIATE_CELL(gru, double)
+
+}  // namespace RF_NS
+}  // namespace rnnfast

@@ -1,0 +1,97 @@
+// This instruction set's kernel table, plus the small elementwise kernels.
+#include "gemm.h"
+#include "kernels.h"
+#include "threading_kernel.h"
+
+namespace rnnfast {
+namespace RF_NS {
+
+namespace {
+
+template <typename T>
+void add_bias(T* x, long rows, int n, const T* bias, int nthreads) {
+  int nt = rf_threads_for(nthreads, 4.0 * rows * n);
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+  for (long r = 0; r < rows; ++r) {
+    T* row = x + r * n;
+    for (int j = 0; j < n; ++j) row[j] += bias[j];
+  }
+}
+
+template <typename T>
+void col_sums(T* out, const T* a, long rows, int n, int nthreads) {
+  // Split columns in blocks so each thread owns its outputs (no atomics).
+  constexpr int CB = 64;
+  const int nblocks = (n + CB - 1) / CB;
+  int nt = rf_threads_for(nthreads, 4.0 * rows * n);
+  if (nt > nblocks) nt = nblocks;
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+  for (int blk = 0; blk < nblocks; ++blk) {
+    const int j0 = blk * CB, j1 = j0 + CB < n ? j0 + CB : n;
+    T acc[CB];
+    for (int j = j0; j < j1; ++j) acc[j - j0] = T(0);
+    for (long r = 0; r < rows; ++r)
+      for (int j = j0; j < j1; ++j) acc[j - j0] += a[r * n + j];
+    for (int j = j0; j < j1; ++j) out[j] += acc[j - j0];
+  }
+}
+
+inline uint64_t mix64(uint64_t z) {  // splitmix64's finalizer
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+template <typename T>
+void dropout(T* x, T* mask, long n, double p, uint64_t seed, int layer, int nthreads) {
+  const uint64_t base = mix64(seed ^ ((uint64_t)(layer + 1) * 0xD1B54A32D192ED03ull));
+  const T scale = T(1) / (T(1) - T(p));
+  int nt = rf_threads_for(nthreads, 20.0 * n);
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+  for (long e = 0; e < n; ++e) {
+    const double u = (double)(mix64(base + (uint64_t)e) >> 40) * (1.0 / 16777216.0);
+    const T m = u < p ? T(0) : scale;
+    mask[e] = m;
+    x[e] *= m;
+  }
+}
+
+template <typename T>
+KernelTable<T> make_table() {
+  KernelTable<T> t;
+  t.name = RF_STR(RF_ISA);
+  t.gemm = gemm<T>;
+  t.prepacked_size = prepacked_size<T>;
+  t.prepack = prepack<T>;
+  t.packed_size[RNN_TANH] = t.packed_size[RNN_RELU] = rnn_packed_size<T>;
+  t.packed_size[LSTM] = lstm_packed_size<T>;
+  t.packed_size[GRU] = gru_packed_size<T>;
+  t.pack[RNN_TANH] = t.pack[RNN_RELU] = rnn_pack<T>;
+  t.pack[LSTM] = lstm_pack<T>;
+  t.pack[GRU] = gru_pack<T>;
+  t.forward[RNN_TANH] = t.forward[RNN_RELU] = rnn_forward<T>;
+  t.forward[LSTM] = lstm_forward<T>;
+  t.forward[GRU] = gru_forward<T>;
+  t.backward[RNN_TANH] = t.backward[RNN_RELU] = rnn_backward<T>;
+  t.backward[LSTM] = lstm_backward<T>;
+  t.backward[GRU] = gru_backward<T>;
+  t.add_bias = add_bias<T>;
+  t.col_sums = col_sums<T>;
+  t.dropout = dropout<T>;
+  return t;
+}
+
+}  // namespace
+
+const KernelTable<float>& table_f32() {
+  static const KernelTable<float> t = make_table<float>();
+  return t;
+}
+const KernelTable<double>& table_f64() {
+  static const KernelTable<double> t = make_table<double>();
+  return t;
+}
+
+}  // namespace RF_NS
+}  // namespace rnnfast

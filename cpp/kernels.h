@@ -1,0 +1,59 @@
+// The table of kernels one instruction-set build provides; dispatch.cpp picks a
+// table at run time. Declarations of the per-ISA entry points live here too.
+#pragma once
+#include "common.h"
+
+namespace rnnfast {
+
+template <typename T>
+struct KernelTable {
+  const char* name;
+  // C = op(A) op(B) (+ C when accumulate); see gemm.h.
+  void (*gemm)(int M, int N, int K, const T* A, long rsa, long csa, const T* B, long rsb, long csb,
+               T* C, long ldc, bool accumulate, int nthreads);
+  long (*prepacked_size)(int K, int N);
+  void (*prepack)(T* dst, int K, int N, const T* B, long rsb, long csb);
+  // Indexed by Cell.
+  long (*packed_size[4])(int H);
+  void (*pack[4])(T* dst, const T* w_hh, int H);
+  void (*forward[4])(const LayerFwd<T>& a, int nthreads);
+  void (*backward[4])(const LayerBwd<T>& a, int nthreads);
+  // x (rows, n) += bias (n) on every row.
+  void (*add_bias)(T* x, long rows, int n, const T* bias, int nthreads);
+  // out (n) += column sums of a (rows, n).
+  void (*col_sums)(T* out, const T* a, long rows, int n, int nthreads);
+  // Inter-layer dropout: mask[e] = 0 or 1/(1-p) by the counter-based hash of
+  // (seed, layer, e) documented in python/rnnfast/_reference_math.py; x *= mask.
+  void (*dropout)(T* x, T* mask, long n, double p, uint64_t seed, int layer, int nthreads);
+};
+
+#define RF_DECLARE_TABLE(isa)                                  \
+  namespace isa {                                              \
+  const KernelTable<float>& table_f32();                       \
+  const KernelTable<double>& table_f64();                      \
+  }
+RF_DECLARE_TABLE(avx512)
+RF_DECLARE_TABLE(avx2)
+RF_DECLARE_TABLE(generic)
+#undef RF_DECLARE_TABLE
+
+#ifdef RF_NS
+namespace RF_NS {
+#define RF_DECLARE_CELL(name)                                               \
+  template <typename T> long name##_packed_size(int H);                     \
+  template <typename T> void name##_pack(T* dst, const T* w_hh, int H);     \
+  template <typename T> void name##_forward(const LayerFwd<T>& a, int nt);  \
+  template <typename T> void name##_backward(const LayerBwd<T>& a, int nt);
+RF_DECLARE_CELL(rnn)
+RF_DECLARE_CELL(lstm)
+RF_DECLARE_CELL(gru)
+#undef RF_DECLARE_CELL
+}  // namespace RF_NS
+#define RF_INSTANTIATE_CELL(name, T)                                     \
+  template long name##_packed_size<T>(int);                              \
+  template void name##_pack<T>(T*, const T*, int);                       \
+  template void name##_forward<T>(const LayerFwd<T>&, int);              \
+  template void name##_backward<T>(const LayerBwd<T>&, int);
+#endif
+
+}  // namespace rnnfast

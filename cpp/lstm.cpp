@@ -1,0 +1,88 @@
+// LSTM cell (gates i, f, g, o): fused forward epilogue and BPTT step, side by side.
+#include "activations.h"
+#include "cell_common.h"
+#include "simd.h"
+#include "kernels.h"
+#include "recurrence.h"
+
+namespace rnnfast {
+namespace RF_NS {
+
+struct LstmCell {
+  static constexpr int NV = 4;  // one vector per gate, W hidden units per panel
+  template <typename T> using Rows = FwdRows<T>;
+  template <typename T> using BackRows = BwdRows<T>;
+  template <typename T> static constexpr int units() { return Simd<T>::W; }
+  template <typename T> static long column(long p, int v, int u, int H) {
+    long unit = p * Simd<T>::W + u;
+    return unit < H ? v * (long)H + unit : -1;
+  }
+  template <typename T>
+  static void freeze(int p, int H, const T* h_prev, T* h_new, const T* c_prev, T* c_new) {
+    int u0, u1;
+    panel_units(p, units<T>(), H, u0, u1);
+    copy_units(h_prev, h_new, u0, u1);
+    copy_units(c_prev, c_new, u0, u1);
+  }
+
+  // acc holds h_prev W_hh^T for gates i, f, g, o of units [u0, u0+W).
+  template <typename T>
+  static void forward_epilogue(int, int p, int H, typename Simd<T>::V* acc, const Rows<T>& io) {
+    typedef typename Simd<T>::V V;
+    const int u0 = p * Simd<T>::W, n = H - u0;
+    V i = vsigmoid(acc[0] + load_units<T>(io.x + u0, n));
+    V f = vsigmoid(acc[1] + load_units<T>(io.x + H + u0, n));
+    V g = vtanh(acc[2] + load_units<T>(io.x + 2 * H + u0, n));
+    V o = vsigmoid(acc[3] + load_units<T>(io.x + 3 * H + u0, n));
+    V c = f * load_units<T>(io.c_prev + u0, n) + i * g;
+    V tc = vtanh(c);
+    V h = o * tc;
+    store_units<T>(io.c_new + u0, c, n);
+    store_units<T>(io.h_new + u0, h, n);
+    if (io.y) store_units<T>(io.y + u0, h, n);
+    if (io.cache) {
+      store_units<T>(io.cache + u0, i, n);
+      store_units<T>(io.cache + H + u0, f, n);
+      store_units<T>(io.cache + 2 * H + u0, g, n);
+      store_units<T>(io.cache + 3 * H + u0, o, n);
+      store_units<T>(io.cache + 4 * H + u0, tc, n);
+    }
+  }
+
+  // The forward was c = f*c_prev + i*g, h = o*tanh(c); so with dh = dh_next + dy:
+  // do = dh*tanh(c), dc += dh*o*(1 - tanh(c)^2), di = dc*g, dg = dc*i, df = dc*c_prev,
+  // dc_prev = dc*f, and each pre-activation grad is the gate's derivative times that.
+  template <typename T>
+  static void backward_row(int, int H, const BackRows<T>& io) {
+    const T *ci = io.cache, *cf = ci + H, *cg = cf + H, *co = cg + H, *ctc = co + H;
+    T *ai = io.da_hh, *af = ai + H, *ag = af + H, *ao = ag + H;
+    for (int u = 0; u < H; ++u) {
+      const T dh = io.dh[u] + (io.dy ? io.dy[u] : T(0));
+      const T i = ci[u], f = cf[u], g = cg[u], o = co[u], tc = ctc[u];
+      const T dc = io.dc[u] + dh * o * (T(1) - tc * tc);
+      ai[u] = dc * g * i * (T(1) - i);
+      af[u] = dc * io.c_prev[u] * f * (T(1) - f);
+      ag[u] = dc * i * (T(1) - g * g);
+      ao[u] = dh * tc * o * (T(1) - o);
+      io.dc[u] = dc * f;
+      io.direct[u] = T(0);
+    }
+    if (io.da_ih)
+      for (int j = 0; j < 4 * H; ++j) io.da_ih[j] = io.da_hh[j];
+  }
+};
+
+template <typename T>
+long lstm_packed_size(int H) { return recurrent_packed_size<T, LstmCell>(H); }
+template <typename T>
+void lstm_pack(T* dst, const T* w_hh, int H) { recurrent_pack<T, LstmCell>(dst, w_hh, H); }
+template <typename T>
+void lstm_forward(const LayerFwd<T>& a, int nt) { recurrent_forward<T, LstmCell>(a, nt); }
+template <typename T>
+void lstm_backward(const LayerBwd<T>& a, int nt) { recurrent_backward<T, LstmCell>(a, nt); }
+
+RF_INSTANTIATE_CELL(lstm, float)
+RF_INSTANTIATE_CELL(lstm, double)
+
+}  // namespace RF_NS
+}  // namespace rnnfast

@@ -1,0 +1,134 @@
+// The time loop shared by every cell. Per step, one fused kernel: the recurrent
+// product h_{s-1} W_hh^T on weights packed once (one panel = the gate columns of
+// a block of hidden units), then the cell's epilogue in registers. Backward runs
+// the cell's elementwise step, then dh_{s-1} = dA W_hh on pre-packed weights.
+// Cells provide (see lstm.cpp): NV, units_per_panel, column(), forward_epilogue(),
+// backward_row().
+#pragma once
+#include "common.h"
+#include "gemm.h"
+#include "threading_kernel.h"
+
+namespace rnnfast {
+namespace RF_NS {
+
+template <typename T, class Cell>
+long recurrent_packed_size(int H) {
+  constexpr int NR = Cell::NV * Simd<T>::W;
+  const long np = (H + Cell::template units<T>() - 1) / Cell::template units<T>();
+  return np * (long)H * NR;
+}
+
+// W_hh^T (H x G*H) packed into panels; panel p, vector v, lane u holds the column
+// Cell::column(p, v, u, H) (or zero when that is past H).
+template <typename T, class Cell>
+void recurrent_pack(T* dst, const T* w_hh, int H) {
+  constexpr int W = Simd<T>::W, NV = Cell::NV, NR = NV * W;
+  const long np = (H + Cell::template units<T>() - 1) / Cell::template units<T>();
+  for (long p = 0; p < np; ++p)
+    for (int k = 0; k < H; ++k)
+      for (int v = 0; v < NV; ++v)
+        for (int u = 0; u < W; ++u) {
+          long col = Cell::template column<T>(p, v, u, H);
+          dst[(p * H + k) * NR + v * W + u] = col >= 0 ? w_hh[col * H + k] : T(0);
+        }
+}
+
+template <typename T, class Cell>
+void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
+  typedef typename Simd<T>::V V;
+  constexpr int W = Simd<T>::W, NV = Cell::NV, NR = NV * W;
+  constexpr int MR = MicroRows<NV>::MR;
+  const int B = a.batch, H = a.hidden, G = cell_gates(a.cell);
+  const long BH = (long)B * H;
+  const int npanels = (H + Cell::template units<T>() - 1) / Cell::template units<T>();
+  const int mblocks = (B + MR - 1) / MR;
+  const int ntasks = npanels * mblocks;
+  int nt = rf_threads_for(nthreads, 2.0 * B * H * G * H);
+  if (nt > ntasks) nt = ntasks;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    RF_FLUSH_DENORMALS_SCOPE;
+    for (int s = 0; s < a.steps; ++s) {
+      const long in = a.keep_all ? s : (s & 1), out = a.keep_all ? s + 1 : ((s + 1) & 1);
+      const T* h_prev = a.hs + in * BH;
+      T* h_new = a.hs + out * BH;
+      const T* c_prev = a.cs ? a.cs + in * BH : nullptr;
+      T* c_new = a.cs ? a.cs + out * BH : nullptr;
+      const int32_t* tid = a.tidx + (long)s * B;
+#pragma omp for schedule(static)
+      for (int task = 0; task < ntasks; ++task) {
+        const int p = task / mblocks, i0 = (task % mblocks) * MR;
+        const int mr = B - i0 < MR ? B - i0 : MR;
+        const T* rows[MR];
+        for (int r = 0; r < MR; ++r) rows[r] = h_prev + (long)(i0 + (r < mr ? r : 0)) * H;
+        V acc[MR][NV];
+        micro_kernel<T, MR, NV>(H, rows, 1, a.packed_whh + (long)p * H * NR, acc);
+        for (int r = 0; r < mr; ++r) {
+          const int b = i0 + r;
+          const long t = tid[b];
+          const long row = b * (long)H;
+          if (t < 0) {  // past this sequence's end: state frozen
+            Cell::template freeze<T>(p, H, h_prev + row, h_new + row,
+                                     c_prev ? c_prev + row : nullptr, c_new ? c_new + row : nullptr);
+            continue;
+          }
+          typename Cell::template Rows<T> io;
+          io.x = a.xproj + (t * B + b) * G * H;
+          io.h_prev = h_prev + row;
+          io.h_new = h_new + row;
+          io.c_prev = c_prev ? c_prev + row : nullptr;
+          io.c_new = c_new ? c_new + row : nullptr;
+          io.y = a.y ? a.y + t * B * a.ldy + b * a.ldy : nullptr;
+          io.cache = a.cache ? a.cache + ((long)s * B + b) * cell_cache_width(a.cell) * H : nullptr;
+          io.b_hn = a.b_hn;
+          Cell::template forward_epilogue<T>(a.cell, p, H, acc[r], io);
+        }
+      }
+    }
+  }
+}
+
+template <typename T, class Cell>
+void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
+  const int B = a.batch, H = a.hidden, G = cell_gates(a.cell);
+  const long BH = (long)B * H, GH = (long)G * H;
+  int nt = rf_threads_for(nthreads, 2.0 * B * H * G * H);
+  if (nt > B * 4) nt = B * 4;
+  T* direct = a.work;  // (B,H): the part of dh_prev that bypasses W_hh
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    RF_FLUSH_DENORMALS_SCOPE;
+    for (int s = a.steps - 1; s >= 0; --s) {
+      const int32_t* tid = a.tidx + (long)s * B;
+#pragma omp for schedule(static)
+      for (int b = 0; b < B; ++b) {
+        const long t = tid[b];
+        T* dah = a.da_hh + ((long)s * B + b) * GH;
+        if (t < 0) {  // frozen step: the gradient passes through unchanged
+          for (long j = 0; j < GH; ++j) dah[j] = T(0);
+          for (int j = 0; j < H; ++j) direct[b * H + j] = a.dh[b * H + j];
+          continue;
+        }
+        typename Cell::template BackRows<T> io;
+        io.dy = a.dy ? a.dy + t * B * a.ldy + b * a.ldy : nullptr;
+        io.dh = a.dh + b * H;
+        io.dc = a.dc ? a.dc + b * H : nullptr;
+        io.h_prev = a.hs + s * BH + b * H;
+        io.h_new = a.hs + (s + 1) * BH + b * H;
+        io.c_prev = a.cs ? a.cs + s * BH + b * H : nullptr;
+        io.cache = a.cache ? a.cache + ((long)s * B + b) * cell_cache_width(a.cell) * H : nullptr;
+        io.da_hh = dah;
+        io.da_ih = a.da_ih == a.da_hh ? nullptr : a.da_ih + (t * B + b) * GH;
+        io.direct = direct + b * H;
+        Cell::template backward_row<T>(a.cell, H, io);
+      }
+      // dh_{s-1} = dA_s W_hh + direct  (implicit barriers around both phases)
+      gemm_prepacked<T>(B, H, (int)GH, a.da_hh + (long)s * B * GH, GH, a.packed_whh_t, a.dh, H,
+                        direct, H);
+    }
+  }
+}
+
+}  // namespace RF_NS
+}  // namespace rnnfast

@@ -1,0 +1,68 @@
+// Vanilla RNN cell, h = act(x W_ih^T + b_ih + h_prev W_hh^T + b_hh), act = tanh or relu.
+#include "activations.h"
+#include "cell_common.h"
+#include "simd.h"
+#include "kernels.h"
+#include "recurrence.h"
+
+namespace rnnfast {
+namespace RF_NS {
+
+struct RnnCell {
+  static constexpr int NV = 4;  // four vectors of consecutive hidden units per panel
+  template <typename T> using Rows = FwdRows<T>;
+  template <typename T> using BackRows = BwdRows<T>;
+  template <typename T> static constexpr int units() { return NV * Simd<T>::W; }
+  template <typename T> static long column(long p, int v, int u, int H) {
+    long unit = (p * NV + v) * Simd<T>::W + u;
+    return unit < H ? unit : -1;
+  }
+  template <typename T>
+  static void freeze(int p, int H, const T* h_prev, T* h_new, const T*, T*) {
+    int u0, u1;
+    panel_units(p, units<T>(), H, u0, u1);
+    copy_units(h_prev, h_new, u0, u1);
+  }
+
+  template <typename T>
+  static void forward_epilogue(int cell, int p, int H, typename Simd<T>::V* acc,
+                               const Rows<T>& io) {
+    typedef typename Simd<T>::V V;
+    for (int v = 0; v < NV; ++v) {
+      const int u0 = (p * NV + v) * Simd<T>::W, n = H - u0;
+      if (n <= 0) break;
+      V pre = acc[v] + load_units<T>(io.x + u0, n);
+      V h = cell == RNN_RELU ? vrelu(pre) : vtanh(pre);
+      store_units<T>(io.h_new + u0, h, n);
+      if (io.y) store_units<T>(io.y + u0, h, n);
+    }
+  }
+
+  // The forward was h = act(pre): d(pre) = dh*(1 - h^2) for tanh, dh*[h > 0] for relu.
+  template <typename T>
+  static void backward_row(int cell, int H, const BackRows<T>& io) {
+    for (int u = 0; u < H; ++u) {
+      const T dh = io.dh[u] + (io.dy ? io.dy[u] : T(0));
+      const T h = io.h_new[u];
+      const T da = cell == RNN_RELU ? (h > T(0) ? dh : T(0)) : dh * (T(1) - h * h);
+      io.da_hh[u] = da;
+      if (io.da_ih) io.da_ih[u] = da;
+      io.direct[u] = T(0);
+    }
+  }
+};
+
+template <typename T>
+long rnn_packed_size(int H) { return recurrent_packed_size<T, RnnCell>(H); }
+template <typename T>
+void rnn_pack(T* dst, const T* w_hh, int H) { recurrent_pack<T, RnnCell>(dst, w_hh, H); }
+template <typename T>
+void rnn_forward(const LayerFwd<T>& a, int nt) { recurrent_forward<T, RnnCell>(a, nt); }
+template <typename T>
+void rnn_backward(const LayerBwd<T>& a, int nt) { recurrent_backward<T, RnnCell>(a, nt); }
+
+RF_INSTANTIATE_CELL(rnn, float)
+RF_INSTANTIATE_CELL(rnn, double)
+
+}  // namespace RF_NS
+}  // namespace rnnfast

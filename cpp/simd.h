@@ -1,0 +1,76 @@
+// Portable SIMD through GCC/Clang vector extensions. Each kernel translation unit
+// is compiled per instruction set; RF_ISA_* selects the vector width here.
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+#ifndef RF_ISA
+#define RF_ISA generic
+#define RF_ISA_generic 1
+#endif
+
+#if defined(RF_ISA_avx512)
+#define RF_VBYTES 64
+#elif defined(RF_ISA_avx2)
+#define RF_VBYTES 32
+#else
+#define RF_VBYTES 16
+#endif
+
+#define RF_NS RF_ISA
+#define RF_STR2(x) #x
+#define RF_STR(x) RF_STR2(x)
+
+namespace rnnfast {
+namespace RF_NS {
+
+typedef float vf __attribute__((vector_size(RF_VBYTES)));
+typedef double vd __attribute__((vector_size(RF_VBYTES)));
+typedef int32_t vi32 __attribute__((vector_size(RF_VBYTES)));
+typedef int64_t vi64 __attribute__((vector_size(RF_VBYTES)));
+
+template <typename T> struct Simd;
+template <> struct Simd<float> {
+  typedef vf V;
+  typedef vi32 VI;
+  static constexpr int W = RF_VBYTES / 4;
+};
+template <> struct Simd<double> {
+  typedef vd V;
+  typedef vi64 VI;
+  static constexpr int W = RF_VBYTES / 8;
+};
+
+template <typename V, typename T>
+static inline __attribute__((always_inline)) V vload(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+template <typename V, typename T>
+static inline __attribute__((always_inline)) void vstore(T* p, V v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+template <typename V, typename T>
+static inline __attribute__((always_inline)) V vbcast(T s) {
+  return V{} + s;
+}
+// Loads n < W elements, the rest zero.
+template <typename V, typename T>
+static inline V vload_part(const T* p, int n) {
+  V v = V{};
+  T tmp[sizeof(V) / sizeof(T)];
+  std::memcpy(tmp, &v, sizeof(V));
+  for (int i = 0; i < n; ++i) tmp[i] = p[i];
+  std::memcpy(&v, tmp, sizeof(V));
+  return v;
+}
+template <typename V, typename T>
+static inline void vstore_part(T* p, V v, int n) {
+  T tmp[sizeof(V) / sizeof(T)];
+  std::memcpy(tmp, &v, sizeof(V));
+  for (int i = 0; i < n; ++i) p[i] = tmp[i];
+}
+
+}  // namespace RF_NS
+}  // namespace rnnfast

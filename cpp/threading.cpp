@@ -1,0 +1,58 @@
+#include "threading.h"
+
+#include <pthread.h>
+
+#include <atomic>
+#ifdef RF_HAVE_OPENMP
+#include <omp.h>
+#endif
+
+namespace rnnfast {
+
+namespace {
+std::atomic<int> g_threads{0};     // 0 = default
+std::atomic<bool> g_forked{false};
+
+int default_threads() {
+#ifdef RF_HAVE_OPENMP
+  static const int n = omp_get_max_threads();  // reads OMP_NUM_THREADS once
+  return n > 0 ? n : 1;
+#else
+  return 1;
+#endif
+}
+
+void on_fork_child() { g_forked.store(true); }
+
+struct AtForkRegistration {
+  AtForkRegistration() { pthread_atfork(nullptr, nullptr, on_fork_child); }
+} g_atfork;
+}  // namespace
+
+int max_threads() {
+  int n = g_threads.load();
+  return n > 0 ? n : default_threads();
+}
+
+void set_max_threads(int n) { g_threads.store(n > 0 ? n : 0); }
+
+int threads_for_call(int requested) {
+  if (g_forked.load()) return 1;
+  int n = requested > 0 ? requested : max_threads();
+#ifndef RF_HAVE_OPENMP
+  n = 1;
+#endif
+  return n;
+}
+
+bool openmp_available() {
+#ifdef RF_HAVE_OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool in_forked_child() { return g_forked.load(); }
+
+}  // namespace rnnfast

@@ -1,0 +1,64 @@
+// Per-ISA helpers for kernels: thread ids, how many threads a product is worth,
+// and the flush-denormals-to-zero scope every parallel region opens.
+#pragma once
+#include "simd.h"
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
+
+namespace rnnfast {
+namespace RF_NS {
+
+static inline int rf_thread_num() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+// Threads worth using for `flops` of work: about 2 MFLOP per thread (a few us at
+// the least), so small problems stay on one thread instead of paying for a team.
+static inline int rf_threads_for(int nthreads, double flops) {
+  double by_work = flops / 2.0e6;
+  int n = by_work < 1.0 ? 1 : (by_work < nthreads ? (int)by_work : nthreads);
+  return n < 1 ? 1 : n;
+}
+
+// Sets flush-to-zero and denormals-are-zero for this thread; restores on exit.
+class FlushDenormals {
+ public:
+  FlushDenormals() {
+#if defined(__x86_64__) || defined(__i386__)
+    saved_ = _mm_getcsr();
+    _mm_setcsr(saved_ | 0x8040u);
+#elif defined(__aarch64__)
+    saved_ = __builtin_aarch64_get_fpcr64();
+    __builtin_aarch64_set_fpcr64(saved_ | (1ull << 24));
+#endif
+  }
+  ~FlushDenormals() {
+#if defined(__x86_64__) || defined(__i386__)
+    _mm_setcsr(saved_);
+#elif defined(__aarch64__)
+    __builtin_aarch64_set_fpcr64(saved_);
+#endif
+  }
+  FlushDenormals(const FlushDenormals&) = delete;
+  FlushDenormals& operator=(const FlushDenormals&) = delete;
+
+ private:
+#if defined(__aarch64__)
+  unsigned long long saved_ = 0;
+#else
+  unsigned saved_ = 0;
+#endif
+};
+
+#define RF_FLUSH_DENORMALS_SCOPE FlushDenormals rf_ftz_scope_
+
+}  // namespace RF_NS
+}  // namespace rnnfast

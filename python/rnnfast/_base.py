@@ -1,0 +1,306 @@
+"""Argument checking and layout shared by the C++-backed layers and the NumPy reference.
+
+A subclass provides the arithmetic on time-major, batched arrays of the model's dtype:
+``_compute_forward(x, h0, c0, lengths, training, seed) -> (y, h_n, c_n)`` and
+``_compute_backward(dy, dh_n, dc_n) -> (dx, dh0, dc0)``, plus parameter storage through
+``_param_views()`` / ``_grad_views()`` (name -> live array) and ``_params_changed()``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+
+import numpy as np
+
+_MODES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
+
+
+def _check_size(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return int(value)
+
+
+def _as_float_array(value, name, dtype):
+    """Any array-like of real numbers -> ndarray of ``dtype`` (a copy only when needed)."""
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name} must be an array of numbers: {exc}") from None
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def _shape_str(shape):
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def _physical_memory_bytes():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+class RecurrentBase:
+    """Common API of RNN, LSTM and GRU (PyTorch's constructor arguments and names)."""
+
+    _mode = "LSTM"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, *, dtype=np.float32, seed=None,
+                 num_threads=None):
+        self.input_size = _check_size(input_size, "input_size")
+        self.hidden_size = _check_size(hidden_size, "hidden_size")
+        self.num_layers = _check_size(num_layers, "num_layers")
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.bidirectional = bool(bidirectional)
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real):
+            raise TypeError(f"dropout must be a number in [0, 1), got {type(dropout).__name__}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.dropout = float(dropout)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
+        self.num_threads = num_threads
+        self._rng = np.random.default_rng(seed)
+        self._train_info = None
+        self._check_memory()
+
+    # ------------------------------------------------------------------ sizes and names
+    @property
+    def num_directions(self):
+        return 2 if self.bidirectional else 1
+
+    @property
+    def gates(self):
+        return _MODES[self._mode]
+
+    def _param_shapes(self):
+        """PyTorch's parameter names and shapes, in its state_dict order."""
+        G, H, D = self.gates, self.hidden_size, self.num_directions
+        out = {}
+        for k in range(self.num_layers):
+            in_k = self.input_size if k == 0 else D * H
+            for d in range(D):
+                sfx = f"_l{k}" + ("_reverse" if d else "")
+                out["weight_ih" + sfx] = (G * H, in_k)
+                out["weight_hh" + sfx] = (G * H, H)
+                if self.bias:
+                    out["bias_ih" + sfx] = (G * H,)
+                    out["bias_hh" + sfx] = (G * H,)
+        return out
+
+    def _check_memory(self):
+        n = sum(math.prod(s) for s in self._param_shapes().values())
+        need = 4 * n * self.dtype.itemsize  # params, grads, packed copies
+        phys = _physical_memory_bytes()
+        if phys is not None and need > phys:
+            raise MemoryError(
+                f"a {self._mode} with these sizes needs about {need / 2**30:.1f} GiB for its "
+                f"parameters alone; this machine has {phys / 2**30:.1f} GiB")
+
+    def _init_params(self):
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for name, view in self._param_views().items():
+            view[...] = self._rng.uniform(-bound, bound, size=view.shape)
+        self._params_changed()
+
+    # ------------------------------------------------------------------ parameters
+    def state_dict(self):
+        """Parameters by PyTorch name, as independent arrays of the model's dtype."""
+        return {k: v.copy() for k, v in self._param_views().items()}
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Loads PyTorch-named arrays (e.g. a torch state_dict converted with .numpy())."""
+        if not hasattr(state_dict, "keys"):
+            raise TypeError("state_dict must be a mapping of parameter name -> array")
+        shapes = self._param_shapes()
+        missing = [k for k in shapes if k not in state_dict]
+        extra = [k for k in state_dict if k not in shapes]
+        if strict and (missing or extra):
+            raise ValueError(f"state_dict does not match this {type(self).__name__}: "
+                             f"missing keys {missing}, unexpected keys {extra}")
+        arrays = {}
+        for name, value in state_dict.items():
+            if name not in shapes:
+                continue
+            if hasattr(value, "detach"):  # a torch tensor
+                value = value.detach().cpu().numpy()
+            arr = _as_float_array(value, f"state_dict[{name!r}]", self.dtype)
+            if arr.shape != shapes[name]:
+                raise ValueError(f"state_dict[{name!r}] must have shape {_shape_str(shapes[name])}"
+                                 f", got {_shape_str(arr.shape)}")
+            arrays[name] = arr
+        views = self._param_views()
+        for name, arr in arrays.items():
+            views[name][...] = arr
+        self._params_changed()
+
+    @property
+    def grads(self):
+        """Accumulated parameter gradients by PyTorch name (live views)."""
+        return self._grad_views()
+
+    def zero_grad(self):
+        for g in self._grad_views().values():
+            g[...] = 0
+
+    # ------------------------------------------------------------------ forward / backward
+    def __call__(self, x, state=None, lengths=None):
+        return self.forward(x, state, lengths, training=False)
+
+    def _check_state(self, state, batch, unbatched, name):
+        """-> (h0, c0) time-major batched arrays or None."""
+        LD, H = self.num_layers * self.num_directions, self.hidden_size
+        shape = (LD, H) if unbatched else (LD, batch, H)
+        if state is None:
+            return None, None
+        if self._mode == "LSTM":
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise TypeError(f"{name} must be a tuple (h, c) of arrays of shape "
+                                f"{_shape_str(shape)} for LSTM")
+            parts = list(state)
+            labels = (f"{name}[0] (h)", f"{name}[1] (c)")
+        else:
+            if isinstance(state, tuple):
+                raise TypeError(f"{name} must be one array h of shape {_shape_str(shape)} for "
+                                f"{type(self).__name__}, not a tuple")
+            parts = [state, None]
+            labels = (name, None)
+        out = []
+        for part, label in zip(parts, labels):
+            if part is None:
+                out.append(None)
+                continue
+            arr = _as_float_array(part, label, self.dtype)
+            if arr.shape != shape:
+                raise ValueError(f"{label} must have shape {_shape_str(shape)} "
+                                 f"(num_layers*num_directions, {'' if unbatched else 'batch, '}"
+                                 f"hidden_size), got {_shape_str(arr.shape)}")
+            out.append(arr[:, None, :] if unbatched else arr)
+        return out[0], out[1]
+
+    def _check_lengths(self, lengths, steps, batch, unbatched):
+        if lengths is None:
+            return None
+        if unbatched:
+            raise ValueError("lengths cannot be used with unbatched (T, input_size) input")
+        arr = np.asarray(lengths)
+        if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            arr = arr.astype(np.int64)
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"lengths must be integers, got dtype {arr.dtype}")
+        if arr.shape != (batch,):
+            raise ValueError(f"lengths must have shape ({batch},) (one per batch element), "
+                             f"got {_shape_str(arr.shape)}")
+        if arr.size and (arr.min() < 1 or arr.max() > steps):
+            raise ValueError(f"lengths must lie in [1, {steps}] (1 <= len <= T), got min "
+                             f"{arr.min()} and max {arr.max()}")
+        return np.ascontiguousarray(arr, dtype=np.int32)
+
+    def forward(self, x, state=None, lengths=None, training=False):
+        """-> (y, state). x is (T, B, I), (B, T, I) with batch_first, or (T, I) unbatched."""
+        x = _as_float_array(x, "x", self.dtype)
+        I = self.input_size
+        if x.ndim == 2:
+            unbatched = True
+            expect = f"(T, {I})"
+        elif x.ndim == 3:
+            unbatched = False
+            expect = f"(B, T, {I})" if self.batch_first else f"(T, B, {I})"
+        else:
+            raise ValueError(f"x must be 3-D {'(B, T, I)' if self.batch_first else '(T, B, I)'} "
+                             f"or 2-D (T, I), got shape {_shape_str(x.shape)}")
+        if x.shape[-1] != I:
+            raise ValueError(f"x must have shape {expect} with input_size {I} features, got "
+                             f"{_shape_str(x.shape)}")
+        if unbatched:
+            xt = x[:, None, :]
+        elif self.batch_first:
+            xt = np.ascontiguousarray(x.transpose(1, 0, 2))
+        else:
+            xt = x
+        steps, batch = xt.shape[0], xt.shape[1]
+        if steps == 0 or batch == 0:
+            raise ValueError(f"x must have at least one time step and one batch element, got "
+                             f"shape {_shape_str(x.shape)}")
+        h0, c0 = self._check_state(state, batch, unbatched, "state")
+        lens = self._check_lengths(lengths, steps, batch, unbatched)
+        seed = 0
+        if training and self.dropout > 0 and self.num_layers > 1:
+            seed = int(self._rng.integers(0, 2**63))
+        y, hn, cn = self._compute_forward(xt, h0, c0, lens, bool(training), seed)
+        self._train_info = (unbatched, self.batch_first, steps, batch) if training else None
+        y = self._from_time_major(y, unbatched)
+        if unbatched:
+            hn = hn[:, 0, :]
+            cn = None if cn is None else cn[:, 0, :]
+        return y, ((hn, cn) if self._mode == "LSTM" else hn)
+
+    def _from_time_major(self, a, unbatched):
+        if unbatched:
+            return a[:, 0, :]
+        if self.batch_first:
+            return np.ascontiguousarray(a.transpose(1, 0, 2))
+        return a
+
+    def backward(self, dy, dstate=None):
+        """-> (dx, dstate0); parameter gradients are added into ``grads``."""
+        if self._train_info is None:
+            raise ValueError("backward() needs a preceding forward(x, ..., training=True)")
+        unbatched, batch_first, steps, batch = self._train_info
+        out_f = self.num_directions * self.hidden_size
+        if unbatched:
+            shape = (steps, out_f)
+        elif batch_first:
+            shape = (batch, steps, out_f)
+        else:
+            shape = (steps, batch, out_f)
+        dy = _as_float_array(dy, "dy", self.dtype)
+        if dy.shape != shape:
+            raise ValueError(f"dy must have the shape of the forward output {_shape_str(shape)}, "
+                             f"got {_shape_str(dy.shape)}")
+        if unbatched:
+            dyt = dy[:, None, :]
+        elif batch_first:
+            dyt = np.ascontiguousarray(dy.transpose(1, 0, 2))
+        else:
+            dyt = dy
+        dhn, dcn = self._check_state(dstate, batch, unbatched, "dstate")
+        dx, dh0, dc0 = self._compute_backward(dyt, dhn, dcn)
+        dx = self._from_time_major(dx, unbatched)
+        if unbatched:
+            dh0 = dh0[:, 0, :]
+            dc0 = None if dc0 is None else dc0[:, 0, :]
+        return dx, ((dh0, dc0) if self._mode == "LSTM" else dh0)
+
+    def __repr__(self):
+        args = [str(self.input_size), str(self.hidden_size)]
+        if self.num_layers != 1:
+            args.append(f"num_layers={self.num_layers}")
+        if self._mode == "RNN_RELU":
+            args.append("nonlinearity='relu'")
+        for flag in ("batch_first", "bidirectional"):
+            if getattr(self, flag):
+                args.append(f"{flag}=True")
+        if not self.bias:
+            args.append("bias=False")
+        if self.dropout:
+            args.append(f"dropout={self.dropout}")
+        if self.dtype != np.float32:
+            args.append(f"dtype={self.dtype.name}")
+        return f"{type(self).__name__}({', '.join(args)})"
+
+
+def nonlinearity_mode(nonlinearity):
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    return "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"

@@ -1,0 +1,69 @@
+"""RNN, LSTM and GRU layers computed by the C++ engine (rnnfast._core)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _core
+from ._base import RecurrentBase, nonlinearity_mode
+
+_CELLS = {"RNN_TANH": _core.RNN_TANH, "RNN_RELU": _core.RNN_RELU, "LSTM": _core.LSTM,
+          "GRU": _core.GRU}
+
+
+class _EngineLayer(RecurrentBase):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        engine_cls = _core.EngineF32 if self.dtype == np.float32 else _core.EngineF64
+        self._engine = engine_cls(_CELLS[self._mode], self.input_size, self.hidden_size,
+                                  self.num_layers, self.bidirectional, self.bias)
+        flat_p, flat_g = self._engine.params, self._engine.grads
+        self._params, self._grads = {}, {}
+        for name, offset, shape in self._engine.layout():
+            n = int(np.prod(shape))
+            self._params[name] = flat_p[offset:offset + n].reshape(shape)
+            self._grads[name] = flat_g[offset:offset + n].reshape(shape)
+        self._init_params()
+
+    def _param_views(self):
+        return self._params
+
+    def _grad_views(self):
+        return self._grads
+
+    def _params_changed(self):
+        self._engine.repack()  # pack weights now, not on the first forward
+
+    def _threads(self):
+        return 0 if self.num_threads is None else int(self.num_threads)
+
+    def _compute_forward(self, x, h0, c0, lengths, training, seed):
+        return self._engine.forward(x, h0, c0, lengths, training, self.dropout, seed,
+                                    self._threads())
+
+    def _compute_backward(self, dy, dh_n, dc_n):
+        return self._engine.backward(dy, dh_n, dc_n, self._threads())
+
+    def zero_grad(self):
+        self._engine.zero_grad()
+
+
+class LSTM(_EngineLayer):
+    """Long short-term memory layer with PyTorch's parameters and equations (gates i, f, g, o)."""
+    _mode = "LSTM"
+
+
+class GRU(_EngineLayer):
+    """Gated recurrent unit layer with PyTorch's parameters and equations (gates r, z, n)."""
+    _mode = "GRU"
+
+
+class RNN(_EngineLayer):
+    """Elman RNN layer, ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``, act = tanh or relu."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, **kwargs):
+        self._mode = nonlinearity_mode(nonlinearity)
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, **kwargs)

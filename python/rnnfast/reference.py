@@ -1,0 +1,64 @@
+"""The NumPy reference: the same classes and API as rnnfast.LSTM/GRU/RNN, computed in
+pure NumPy (float32 or float64). It is the tests' oracle and the benchmarks' NumPy baseline."""
+
+from __future__ import annotations
+
+
+import numpy as np
+
+from . import _reference_math as _math
+from ._base import RecurrentBase, nonlinearity_mode
+
+__all__ = ["RNN", "LSTM", "GRU", "dropout_mask"]
+
+dropout_mask = _math.dropout_mask
+
+
+class _ReferenceLayer(RecurrentBase):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        shapes = self._param_shapes()
+        self._params = {k: np.zeros(s, self.dtype) for k, s in shapes.items()}
+        self._grads = {k: np.zeros(s, self.dtype) for k, s in shapes.items()}
+        self._cache = None
+        self._init_params()
+
+    def _param_views(self):
+        return self._params
+
+    def _grad_views(self):
+        return self._grads
+
+    def _params_changed(self):
+        pass
+
+    def _compute_forward(self, x, h0, c0, lengths, training, seed):
+        y, hn, cn, cache = _math.forward(
+            self._mode, self._params, x, h0, c0, lengths, self.num_layers, self.bidirectional,
+            self.dropout, training, seed)
+        if training:
+            self._cache = cache
+        return y, hn, cn
+
+    def _compute_backward(self, dy, dh_n, dc_n):
+        dx, dh0, dc0, grads = _math.backward(self._cache, dy, dh_n, dc_n)
+        for k, g in grads.items():
+            self._grads[k] += g
+        return dx, dh0, dc0
+
+
+class LSTM(_ReferenceLayer):
+    _mode = "LSTM"
+
+
+class GRU(_ReferenceLayer):
+    _mode = "GRU"
+
+
+class RNN(_ReferenceLayer):
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, **kwargs):
+        self._mode = nonlinearity_mode(nonlinearity)
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, **kwargs)
