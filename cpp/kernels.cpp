@@ -1,4 +1,5 @@
 // This instruction set's kernel table, plus the small elementwise kernels.
+#include "activations.h"
 #include "gemm.h"
 #include "kernels.h"
 #include "threading_kernel.h"
@@ -58,6 +59,18 @@ void dropout(T* x, T* mask, long n, double p, uint64_t seed, int layer, int nthr
 }
 
 template <typename T>
+void activation(int kind, T* x, long n) {
+  typedef typename Simd<T>::V V;
+  constexpr int W = Simd<T>::W;
+  for (long i = 0; i < n; i += W) {
+    const int m = n - i < W ? (int)(n - i) : W;
+    V v = vload_part<V>(x + i, m);
+    v = kind == 0 ? vexp(v) : kind == 1 ? vsigmoid(v) : vtanh(v);
+    vstore_part(x + i, v, m);
+  }
+}
+
+template <typename T>
 KernelTable<T> make_table() {
   KernelTable<T> t;
   t.name = RF_STR(RF_ISA);
@@ -79,6 +92,7 @@ KernelTable<T> make_table() {
   t.add_bias = add_bias<T>;
   t.col_sums = col_sums<T>;
   t.dropout = dropout<T>;
+  t.activation = activation<T>;
   return t;
 }
 

@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <string>
 
 #include "dispatch.h"
@@ -171,4 +172,14 @@ PYBIND11_MODULE(_core, m) {
   m.def("isa", &current_isa);
   m.def("supported_isas", &supported_isas);
   m.def("set_isa", &set_isa, py::arg("name"));
+  m.def(
+      "_activation",
+      [](int kind, Arr<float> x) {
+        if (kind < 0 || kind > 2) throw py::value_error("kind must be 0 (exp), 1 (sigmoid), 2 (tanh)");
+        py::array_t<float> out(x.request().shape);
+        std::copy(x.data(), x.data() + x.size(), out.mutable_data());
+        kernels<float>().activation(kind, out.mutable_data(), (long)out.size());
+        return out;
+      },
+      py::arg("kind"), py::arg("x"), "The float32 vector exp/sigmoid/tanh of the current ISA.");
 }

@@ -1,0 +1,243 @@
+"""The C++ engine against the NumPy reference: forward, dx, dstate0 and every parameter
+gradient, over random shapes and every option, on every kernel build."""
+
+import itertools
+
+import numpy as np
+import pytest
+from conftest import flat_state, make_pair, state_like
+
+import rnnfast as rf
+from rnnfast import _core
+
+MODES = ["RNN_TANH", "RNN_RELU", "LSTM", "GRU"]
+
+
+def run_both(mode, T, B, I, H, L=1, bidirectional=False, bias=True, batch_first=False,
+             dropout=0.0, lengths=None, with_state=False, unbatched=False, dtype=np.float64,
+             seed=0):
+    rng = np.random.default_rng(seed + 1000)
+    fast, ref = make_pair(mode, I, H, L, bidirectional, bias, batch_first, dropout, dtype, seed)
+    if unbatched:
+        x = rng.standard_normal((T, I))
+    elif batch_first:
+        x = rng.standard_normal((B, T, I))
+    else:
+        x = rng.standard_normal((T, B, I))
+    D = 2 if bidirectional else 1
+    sshape = (L * D, H) if unbatched else (L * D, B, H)
+    state = state_like(mode, sshape, rng, np.float64) if with_state else None
+    results = []
+    for model in (fast, ref):
+        y, st = model.forward(x, state, lengths, training=True)
+        results.append((y, st))
+    dy = rng.standard_normal(results[0][0].shape)
+    dstate = state_like(mode, sshape, rng, np.float64)
+    grads = []
+    for model in (fast, ref):
+        dx, dst = model.backward(dy, dstate)
+        grads.append((dx, dst, {k: v.copy() for k, v in model.grads.items()}))
+    return results, grads
+
+
+def assert_match(results, grads, rtol, atol):
+    (yf, sf), (yr, sr) = results
+    np.testing.assert_allclose(yf, yr, rtol=rtol, atol=atol, err_msg="y")
+    for a, b in zip(flat_state(sf), flat_state(sr)):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg="final state")
+    (dxf, dsf, gf), (dxr, dsr, gr) = grads
+    np.testing.assert_allclose(dxf, dxr, rtol=rtol, atol=atol, err_msg="dx")
+    for a, b in zip(flat_state(dsf), flat_state(dsr)):
+        np.testing.assert_allclose(a, b, rtol=rtol, atol=atol, err_msg="dstate0")
+    assert gf.keys() == gr.keys()
+    for k in gf:
+        np.testing.assert_allclose(gf[k], gr[k], rtol=rtol, atol=atol, err_msg=k)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("bidirectional,L", [(False, 1), (True, 2)])
+@pytest.mark.parametrize("options", ["plain", "lengths", "state", "batch_first", "nobias",
+                                     "dropout", "unbatched"])
+def test_float64_matches_reference(isa, mode, bidirectional, L, options):
+    T, B, I, H = 7, 5, 6, 9
+    kw = dict(L=L, bidirectional=bidirectional)
+    if options == "lengths":
+        kw["lengths"] = [7, 3, 1, 7, 5]
+    elif options == "state":
+        kw["with_state"] = True
+    elif options == "batch_first":
+        kw.update(batch_first=True, lengths=[2, 7, 7, 4, 1], with_state=True)
+    elif options == "nobias":
+        kw.update(bias=False, lengths=[1, 2, 3, 4, 5])
+    elif options == "dropout":
+        kw.update(dropout=0.4, L=3, lengths=[7, 6, 5, 4, 3])
+    elif options == "unbatched":
+        kw.update(unbatched=True, with_state=True)
+    results, grads = run_both(mode, T, B, I, H, **kw)
+    assert_match(results, grads, rtol=1e-9, atol=1e-11)
+
+
+# Random shapes around the SIMD widths: odd I and H, B = 1, T = 1, B not a multiple of
+# the micro-kernel's rows.
+SHAPES = [(1, 1, 1, 1), (1, 3, 4, 5), (3, 1, 8, 16), (2, 7, 17, 15), (5, 13, 33, 31),
+          (4, 4, 16, 64), (37, 3, 45, 77), (3, 9, 3, 130)]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_random_shapes(isa, mode, shape):
+    T, B, I, H = shape
+    rng = np.random.default_rng(hash(shape) % 1000)
+    lengths = rng.integers(1, T + 1, size=B) if T > 1 else None
+    results, grads = run_both(mode, T, B, I, H, L=2, bidirectional=True, lengths=lengths,
+                              with_state=True, seed=int(rng.integers(100)))
+    assert_match(results, grads, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_float32_close_to_float64_reference(isa, mode):
+    T, B, I, H = 12, 6, 20, 37
+    fast, ref = make_pair(mode, I, H, 2, True, dtype=np.float32)
+    ref64 = make_pair(mode, I, H, 2, True, dtype=np.float64)[1]
+    ref64.load_state_dict({k: v.astype(np.float64) for k, v in fast.state_dict().items()})
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    lengths = [12, 1, 5, 12, 7, 3]
+    y, _ = fast.forward(x, lengths=lengths, training=True)
+    y64, _ = ref64.forward(x.astype(np.float64), lengths=lengths, training=True)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, y64, rtol=1e-5, atol=2e-6)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx, _ = fast.backward(dy)
+    dx64, _ = ref64.backward(dy.astype(np.float64))
+    np.testing.assert_allclose(dx, dx64, rtol=1e-4, atol=1e-5)
+    for k in fast.grads:
+        np.testing.assert_allclose(fast.grads[k], ref64.grads[k], rtol=1e-4, atol=2e-5, err_msg=k)
+
+
+def test_gradients_accumulate_and_zero_grad():
+    fast, ref = make_pair("LSTM", 4, 6, 1)
+    x = np.random.default_rng(0).standard_normal((5, 2, 4))
+    y, _ = fast.forward(x, training=True)
+    dy = np.ones_like(y)
+    fast.backward(dy)
+    once = {k: v.copy() for k, v in fast.grads.items()}
+    fast.backward(dy)
+    for k in once:
+        np.testing.assert_allclose(fast.grads[k], 2 * once[k], rtol=1e-12)
+    fast.zero_grad()
+    assert all(not v.any() for v in fast.grads.values())
+
+
+def test_state_dict_round_trip_and_names():
+    m = rf.GRU(3, 4, num_layers=2, bidirectional=True)
+    sd = m.state_dict()
+    assert list(sd) == [f"{w}_l{k}{s}" for k in range(2) for s in ("", "_reverse")
+                        for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    assert sd["weight_ih_l1"].shape == (12, 8) and sd["bias_hh_l0"].shape == (12,)
+    assert all(v.dtype == np.float32 for v in sd.values())
+    sd["weight_ih_l0"][...] = 0  # a copy: the model is unchanged
+    assert m.state_dict()["weight_ih_l0"].any()
+    m2 = rf.GRU(3, 4, num_layers=2, bidirectional=True, seed=7)
+    m2.load_state_dict(m.state_dict())
+    x = np.random.default_rng(0).standard_normal((5, 2, 3))
+    np.testing.assert_array_equal(m(x)[0], m2(x)[0])
+
+
+def test_load_state_dict_repacks_weights():
+    fast, ref = make_pair("LSTM", 3, 5)
+    x = np.random.default_rng(1).standard_normal((4, 2, 3))
+    new = {k: v * 0.5 for k, v in fast.state_dict().items()}
+    fast.load_state_dict(new)
+    ref.load_state_dict(new)
+    np.testing.assert_allclose(fast(x)[0], ref(x)[0], rtol=1e-12)
+
+
+def test_inference_matches_training_forward():
+    fast, _ = make_pair("GRU", 5, 7, 2, True, dropout=0.3)
+    x = np.random.default_rng(2).standard_normal((6, 3, 5))
+    y_inf, _ = fast(x)
+    fast.dropout = 0.0
+    y_tr, _ = fast.forward(x, training=True)
+    np.testing.assert_allclose(y_inf, y_tr, rtol=1e-12)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_padding_is_ignored(mode):
+    """Steps past a sequence's end: zero output, frozen state, dy there ignored, and garbage
+    (even NaN) in the padding of x affects nothing."""
+    fast, _ = make_pair(mode, 3, 4, 2, True)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 2, 3))
+    lengths = [6, 3]
+    y, st = fast.forward(x, lengths=lengths, training=True)
+    assert not y[3:, 1].any()
+    dy = rng.standard_normal(y.shape)
+    dx, _ = fast.backward(dy)
+    g = {k: v.copy() for k, v in fast.grads.items()}
+    x2, dy2 = x.copy(), dy.copy()
+    x2[3:, 1] = np.nan
+    dy2[3:, 1] = 1e6
+    fast.zero_grad()
+    y2, st2 = fast.forward(x2, lengths=lengths, training=True)
+    dx2, _ = fast.backward(dy2)
+    np.testing.assert_array_equal(y, y2)
+    for a, b in zip(flat_state(st), flat_state(st2)):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(dx, dx2)
+    assert not dx2[3:, 1].any()
+    for k in g:
+        np.testing.assert_array_equal(g[k], fast.grads[k])
+
+
+def test_dropout_masks_match_reference_and_vary():
+    fast, ref = make_pair("LSTM", 4, 8, 3, True, dropout=0.5, seed=11)
+    x = np.random.default_rng(4).standard_normal((5, 3, 4))
+    y1, _ = fast.forward(x, training=True)
+    r1, _ = ref.forward(x, training=True)
+    np.testing.assert_allclose(y1, r1, rtol=1e-10)
+    y2, _ = fast.forward(x, training=True)  # a new mask each training forward
+    assert not np.allclose(y1, y2)
+    r2, _ = ref.forward(x, training=True)
+    np.testing.assert_allclose(y2, r2, rtol=1e-10)
+
+
+@pytest.mark.parametrize("kind,fn", [(0, np.exp), (1, lambda v: 1 / (1 + np.exp(-v))),
+                                     (2, np.tanh)])
+def test_vector_activations_error_bound(isa, kind, fn):
+    x = np.concatenate([np.linspace(-20, 20, 100001), np.logspace(-10, 1.3, 4001),
+                        -np.logspace(-10, 1.3, 4001)]).astype(np.float32)
+    got = _core._activation(kind, x).astype(np.float64)
+    want = fn(x.astype(np.float64))
+    nz = want != 0
+    assert np.max(np.abs(got - want)[nz] / np.abs(want[nz])) < 1e-6
+    assert not got[~nz].any()
+    special = _core._activation(kind, np.array([np.nan, np.inf, -np.inf], np.float32))
+    assert np.isnan(special[0])
+    if kind == 0:  # exp is the others' building block, clamped to float range
+        assert special[1] > 1e38 and 0 <= special[2] < 1e-37
+    else:
+        assert special[1] == 1.0
+        assert special[2] == -1.0 if kind == 2 else 0 <= special[2] < 1e-37
+
+
+def test_isa_switch_and_env(tmp_path):
+    import subprocess
+    import sys
+    code = "import rnnfast as rf; print(rf.get_isa())"
+    env = dict(__import__("os").environ, RNNFAST_ISA="generic")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.strip() == "generic", out.stderr
+    assert rf.supported_isas()[-1] == "generic"
+    with pytest.raises(ValueError, match="instruction set"):
+        _core.set_isa("sse9")
+
+
+def test_all_options_combined(isa):
+    """Every option at once."""
+    for mode, bf in itertools.product(MODES, (False, True)):
+        results, grads = run_both(mode, 9, 4, 10, 12, L=3, bidirectional=True, batch_first=bf,
+                                  dropout=0.25, lengths=[9, 2, 5, 8], with_state=True,
+                                  dtype=np.float64)
+        assert_match(results, grads, rtol=1e-9, atol=1e-10)
