@@ -649,6 +649,14 @@ def machine_info(threads: int) -> dict:
             info[name] = getattr(importlib.import_module(name), "__version__", "installed")
         except Exception as exc:
             info[name] = f"n/a ({type(exc).__name__})"
+    try:
+        info["rnnfast_isa"] = importlib.import_module("rnnfast").get_isa()
+    except Exception:
+        pass
+    try:
+        info["load_average"] = round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        pass
     return info
 
 
@@ -693,11 +701,13 @@ def format_report(
     others = [p for p in peers if p.name != "rnnfast"]
     parts = [
         f"machine: {info['cpu']}, {info['logical_cpus']} logical CPUs "
-        f"({info['usable_cpus']} usable), {info['threads']} threads",
+        f"({info['usable_cpus']} usable), {info['threads']} threads, "
+        f"1-min load average at start {info.get('load_average', 'n/a')}",
         "versions: "
         + ", ".join(
             f"{k} {info[k]}"
-            for k in ("python", "numpy", "numpy_blas", "rnnfast", "torch", "onnxruntime")
+            for k in ("python", "numpy", "numpy_blas", "rnnfast", "rnnfast_isa", "torch",
+                      "onnxruntime")
             if k in info
         ),
         f"sgemm ceiling (NumPy 2048x2048 float32): "
@@ -839,6 +849,9 @@ def main(argv: list[str] | None = None) -> int:
         threads = machine_info(0)["usable_cpus"]
 
     info = machine_info(threads)
+    if info.get("load_average", 0) > 0.5:
+        print(f"warning: load average {info['load_average']} at start: other work on this "
+              "machine will skew the timings", file=sys.stderr)
     print(f"measuring the sgemm ceiling on {info['cpu']} ...", file=sys.stderr)
     try:
         sgemm = sgemm_ceiling(args.repeats, args.min_sample, args.max_time)

@@ -53,7 +53,7 @@ static inline __attribute__((always_inline)) void vstore(T* p, V v) {
 }
 template <typename V, typename T>
 static inline __attribute__((always_inline)) V vbcast(T s) {
-  return V{} + s;
+  return s - V{};  // x - 0 == x for every x (x + 0 would turn -0 into +0 and cost an add)
 }
 // Loads n < W elements, the rest zero.
 template <typename V, typename T>

@@ -173,6 +173,23 @@ PYBIND11_MODULE(_core, m) {
   m.def("supported_isas", &supported_isas);
   m.def("set_isa", &set_isa, py::arg("name"));
   m.def(
+      "_gemm",
+      [](Arr<float> a, Arr<float> b, int nthreads) {
+        if (a.ndim() != 2 || b.ndim() != 2 || a.shape(1) != b.shape(0))
+          throw py::value_error("_gemm needs a (M, K) and b (K, N)");
+        const long M = a.shape(0), K = a.shape(1), N = b.shape(1);
+        py::array_t<float> c({M, N});
+        float* cp = c.mutable_data();
+        {
+          py::gil_scoped_release release;
+          kernels<float>().gemm((int)M, (int)N, (int)K, a.data(), K, 1, b.data(), N, 1, cp, N,
+                                false, threads_for_call(nthreads));
+        }
+        return c;
+      },
+      py::arg("a"), py::arg("b"), py::arg("nthreads") = 0,
+      "a @ b with the engine's own float32 GEMM (for tests and benchmarks).");
+  m.def(
       "_activation",
       [](int kind, Arr<float> x) {
         if (kind < 0 || kind > 2) throw py::value_error("kind must be 0 (exp), 1 (sigmoid), 2 (tanh)");
