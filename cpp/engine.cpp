@@ -48,6 +48,18 @@ Engine<T>::Engine(int cell, int input_size, int hidden_size, int num_layers, boo
 template <typename T>
 void Engine<T>::repack() {
   std::unique_lock<std::shared_mutex> lock(pack_mutex_);
+  repack_locked();
+}
+
+template <typename T>
+void Engine<T>::assign_params(const T* src) {
+  std::unique_lock<std::shared_mutex> lock(pack_mutex_);
+  std::copy(src, src + params_.size(), params_.begin());
+  repack_locked();
+}
+
+template <typename T>
+void Engine<T>::repack_locked() {
   const KernelTable<T>& kt = kernels<T>();
   const long GH = (long)G_ * H_;
   for (Slot& s : slots_) {

@@ -36,6 +36,8 @@ class Engine {
 
   // Re-derives packed weights and summed biases from params(); call after writing them.
   void repack();
+  // Copies num_params() values into params() and repacks, excluding concurrent forwards.
+  void assign_params(const T* src);
   void zero_grad();
 
   // x (T,B,I); h0/c0 (L*D,B,H) or null; lengths (B) or null, 1 <= len <= T.
@@ -65,6 +67,7 @@ class Engine {
   };
 
   void ensure_packed();
+  void repack_locked();
   void build_tidx(int steps, int batch, const int32_t* lengths, std::vector<int32_t>* tidx) const;
 
   int cell_, I_, H_, L_, D_, G_;

@@ -73,6 +73,14 @@ void bind_engine(py::module_& m, const char* name) {
                              })
       .def("repack", &E::repack, py::call_guard<py::gil_scoped_release>())
       .def("zero_grad", &E::zero_grad, py::call_guard<py::gil_scoped_release>())
+      .def(
+          "assign_params",
+          [](E& e, Arr<T> flat) {
+            check_shape(flat, {e.num_params()}, "params");
+            py::gil_scoped_release release;
+            e.assign_params(flat.data());
+          },
+          py::arg("flat"))
       .def_property_readonly("has_cache", &E::has_cache)
       .def(
           "forward",

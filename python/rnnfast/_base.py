@@ -139,6 +139,9 @@ class RecurrentBase:
                 raise ValueError(f"state_dict[{name!r}] must have shape {_shape_str(shapes[name])}"
                                  f", got {_shape_str(arr.shape)}")
             arrays[name] = arr
+        self._assign_params(arrays)
+
+    def _assign_params(self, arrays):
         views = self._param_views()
         for name, arr in arrays.items():
             views[name][...] = arr

@@ -31,6 +31,15 @@ class _EngineLayer(RecurrentBase):
     def _grad_views(self):
         return self._grads
 
+    def _assign_params(self, arrays):
+        # Build the new flat vector aside, then swap it in under the engine's lock, so a
+        # forward running in another thread never sees half-loaded weights.
+        flat = self._engine.params.copy()
+        for name, offset, shape in self._engine.layout():
+            if name in arrays:
+                flat[offset:offset + int(np.prod(shape))] = arrays[name].ravel()
+        self._engine.assign_params(flat)
+
     def _params_changed(self):
         self._engine.repack()  # pack weights now, not on the first forward
 
