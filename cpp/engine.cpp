@@ -9,6 +9,21 @@
 
 namespace rnnfast {
 
+namespace {
+// Buffers reused across calls (per thread), so repeated calls of one shape neither
+// allocate nor page-fault: glibc serves large blocks with fresh mmap'd pages.
+template <typename T>
+struct Workspace {
+  std::vector<T> xproj, out_a, out_b, hs, cs, dlayer, dinput, da_hh, da_ih, work, dh, dc;
+  std::vector<int32_t> tidx[2];
+};
+template <typename T>
+Workspace<T>& workspace() {
+  static thread_local Workspace<T> ws;
+  return ws;
+}
+}  // namespace
+
 template <typename T>
 Engine<T>::Engine(int cell, int input_size, int hidden_size, int num_layers, bool bidirectional,
                   bool bias)
@@ -123,8 +138,8 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
   const long DH = (long)D_ * H_;
   const bool use_dropout = training && dropout > 0 && L_ > 1;
 
-  std::vector<int32_t> tidx_local[2];
-  std::vector<int32_t>* tidx = training ? cache_.tidx : tidx_local;
+  Workspace<T>& ws = workspace<T>();
+  std::vector<int32_t>* tidx = training ? cache_.tidx : ws.tidx;
   build_tidx(steps, batch, lengths, tidx);
   if (training) {
     cache_.valid = false;
@@ -145,11 +160,14 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
           if (t >= lengths[b]) std::memset(&cache_.inputs[0][((size_t)t * batch + b) * I_], 0, sizeof(T) * I_);
   }
 
-  std::vector<T> xproj(TB * GH);
-  std::vector<T> out_a, out_b;   // layer outputs, ping-pong (inference)
+  std::vector<T>& xproj = ws.xproj;
+  xproj.resize(TB * GH);
+  std::vector<T>& out_a = ws.out_a;   // layer outputs, ping-pong
+  std::vector<T>& out_b = ws.out_b;
   const T* layer_in = training ? cache_.inputs[0].data() : x;
   const int stride_state = training ? steps + 1 : 2;
-  std::vector<T> hs_local, cs_local;
+  std::vector<T>& hs_local = ws.hs;
+  std::vector<T>& cs_local = ws.cs;
 
   for (int k = 0; k < L_; ++k) {
     const bool last = k == L_ - 1;
@@ -240,8 +258,15 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
   const long TB = (long)steps * batch, BH = (long)batch * H_, GH = (long)G_ * H_;
   const long DH = (long)D_ * H_;
 
-  std::vector<T> dlayer(dy, dy + TB * DH);   // gradient w.r.t. the current layer's output
-  std::vector<T> dinput, da_hh(TB * GH), da_ih, work(3 * BH), dh(BH), dc(BH);
+  Workspace<T>& ws = workspace<T>();
+  std::vector<T>& dlayer = ws.dlayer;   // gradient w.r.t. the current layer's output
+  dlayer.assign(dy, dy + TB * DH);
+  std::vector<T>&dinput = ws.dinput, &da_hh = ws.da_hh, &da_ih = ws.da_ih, &work = ws.work;
+  std::vector<T>&dh = ws.dh, &dc = ws.dc;
+  da_hh.resize(TB * GH);
+  work.resize(3 * BH);
+  dh.resize(BH);
+  dc.resize(BH);
   for (int k = L_ - 1; k >= 0; --k) {
     const int in_size = slots_[k * D_].in_size;
     T* dx_k;

@@ -13,6 +13,34 @@ namespace {
 constexpr int NV = 2;
 constexpr int KC = 256;
 
+// Per-thread scratch that only grows: packing buffers without an allocation per call.
+class Scratch {
+ public:
+  ~Scratch() {
+    for (int i = 0; i < kSlots; ++i) std::free(ptr_[i]);
+  }
+  void* get(int slot, size_t bytes) {
+    if (bytes > cap_[slot]) {
+      std::free(ptr_[slot]);
+      bytes = (bytes + 4095) / 4096 * 4096;
+      ptr_[slot] = std::aligned_alloc(64, bytes);
+      cap_[slot] = ptr_[slot] ? bytes : 0;
+      if (!ptr_[slot]) throw std::bad_alloc();
+    }
+    return ptr_[slot];
+  }
+
+ private:
+  static constexpr int kSlots = 2;
+  void* ptr_[kSlots] = {nullptr, nullptr};
+  size_t cap_[kSlots] = {0, 0};
+};
+
+Scratch& scratch() {
+  static thread_local Scratch s;
+  return s;
+}
+
 template <typename T>
 struct Blocking {
   static constexpr int W = Simd<T>::W;
@@ -81,13 +109,8 @@ void gemm(int M, int N, int K, const T* A, long rsa, long csa, const T* B, long 
   const int mblocks = (M + MC - 1) / MC;
   int nt = rf_threads_for(nthreads, 2.0 * M * N * K);
   if (nt > mblocks * 8) nt = mblocks * 8;
-  T* bbuf = static_cast<T*>(std::aligned_alloc(64, sizeof(T) * ((bsize + 15) / 16 * 16)));
-  T* abuf = static_cast<T*>(std::aligned_alloc(64, sizeof(T) * ((asize * nt + 15) / 16 * 16)));
-  if (!bbuf || !abuf) {
-    std::free(bbuf);
-    std::free(abuf);
-    throw std::bad_alloc();
-  }
+  T* bbuf = static_cast<T*>(scratch().get(0, sizeof(T) * bsize));
+  T* abuf = static_cast<T*>(scratch().get(1, sizeof(T) * asize * nt));
   // Split the N range of a block too when there are fewer M blocks than threads.
   const int nsplit = mblocks >= 2 * nt ? 1 : (2 * nt + mblocks - 1) / mblocks;
 
@@ -134,8 +157,6 @@ void gemm(int M, int N, int K, const T* A, long rsa, long csa, const T* B, long 
       }
     }
   }
-  std::free(bbuf);
-  std::free(abuf);
 }
 
 template <typename T>
