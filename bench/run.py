@@ -26,6 +26,9 @@ Options:
     --min-sample SECONDS                fast calls are looped until one sample lasts this long
     --max-time  SECONDS                 time budget of one measurement, warm-up included;
                                         slow peers get fewer samples (at least one)
+    --settle    SECONDS                 idle pause before each measurement (0.2), so that
+                                        OpenBLAS threads still spinning from the last one
+                                        do not take cores from the next
     --json      PATH                    also write every number to PATH
 
 Every peer runs on the same weights (taken from rnnfast's state_dict), the same input and, for
@@ -176,46 +179,55 @@ def _time_call(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def measure(
-    fn: Callable[[], object], repeats: int, min_sample: float = 0.02, max_time: float = 10.0
-) -> Timing:
-    """Median seconds per call of fn.
+@dataclass(frozen=True)
+class Timer:
+    repeats: int = 5  # timed samples; the median is quoted
+    min_sample: float = 0.02  # seconds one sample lasts at least
+    max_time: float = 8.0  # seconds one measurement may take, warm-up included
+    # Seconds of idling before each measurement. The BLAS behind NumPy (OpenBLAS) keeps its worker
+    # threads spinning for about 0.1 s after each call; without the pause they take cores from the
+    # next measurement on a small machine.
+    settle: float = 0.2
 
-    Warm-up first (one call, and for calls under a second more calls for about min_sample), which
-    also estimates the cost of one call. Each timed sample then loops fn enough times to last at
-    least min_sample. The number of samples is `repeats`, fewer (but at least one) when they would
-    not fit in what is left of max_time.
-    """
-    start = time.perf_counter()
-    estimate = _time_call(fn)
-    if estimate < 1.0:
-        warm_until = time.perf_counter() + min_sample
-        while True:
-            estimate = min(estimate, _time_call(fn))
-            if time.perf_counter() >= warm_until:
-                break
-    estimate = max(estimate, 1e-9)
-    inner = max(1, math.ceil(min_sample / estimate))
-    remaining = max_time - (time.perf_counter() - start)
-    samples = max(1, min(repeats, int(remaining / (inner * estimate))))
+    def measure(self, fn: Callable[[], object]) -> Timing:
+        """Median seconds per call of fn.
 
-    per_call = []
-    for _ in range(samples):
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        per_call.append((time.perf_counter() - t0) / inner)
-    return Timing(statistics.median(per_call), min(per_call), samples, inner)
+        Warm-up first (one call, and for calls under a second more calls for about min_sample),
+        which also estimates the cost of one call. Each timed sample then loops fn enough times to
+        last at least min_sample. The number of samples is `repeats`, fewer (but at least one)
+        when they would not fit in what is left of max_time.
+        """
+        time.sleep(self.settle)
+        start = time.perf_counter()
+        estimate = _time_call(fn)
+        if estimate < 1.0:
+            warm_until = time.perf_counter() + self.min_sample
+            while True:
+                estimate = min(estimate, _time_call(fn))
+                if time.perf_counter() >= warm_until:
+                    break
+        estimate = max(estimate, 1e-9)
+        inner = max(1, math.ceil(self.min_sample / estimate))
+        remaining = self.max_time - (time.perf_counter() - start)
+        samples = max(1, min(self.repeats, int(remaining / (inner * estimate))))
+
+        per_call = []
+        for _ in range(samples):
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            per_call.append((time.perf_counter() - t0) / inner)
+        return Timing(statistics.median(per_call), min(per_call), samples, inner)
 
 
-def sgemm_ceiling(repeats: int, min_sample: float, max_time: float) -> float:
+def sgemm_ceiling(timer: Timer) -> float:
     """GFLOP/s of NumPy's 2048x2048 float32 matrix product."""
     n = 2048
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
     out = np.empty((n, n), dtype=np.float32)
-    timing = measure(lambda: np.matmul(a, b, out=out), max(repeats, 5), min_sample, max_time)
+    timing = timer.measure(lambda: np.matmul(a, b, out=out))
     return 2 * n**3 / timing.median / 1e9
 
 
@@ -233,16 +245,15 @@ class ReadProbe:
         "dot": lambda buf: (lambda: np.dot(buf, buf)),  # both operands are the same bytes
     }
 
-    def __init__(self, repeats: int, min_sample: float, max_time: float):
-        self.repeats, self.min_sample, self.max_time = max(repeats, 5), min_sample, max_time
+    def __init__(self, timer: Timer):
+        self.timer = timer
         self.measured: dict[int, dict[str, float]] = {}  # bytes -> probe -> bytes/s
 
     def bandwidth(self, nbytes: int) -> float:
         if nbytes not in self.measured:
             buf = np.ones(nbytes // 4, dtype=np.float32)
             self.measured[nbytes] = {
-                name: buf.nbytes / measure(make(buf), self.repeats, self.min_sample,
-                                           self.max_time / len(self.PROBES)).median
+                name: buf.nbytes / self.timer.measure(make(buf)).median
                 for name, make in self.PROBES.items()
             }
         return max(self.measured[nbytes].values())
@@ -554,6 +565,13 @@ class Row:
         r = self.results.get(peer)
         return self.flops / r.seconds / 1e9 if r and r.ok else None
 
+    def over_floor(self) -> float | None:
+        """rnnfast time / weight-read floor, stream rows."""
+        mine = self.results.get("rnnfast")
+        if mine and mine.ok and self.floor_seconds:
+            return mine.seconds / self.floor_seconds
+        return None
+
     def ratio(self, peer: str) -> float | None:
         """peer time / rnnfast time: above 1 means rnnfast is faster."""
         mine, theirs = self.results.get("rnnfast"), self.results.get(peer)
@@ -567,7 +585,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message[0][:200]}" if message else type(exc).__name__
 
 
-def run_peer(peer, workload: Workload, args) -> tuple[PeerResult, Runnable | None]:
+def run_peer(peer, workload: Workload, timer: Timer) -> tuple[PeerResult, Runnable | None]:
     try:
         runnable = peer.build(workload)
     except NotApplicable as exc:
@@ -575,15 +593,17 @@ def run_peer(peer, workload: Workload, args) -> tuple[PeerResult, Runnable | Non
     except Exception as exc:
         return PeerResult(error=_describe(exc)), None
     try:
-        t = measure(runnable.step, args.repeats, args.min_sample, args.max_time)
+        t = timer.measure(runnable.step)
     except Exception as exc:
         return PeerResult(error=_describe(exc)), None
     return PeerResult(t.median, t.best, t.samples, t.inner), runnable
 
 
-def run_row(cell: Cell, config: Config, mode: str, peers, args, rf, probe: ReadProbe) -> Row:
+def run_row(
+    cell: Cell, config: Config, mode: str, peers, rf, timer: Timer, probe: ReadProbe, seed: int
+) -> Row:
     rf_module = None if isinstance(rf, BaseException) else rf
-    workload = make_workload(cell, config, mode, rf_module, args.seed)
+    workload = make_workload(cell, config, mode, rf_module, seed)
     row = Row(
         cell=cell.label,
         config=config.name,
@@ -593,7 +613,7 @@ def run_row(cell: Cell, config: Config, mode: str, peers, args, rf, probe: ReadP
     )
     reference_y = None
     for peer in peers:
-        result, runnable = run_peer(peer, workload, args)
+        result, runnable = run_peer(peer, workload, timer)
         if result.ok and runnable is not None and runnable.output is not None:
             try:
                 y = runnable.output()
@@ -661,15 +681,10 @@ def machine_info(threads: int) -> dict:
 
 
 def _num(value: float | None) -> str:
+    """Three significant digits, whole numbers from 100 up."""
     if value is None:
         return "-"
-    if value >= 100:
-        return f"{value:.0f}"
-    if value >= 10:
-        return f"{value:.1f}"
-    if value >= 1:
-        return f"{value:.2f}"
-    return f"{value:.3f}"
+    return f"{value:.0f}" if value >= 99.5 else f"{value:#.3g}"
 
 
 def _time_cell(result: PeerResult | None, scale: float) -> str:
@@ -710,7 +725,7 @@ def format_report(
                       "onnxruntime")
             if k in info
         ),
-        f"sgemm ceiling (NumPy 2048x2048 float32): "
+        "sgemm ceiling (NumPy 2048x2048 float32): "
         + (f"{sgemm:.1f} GFLOP/s" if sgemm else "n/a"),
         "ratios are peer time / rnnfast time: above 1 means rnnfast is faster",
         "",
@@ -747,15 +762,11 @@ def format_report(
             header += [f"{p.label} us", f"{p.name}/rf"]
         lines = []
         for r in stream:
-            mine = r.results.get("rnnfast")
-            over_floor = (
-                mine.seconds / r.floor_seconds if mine and mine.ok and r.floor_seconds else None
-            )
             floor = _num(r.floor_seconds * 1e6) if r.floor_seconds else f"n/a ({r.floor_error})"
             lines.append(
-                [r.cell, r.config, _time_cell(mine, 1e6)]
+                [r.cell, r.config, _time_cell(r.results.get("rnnfast"), 1e6)]
                 + shares(r)
-                + [floor, _ratio_cell(over_floor)]
+                + [floor, _ratio_cell(r.over_floor())]
                 + peer_cells(r, 1e6)
             )
         parts += [
@@ -763,8 +774,8 @@ def format_report(
             "",
             _markdown(header, lines),
             "",
-            "floor = weight bytes 4*G*H*(I+H) / read bandwidth over that many bytes (the fastest of",
-            "buf.sum(), buf.max() and np.dot(buf, buf); GB/s by probe: "
+            "floor = weight bytes 4*G*H*(I+H) / read bandwidth over that many bytes (the fastest",
+            "of buf.sum(), buf.max() and np.dot(buf, buf); GB/s by probe: "
             + "; ".join(
                 f"{nbytes // 1024} KiB: "
                 + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in probe.measured[nbytes].items())
@@ -808,22 +819,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Benchmark rnnfast against the NumPy reference, PyTorch and ONNX Runtime.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--cells", default="rnn,lstm,gru",
-                        type=lambda v: _names(v, CELLS, "cell"))
+    parser.add_argument("--cells", default="rnn,lstm,gru", type=lambda v: _names(v, CELLS, "cell"),
+                        help="comma-separated cells; rnn is the tanh RNN")
     parser.add_argument("--configs", default=",".join(CONFIGS),
-                        type=lambda v: _names(v, CONFIGS, "config"))
-    parser.add_argument("--modes", default=",".join(MODES),
-                        type=lambda v: _names(v, MODES, "mode"))
+                        type=lambda v: _names(v, CONFIGS, "config"),
+                        help="comma-separated shapes of bench-configs.md")
+    parser.add_argument("--modes", default=",".join(MODES), type=lambda v: _names(v, MODES, "mode"),
+                        help="train and infer apply to sequence configs, stream to stream-*")
     parser.add_argument("--peers", default="numpy,torch,onnx",
-                        type=lambda v: _names(v, ("numpy", "torch", "onnx"), "peer"))
+                        type=lambda v: _names(v, ("numpy", "torch", "onnx"), "peer"),
+                        help='compared with rnnfast; "" for rnnfast alone')
     parser.add_argument("--repeats", type=int, default=5, help="timed samples per measurement")
     parser.add_argument("--threads", type=int, default=None,
-                        help="threads for every peer (default: rnnfast's default)")
+                        help="threads for every peer; unset: rnnfast's default")
     parser.add_argument("--min-sample", type=float, default=0.02,
                         help="seconds one timed sample lasts at least")
     parser.add_argument("--max-time", type=float, default=8.0,
                         help="seconds one measurement may take; slow peers get fewer samples")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--settle", type=float, default=0.2,
+                        help="seconds of idling before each measurement, for spinning BLAS "
+                        "threads to go to sleep")
+    parser.add_argument("--seed", type=int, default=0, help="seed of inputs and gradients")
     parser.add_argument("--json", metavar="PATH", help="write every number to PATH")
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -854,11 +870,14 @@ def main(argv: list[str] | None = None) -> int:
               "machine will skew the timings", file=sys.stderr)
     print(f"measuring the sgemm ceiling on {info['cpu']} ...", file=sys.stderr)
     try:
-        sgemm = sgemm_ceiling(args.repeats, args.min_sample, args.max_time)
+        sgemm = sgemm_ceiling(Timer(max(args.repeats, 5), args.min_sample, args.max_time,
+                                    args.settle))
     except Exception as exc:
         print(f"warning: sgemm probe failed ({_describe(exc)})", file=sys.stderr)
         sgemm = None
-    probe = ReadProbe(args.repeats, args.min_sample, args.max_time)
+    timer = Timer(args.repeats, args.min_sample, args.max_time, args.settle)
+    # Three probes per buffer size: a third of the time budget each.
+    probe = ReadProbe(Timer(max(args.repeats, 5), args.min_sample, args.max_time / 3, args.settle))
 
     plan = [
         (CELLS[c], CONFIGS[k], m)
@@ -879,7 +898,7 @@ def main(argv: list[str] | None = None) -> int:
             for i, (cell, config, mode) in enumerate(plan, 1):
                 print(f"[{i}/{len(plan)}] {cell.label} {config.name} {mode}", end="",
                       file=sys.stderr, flush=True)
-                row = run_row(cell, config, mode, peers, args, rf, probe)
+                row = run_row(cell, config, mode, peers, rf, timer, probe, args.seed)
                 rows.append(row)
                 scale, unit = (1e6, "us") if mode == "stream" else (1e3, "ms")
                 summary = ", ".join(
@@ -903,6 +922,7 @@ def main(argv: list[str] | None = None) -> int:
                 asdict(r)
                 | {
                     "gflops": r.gflops(),
+                    "rnnfast_over_floor": r.over_floor(),
                     "ratios": {p.name: r.ratio(p.name) for p in peers if p.name != "rnnfast"},
                 }
                 for r in rows

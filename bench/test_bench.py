@@ -11,6 +11,7 @@ The shapes, weights and peer code are those of bench/run.py; the full table come
 
 import importlib.util
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,7 @@ def _bench(benchmark, peers, impl, cell_key, config_name, mode):
     workload = runner.make_workload(cell, config, mode, rf, seed=0)
     step = peers[impl]().build(workload).step
     step()  # warm-up: first-call allocations stay out of the timings
+    time.sleep(0.2)  # let BLAS threads still spinning from the last case go to sleep
     benchmark.group = f"{cell_key} {config_name} {mode}"
     benchmark.extra_info["gflop_per_call"] = runner.mode_flops(cell, config, mode) / 1e9
     benchmark(step)

@@ -17,6 +17,10 @@ struct Workspace {
   std::vector<T> xproj, out_a, out_b, hs, cs, dlayer, dinput, da_hh, da_ih, work, dh, dc;
   std::vector<int32_t> tidx[2];
 };
+// Input projections with at most this many rows (T*B) use the weights pre-packed at
+// load time; larger ones pack panels on the fly, which the row count amortises.
+constexpr long kFewRows = 32;
+
 template <typename T>
 Workspace<T>& workspace() {
   static thread_local Workspace<T> ws;
@@ -83,6 +87,8 @@ void Engine<T>::repack_locked() {
     kt.pack[cell_](s.packed_fwd.data(), whh, H_);
     s.packed_bwd.assign(kt.prepacked_size((int)GH, H_), T(0));
     kt.prepack(s.packed_bwd.data(), (int)GH, H_, whh, H_, 1);
+    s.packed_ih.assign(kt.prepacked_size(s.in_size, (int)GH), T(0));
+    kt.prepack(s.packed_ih.data(), s.in_size, (int)GH, params_.data() + s.w_ih, 1, s.in_size);
     s.bias_sum.assign(GH, T(0));
     if (bias_) {
       const T* bih = params_.data() + s.b_ih;
@@ -184,8 +190,12 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
       const int si = k * D_ + d;
       Slot& s = slots_[si];
       const T* wih = params_.data() + s.w_ih;
-      kt.gemm((int)TB, (int)GH, s.in_size, layer_in, s.in_size, 1, wih, 1, s.in_size, xproj.data(),
-              GH, false, nt);
+      if (TB <= kFewRows)  // streaming: weights packed at load time, nothing packed per call
+        kt.gemm_prepacked((int)TB, (int)GH, s.in_size, layer_in, s.in_size, s.packed_ih.data(),
+                          xproj.data(), GH, nt);
+      else
+        kt.gemm((int)TB, (int)GH, s.in_size, layer_in, s.in_size, 1, wih, 1, s.in_size,
+                xproj.data(), GH, false, nt);
       if (bias_) kt.add_bias(xproj.data(), TB, (int)GH, s.bias_sum.data(), nt);
 
       std::vector<T>& hs = training ? cache_.hs[si] : hs_local;

@@ -190,12 +190,27 @@ void gemm_prepacked(int M, int N, int K, const T* A, long lda, const T* Bp, T* C
   }
 }
 
+template <typename T>
+void gemm_prepacked_par(int M, int N, int K, const T* A, long lda, const T* Bp, T* C, long ldc,
+                        int nthreads) {
+  int nt = rf_threads_for(nthreads, rf_step_work(M, N, K));
+  const int npanels = (int)panels_for<T, NV>(N);
+  if (nt > npanels) nt = npanels;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    RF_FLUSH_DENORMALS_SCOPE;
+    gemm_prepacked<T>(M, N, K, A, lda, Bp, C, ldc, nullptr, 0);
+  }
+}
+
 #define RF_INSTANTIATE(T)                                                                       \
   template void gemm<T>(int, int, int, const T*, long, long, const T*, long, long, T*, long, bool, \
                         int);                                                                  \
   template long prepacked_size<T>(int, int);                                                    \
   template void prepack<T>(T*, int, int, const T*, long, long);                                 \
-  template void gemm_prepacked<T>(int, int, int, const T*, long, const T*, T*, long, const T*, long);
+  template void gemm_prepacked<T>(int, int, int, const T*, long, const T*, T*, long, const T*,   \
+                                  long);                                                        \
+  template void gemm_prepacked_par<T>(int, int, int, const T*, long, const T*, T*, long, int);
 RF_INSTANTIATE(float)
 RF_INSTANTIATE(double)
 

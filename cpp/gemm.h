@@ -80,6 +80,12 @@ long prepacked_size(int K, int N);
 template <typename T>
 void prepack(T* dst, int K, int N, const T* B, long rsb, long csb);
 
+// The same as a whole call with its own team of up to nthreads threads: for products
+// with few rows, where packing B on every call would cost more than the product.
+template <typename T>
+void gemm_prepacked_par(int M, int N, int K, const T* A, long lda, const T* Bp, T* C, long ldc,
+                        int nthreads);
+
 // Inside an OpenMP parallel region (work-shared with an orphaned `omp for`):
 // C(m, :) = A(m, :) Bp + D(m, :) for m < M, A row-major with lda, D may be null.
 template <typename T>

@@ -77,6 +77,7 @@ KernelTable<T> make_table() {
   t.gemm = gemm<T>;
   t.prepacked_size = prepacked_size<T>;
   t.prepack = prepack<T>;
+  t.gemm_prepacked = gemm_prepacked_par<T>;
   t.packed_size[RNN_TANH] = t.packed_size[RNN_RELU] = rnn_packed_size<T>;
   t.packed_size[LSTM] = lstm_packed_size<T>;
   t.packed_size[GRU] = gru_packed_size<T>;

@@ -13,6 +13,9 @@ struct KernelTable {
                T* C, long ldc, bool accumulate, int nthreads);
   long (*prepacked_size)(int K, int N);
   void (*prepack)(T* dst, int K, int N, const T* B, long rsb, long csb);
+  // C (M x N) = A (M x K, row-major lda) times B pre-packed by prepack().
+  void (*gemm_prepacked)(int M, int N, int K, const T* A, long lda, const T* Bp, T* C, long ldc,
+                         int nthreads);
   // Indexed by Cell.
   long (*packed_size[4])(int H);
   void (*pack[4])(T* dst, const T* w_hh, int H);

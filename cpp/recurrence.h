@@ -44,7 +44,7 @@ void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
   const int npanels = (H + Cell::template units<T>() - 1) / Cell::template units<T>();
   const int mblocks = (B + MR - 1) / MR;
   const int ntasks = npanels * mblocks;
-  int nt = rf_threads_for(nthreads, 2.0 * B * H * G * H);
+  int nt = rf_threads_for(nthreads, rf_step_work(B, (long)G * H, H));
   if (nt > ntasks) nt = ntasks;
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
@@ -93,8 +93,7 @@ template <typename T, class Cell>
 void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
   const int B = a.batch, H = a.hidden, G = cell_gates(a.cell);
   const long BH = (long)B * H, GH = (long)G * H;
-  int nt = rf_threads_for(nthreads, 2.0 * B * H * G * H);
-  if (nt > B * 4) nt = B * 4;
+  int nt = rf_threads_for(nthreads, rf_step_work(B, (long)G * H, H));
   T* direct = a.work;  // (B,H): the part of dh_prev that bypasses W_hh
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {

@@ -28,6 +28,12 @@ static inline int rf_threads_for(int nthreads, double flops) {
   return n < 1 ? 1 : n;
 }
 
+// Work of an M x N x K product on weights that stream from memory: with few rows it is
+// bound by reading the N x K weights, so count every row as at least 8.
+static inline double rf_step_work(long M, long N, long K) {
+  return 2.0 * (M < 8 ? 8 : M) * N * K;
+}
+
 // Sets flush-to-zero and denormals-are-zero for this thread; restores on exit.
 class FlushDenormals {
  public:
