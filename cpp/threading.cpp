@@ -29,16 +29,19 @@ struct AtForkRegistration {
 } g_atfork;
 }  // namespace
 
+constexpr int kMaxThreads = 4096;
+
 int max_threads() {
+  if (g_forked.load()) return 1;
   int n = g_threads.load();
   return n > 0 ? n : default_threads();
 }
 
-void set_max_threads(int n) { g_threads.store(n > 0 ? n : 0); }
+void set_max_threads(int n) { g_threads.store(n > 0 ? (n < kMaxThreads ? n : kMaxThreads) : 0); }
 
 int threads_for_call(int requested) {
   if (g_forked.load()) return 1;
-  int n = requested > 0 ? requested : max_threads();
+  int n = requested > 0 ? (requested < kMaxThreads ? requested : kMaxThreads) : max_threads();
 #ifndef RF_HAVE_OPENMP
   n = 1;
 #endif

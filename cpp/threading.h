@@ -4,7 +4,7 @@
 
 namespace rnnfast {
 
-int max_threads();              // the process-wide setting (>= 1)
+int max_threads();              // the process-wide setting (>= 1; 1 in a forked child)
 void set_max_threads(int n);    // n <= 0 restores the default
 // Threads for one call: `requested` (a model's own setting, 0 = process-wide),
 // clamped to 1 in a child forked after OpenMP started.

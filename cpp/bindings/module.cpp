@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <string>
+#include <vector>
 
 #include "dispatch.h"
 #include "engine.h"
@@ -95,19 +96,27 @@ void bind_engine(py::module_& m, const char* name) {
             if (!(dropout >= 0.0 && dropout < 1.0))
               throw py::value_error("dropout must be in [0, 1)");
             Arr<T> h0a, c0a;
-            Arr<int32_t> lena;
             const T* h0p = optional_state<T>(h0, {LD, batch, H}, "h0", h0a);
             const T* c0p = nullptr;
             if (e.cell() == LSTM) c0p = optional_state<T>(c0, {LD, batch, H}, "c0", c0a);
+            std::vector<int32_t> lens;
             const int32_t* lp = nullptr;
             if (!lengths.is_none()) {
-              lena = Arr<int32_t>::ensure(lengths);
-              if (!lena) throw py::type_error("lengths must be an integer array");
-              check_shape(lena, {batch}, "lengths");
-              for (long b = 0; b < batch; ++b)
-                if (lena.data()[b] < 1 || lena.data()[b] > steps)
-                  throw py::value_error("lengths must lie in [1, T]");
-              lp = lena.data();
+              // Range-check in 64 bits before narrowing, so 2**32 + 1 cannot wrap to 1.
+              py::array raw = py::array::ensure(lengths);
+              if (!raw || (raw.dtype().kind() != 'i' && raw.dtype().kind() != 'u'))
+                throw py::type_error("lengths must be an integer array");
+              Arr<int64_t> l64 = Arr<int64_t>::ensure(raw);
+              if (raw.dtype().kind() == 'u' && raw.itemsize() == 8)
+                l64 = Arr<int64_t>::ensure(raw.attr("clip")(0, steps + 1));
+              check_shape(l64, {batch}, "lengths");
+              lens.resize(batch);
+              for (long b = 0; b < batch; ++b) {
+                const int64_t v = l64.data()[b];
+                if (v < 1 || v > steps) throw py::value_error("lengths must lie in [1, T]");
+                lens[b] = (int32_t)v;
+              }
+              lp = lens.data();
             }
             py::array_t<T> y({steps, batch, (long)e.directions() * H});
             py::array_t<T> hn({LD, batch, H});

@@ -5,7 +5,8 @@ time, OpenMP threads, the GIL released); parameters use PyTorch's names and layo
 """
 
 from . import reference
-from ._core import get_num_threads, set_num_threads
+from . import _core
+from ._base import check_num_threads as _check_num_threads
 from ._core import isa as _isa
 from ._core import supported_isas as _supported_isas
 from .layers import GRU, LSTM, RNN
@@ -14,6 +15,19 @@ __version__ = "0.1.0"
 
 __all__ = ["RNN", "LSTM", "GRU", "reference", "set_num_threads", "get_num_threads",
            "get_isa", "supported_isas", "__version__"]
+
+
+def set_num_threads(n):
+    """Threads for rnnfast's kernels in this process; 0 restores the default (OMP_NUM_THREADS,
+    else all cores). A model's own ``num_threads`` takes precedence."""
+    if n is None:
+        raise TypeError("set_num_threads(n): n must be an int (0 restores the default)")
+    _core.set_num_threads(_check_num_threads(n, "set_num_threads(n): n"))
+
+
+def get_num_threads():
+    """Threads rnnfast's kernels use by default in this process (1 in a forked child)."""
+    return _core.get_num_threads()
 
 
 def get_isa():

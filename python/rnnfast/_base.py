@@ -33,11 +33,26 @@ def _as_float_array(value, name, dtype):
         raise TypeError(f"{name} must be an array of numbers: {exc}") from None
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=dtype)
+    return np.asarray(arr, dtype=dtype, order="C")  # keeps 0-d arrays 0-d, unlike ascontiguous
 
 
 def _shape_str(shape):
-    return "(" + ", ".join(str(s) for s in shape) + ")"
+    return str(tuple(int(s) for s in shape))
+
+
+MAX_THREADS = 4096
+
+
+def check_num_threads(value, name):
+    """None/0 (the process-wide setting) or a positive int -> int."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int or None, got {type(value).__name__}")
+    if not 0 <= value <= MAX_THREADS:
+        raise ValueError(f"{name} must be in [0, {MAX_THREADS}] (0 = the process-wide setting), "
+                         f"got {value}")
+    return int(value)
 
 
 def _physical_memory_bytes():
@@ -66,7 +81,10 @@ class RecurrentBase:
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.dropout = float(dropout)
-        self.dtype = np.dtype(dtype)
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError:
+            raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
         if self.dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
         self.num_threads = num_threads
@@ -98,9 +116,21 @@ class RecurrentBase:
                     out["bias_hh" + sfx] = (G * H,)
         return out
 
+    @property
+    def num_threads(self):
+        """Threads for this model's calls; None uses the process-wide setting."""
+        return self._num_threads or None
+
+    @num_threads.setter
+    def num_threads(self, value):
+        self._num_threads = check_num_threads(value, "num_threads")
+
     def _check_memory(self):
-        n = sum(math.prod(s) for s in self._param_shapes().values())
-        need = 4 * n * self.dtype.itemsize  # params, grads, packed copies
+        # Counted, not built: a huge num_layers must fail here, not while listing names.
+        G, H, D, I = self.gates, self.hidden_size, self.num_directions, self.input_size
+        per_dir = G * H * (H + (2 if self.bias else 0))
+        n = D * (G * H * I + per_dir) + (self.num_layers - 1) * D * (G * H * D * H + per_dir)
+        need = 5 * n * self.dtype.itemsize  # params, grads and three packed copies
         phys = _physical_memory_bytes()
         if phys is not None and need > phys:
             raise MemoryError(
@@ -172,6 +202,8 @@ class RecurrentBase:
                                 f"{_shape_str(shape)} for LSTM")
             parts = list(state)
             labels = (f"{name}[0] (h)", f"{name}[1] (c)")
+            if (parts[0] is None) != (parts[1] is None):
+                raise TypeError(f"{name} must give both h and c for LSTM (or be None)")
         else:
             if isinstance(state, tuple):
                 raise TypeError(f"{name} must be one array h of shape {_shape_str(shape)} for "
@@ -196,7 +228,11 @@ class RecurrentBase:
             return None
         if unbatched:
             raise ValueError("lengths cannot be used with unbatched (T, input_size) input")
-        arr = np.asarray(lengths)
+        try:
+            arr = np.asarray(lengths)
+        except (ValueError, TypeError):
+            raise TypeError("lengths must be a 1-D sequence of integers, one per batch "
+                            "element") from None
         if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
             arr = arr.astype(np.int64)
         if arr.dtype.kind not in "iu":

@@ -44,7 +44,7 @@ class _EngineLayer(RecurrentBase):
         self._engine.repack()  # pack weights now, not on the first forward
 
     def _threads(self):
-        return 0 if self.num_threads is None else int(self.num_threads)
+        return self._num_threads
 
     def _compute_forward(self, x, h0, c0, lengths, training, seed):
         return self._engine.forward(x, h0, c0, lengths, training, self.dropout, seed,

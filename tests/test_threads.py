@@ -1,0 +1,372 @@
+"""Threads: results do not depend on the thread count, the thread settings behave, a model
+may be called from several Python threads at once, and forked or spawned children work."""
+
+import concurrent.futures
+import multiprocessing
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import rnnfast as rf
+from rnnfast import _core
+
+KINDS = ["LSTM", "GRU", "RNN"]
+TIMEOUT = 60
+
+# OpenMP's worker threads are alive when these tests fork (that is the point: the parent
+# has run a multi-threaded forward first). Python >= 3.12 sees them and warns that fork()
+# in a multi-threaded process may deadlock the child; the library handles exactly that case
+# (a forked child runs single-threaded), which the tests check, with a timeout.
+FORK_WARNING = (r"ignore:This process \(pid=\d+\) is multi-threaded, use of fork\(\) may "
+                r"lead to deadlocks in the child:DeprecationWarning")
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    before = rf.get_num_threads()
+    yield
+    rf.set_num_threads(0)
+    if rf.get_num_threads() != before:  # the session had set one explicitly
+        rf.set_num_threads(before)
+
+
+@pytest.fixture(params=KINDS)
+def kind(request):
+    return request.param
+
+
+def make(kind, I=64, H=256, **kwargs):
+    kwargs.setdefault("seed", 0)
+    return getattr(rf, kind)(I, H, **kwargs)
+
+
+def flat(state):
+    return list(state) if isinstance(state, tuple) else [state]
+
+
+def run_train(model, x, dy_seed=1, lengths=None):
+    """Forward (training) and backward: y, final state, dx, dstate0 and the gradients."""
+    y, st = model.forward(x, lengths=lengths, training=True)
+    dy = np.random.default_rng(dy_seed).standard_normal(y.shape).astype(np.float32)
+    model.zero_grad()
+    dx, dst = model.backward(dy)
+    grads = {k: v.copy() for k, v in model.grads.items()}
+    return {"y": y, "state": flat(st), "dx": dx, "dstate": flat(dst), "grads": grads}
+
+
+def assert_same(a, b, atol=1e-6, rtol=1e-6):
+    assert a.keys() == b.keys()
+    for key in a:
+        va, vb = a[key], b[key]
+        if isinstance(va, dict):
+            assert_same(va, vb, atol, rtol)
+        elif isinstance(va, list):
+            for p, q in zip(va, vb, strict=True):
+                np.testing.assert_allclose(p, q, rtol=rtol, atol=atol, err_msg=key)
+        else:
+            np.testing.assert_allclose(va, vb, rtol=rtol, atol=atol, err_msg=key)
+
+
+def inputs(T=32, B=16, I=64, seed=0):
+    return np.random.default_rng(seed).standard_normal((T, B, I)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- settings
+
+
+def test_get_set_num_threads():
+    rf.set_num_threads(0)
+    default = rf.get_num_threads()
+    assert isinstance(default, int) and default >= 1
+    for n in (1, 2, 3, 7, 1):
+        rf.set_num_threads(n)
+        assert rf.get_num_threads() == n
+    rf.set_num_threads(0)
+    assert rf.get_num_threads() == default
+    rf.set_num_threads(2)
+    with pytest.raises(ValueError, match="set_num_threads"):
+        rf.set_num_threads(-1)
+    assert rf.get_num_threads() == 2
+
+
+def test_default_honours_omp_num_threads():
+    code = ("import rnnfast as rf; a = rf.get_num_threads(); rf.set_num_threads(5); "
+            "b = rf.get_num_threads(); rf.set_num_threads(0); print(a, b, rf.get_num_threads())")
+    for omp in ("1", "3"):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=TIMEOUT, env={**os.environ, "OMP_NUM_THREADS": omp})
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.split() == [omp, "5", omp]
+
+
+def test_not_a_forked_child():
+    assert not _core.in_forked_child()
+
+
+# ---------------------------------------------------------------------------- 1 vs 2 threads
+
+
+@pytest.mark.parametrize("shape", [(32, 16), (8, 4), (1, 1)], ids=["many-rows", "few-rows",
+                                                                   "one-row"])
+def test_global_threads_same_results(kind, shape):
+    T, B = shape
+    x = inputs(T, B)
+    lengths = np.maximum(1, T - np.arange(B) % T)
+    results = {}
+    for n in (1, 2):
+        rf.set_num_threads(n)
+        # A fresh model per count, so that dropout draws the same masks.
+        m = make(kind, num_layers=2, bidirectional=True, dropout=0.3)
+        results[n] = run_train(m, x, lengths=lengths)
+        results[n]["inference"], _ = m(x, lengths=lengths)
+        results[n]["unbatched"], _ = m(x[:, 0])
+    assert_same(results[1], results[2])
+
+
+def test_model_num_threads_same_results(kind):
+    x = inputs()
+    results = {}
+    for n, other in ((1, 2), (2, 1)):
+        rf.set_num_threads(other)  # the model's own setting wins over the global one
+        m = make(kind, num_layers=2, num_threads=n)
+        results[n] = run_train(m, x)
+        results[n]["inference"], _ = m(x)
+    assert_same(results[1], results[2])
+
+
+def test_float64_threads_same_results(kind):
+    x = inputs(16, 8).astype(np.float64)
+    results = {}
+    for n in (1, 2):
+        m = make(kind, dtype=np.float64, num_threads=n)
+        results[n] = run_train(m, x)
+    assert_same(results[1], results[2], atol=1e-12, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------- Python threads
+
+
+def _calls(n_calls, seed=7):
+    """Varied inference calls: shapes, states, lengths, unbatched."""
+    rng = np.random.default_rng(seed)
+    calls = []
+    for i in range(n_calls):
+        T, B = int(rng.integers(1, 12)), int(rng.integers(1, 9))
+        if i % 5 == 4:
+            calls.append((rng.standard_normal((T, 64)).astype(np.float32), None, None))
+            continue
+        x = rng.standard_normal((T, B, 64)).astype(np.float32)
+        lengths = rng.integers(1, T + 1, size=B) if i % 3 == 0 else None
+        calls.append((x, i % 2 == 0, lengths))
+    return calls
+
+
+def _infer(m, call):
+    x, with_state, lengths = call
+    state = None
+    if with_state:
+        h = np.full((m.num_layers * m.num_directions, x.shape[1], m.hidden_size), 0.1,
+                    np.float32)
+        state = (h, -h) if isinstance(m, rf.LSTM) else h
+    y, st = m(x, state=state, lengths=lengths)
+    return [y, *flat(st)]
+
+
+@pytest.mark.parametrize("threads", ["global-1", "global-2", "model-2"])
+def test_concurrent_inference_matches_serial(kind, threads):
+    if threads.startswith("global"):
+        rf.set_num_threads(int(threads[-1]))
+        m = make(kind, H=128, num_layers=2, bidirectional=True)
+    else:
+        m = make(kind, H=128, num_layers=2, bidirectional=True, num_threads=2)
+    calls = _calls(80)  # 4 threads x 20 calls
+    serial = [_infer(m, c) for c in calls]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        futures = [pool.submit(_infer, m, c) for c in calls]
+        parallel = [f.result(timeout=TIMEOUT) for f in futures]
+    for i, (a, b) in enumerate(zip(serial, parallel)):
+        for p, q in zip(a, b, strict=True):
+            np.testing.assert_array_equal(p, q, err_msg=f"call {i}")
+
+
+def test_concurrent_training_of_separate_models(kind):
+    xs = [inputs(12, 4, seed=s) for s in range(8)]
+    models = [make(kind, H=64, num_layers=2, seed=s) for s in range(8)]
+    serial = [run_train(m, x) for m, x in zip(models, xs)]
+    models = [make(kind, H=64, num_layers=2, seed=s) for s in range(8)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        parallel = list(pool.map(run_train, models, xs, timeout=TIMEOUT))
+    for a, b in zip(serial, parallel):
+        assert_same(a, b, atol=0, rtol=0)
+
+
+def test_inference_while_loading_weights(kind):
+    """A forward never sees half-loaded weights: each result is one of the two models'."""
+    m = make(kind, H=128, seed=1)
+    sd1 = m.state_dict()
+    sd2 = make(kind, H=128, seed=2).state_dict()
+    x = inputs(6, 4)
+    m.load_state_dict(sd1)
+    y1, _ = m(x)
+    m.load_state_dict(sd2)
+    y2, _ = m(x)
+    stop = threading.Event()
+
+    def loader():
+        i = 0
+        while not stop.is_set():
+            m.load_state_dict(sd1 if i % 2 else sd2)
+            i += 1
+        return i
+
+    def reader():
+        seen = set()
+        for _ in range(40):
+            y, _ = m(x)
+            if np.array_equal(y, y1):
+                seen.add(1)
+            elif np.array_equal(y, y2):
+                seen.add(2)
+            else:
+                raise AssertionError("a forward saw a mix of old and new weights")
+        return seen
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+        load = pool.submit(loader)
+        reads = [pool.submit(reader) for _ in range(2)]
+        try:
+            for r in reads:
+                r.result(timeout=TIMEOUT)
+        finally:
+            stop.set()
+        assert load.result(timeout=TIMEOUT) > 0
+
+
+# ---------------------------------------------------------------------------- fork and spawn
+
+
+def _child_work(spec):
+    """What a child computes: forward + backward of each model, plus its thread view."""
+    out = {"in_forked_child": bool(_core.in_forked_child()),
+           "num_threads": rf.get_num_threads()}
+    rf.set_num_threads(2)  # asking for threads in a child must not hang it
+    for kind_, sd in spec["state_dicts"].items():
+        m = make(kind_, num_layers=2, num_threads=spec["model_threads"])
+        m.load_state_dict(sd)
+        out[kind_] = run_train(m, spec["x"])
+        out[kind_]["inference"], _ = m(spec["x"])
+    return out
+
+
+def _pipe_child(conn, spec):
+    try:
+        conn.send(("ok", _child_work(spec)))
+    except BaseException as exc:  # report, then fail the child
+        conn.send(("error", repr(exc)))
+        raise
+    finally:
+        conn.close()
+
+
+def _parent_spec(model_threads=None):
+    x = inputs(24, 8)
+    spec = {"x": x, "state_dicts": {}, "model_threads": model_threads}
+    expected = {}
+    rf.set_num_threads(2)
+    for kind_ in KINDS:
+        m = make(kind_, num_layers=2, seed=11)
+        # A multi-threaded forward and backward in the parent before any fork.
+        expected[kind_] = run_train(m, x)
+        expected[kind_]["inference"], _ = m(x)
+        spec["state_dicts"][kind_] = m.state_dict()
+    return spec, expected
+
+
+def _run_in_process(ctx, spec):
+    parent_conn, child_conn = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_pipe_child, args=(child_conn, spec))
+    proc.start()
+    child_conn.close()
+    try:
+        # Read before joining: a child blocked on a full pipe would never exit.
+        assert parent_conn.poll(TIMEOUT), "the child sent nothing in time (hung?)"
+        status, payload = parent_conn.recv()
+        proc.join(TIMEOUT)
+        assert not proc.is_alive(), "the child did not exit in time"
+    finally:
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+        parent_conn.close()
+    assert status == "ok", payload
+    assert proc.exitcode == 0
+    return payload
+
+
+def _check_child(got, expected):
+    for kind_ in KINDS:
+        assert_same(got[kind_], expected[kind_])
+
+
+@pytest.mark.filterwarnings(FORK_WARNING)
+@pytest.mark.parametrize("model_threads", [None, 2])
+def test_fork_context_child_after_multithreaded_parent(model_threads):
+    spec, expected = _parent_spec(model_threads)
+    got = _run_in_process(multiprocessing.get_context("fork"), spec)
+    assert got["in_forked_child"]
+    _check_child(got, expected)
+    # The parent still runs multi-threaded and gets the same results afterwards.
+    m = make("LSTM", num_layers=2, seed=11)
+    again = run_train(m, spec["x"])
+    again["inference"], _ = m(spec["x"])
+    assert_same(again, expected["LSTM"])
+
+
+@pytest.mark.filterwarnings(FORK_WARNING)
+def test_os_fork_child_after_multithreaded_parent(tmp_path):
+    spec, expected = _parent_spec()
+    out_file = tmp_path / "child.pkl"
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            result = _child_work(spec)
+            with open(out_file, "wb") as f:
+                pickle.dump(result, f)
+            code = 0
+        except BaseException:
+            pass
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + TIMEOUT
+    status = None
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.02)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung")
+    assert os.waitstatus_to_exitcode(status) == 0
+    with open(out_file, "rb") as f:
+        got = pickle.load(f)
+    assert got["in_forked_child"]
+    _check_child(got, expected)
+
+
+def test_spawn_context_child(monkeypatch):
+    spec, expected = _parent_spec()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    got = _run_in_process(multiprocessing.get_context("spawn"), spec)
+    assert not got["in_forked_child"]
+    assert got["num_threads"] == 1
+    _check_child(got, expected)
