@@ -10,7 +10,7 @@ Usage (from the repository root, with rnnfast installed)::
 Options:
     --cells     lstm,gru,rnn            cells to run (RNN is the tanh variant)
     --configs   small,charrnn,mid,large,stream-128,stream-256,stream-512
-                                        shapes from /work/shared/bench-configs.md
+                                        shapes from ../shared/bench-configs.md
     --modes     train,infer,stream      train = forward + backward with every gradient;
                                         infer = whole-sequence inference; stream = batch-1,
                                         one step per call with the state carried between calls
@@ -33,7 +33,7 @@ Options:
 
 Every peer runs on the same weights (taken from rnnfast's state_dict), the same input and, for
 training, the same random upstream gradient. Throughput uses the cost model of
-/work/shared/rnn-equations.md: 2*T*B*(I_k+H)*G*H forward FLOPs per layer, 3x that for training,
+../shared/rnn-equations.md: 2*T*B*(I_k+H)*G*H forward FLOPs per layer, 3x that for training,
 quoted against the NumPy sgemm rate (2048x2048 float32) measured at the start of the run. Stream
 rows also show the weight-read floor: the 4*G*H*(I+H) weight bytes divided by the read bandwidth
 NumPy reaches over a float32 buffer of that size (the fastest of buf.sum(), buf.max() and
