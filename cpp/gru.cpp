@@ -71,17 +71,7 @@ struct GruCell {
   }
 };
 
-template <typename T>
-long gru_packed_size(int H) { return recurrent_packed_size<T, GruCell>(H); }
-template <typename T>
-void gru_pack(T* dst, const T* w_hh, int H) { recurrent_pack<T, GruCell>(dst, w_hh, H); }
-template <typename T>
-void gru_forward(const LayerFwd<T>& a, int nt) { recurrent_forward<T, GruCell>(a, nt); }
-template <typename T>
-void gru_backward(const LayerBwd<T>& a, int nt) { recurrent_backward<T, GruCell>(a, nt); }
-
-RF_INSTANTIATE_CELL(gru, float)
-RF_INSTANTIATE_CELL(gru, double)
+RF_DEFINE_CELL(gru, GruCell)
 
 }  // namespace RF_NS
 }  // namespace rnnfast

@@ -72,17 +72,7 @@ struct LstmCell {
   }
 };
 
-template <typename T>
-long lstm_packed_size(int H) { return recurrent_packed_size<T, LstmCell>(H); }
-template <typename T>
-void lstm_pack(T* dst, const T* w_hh, int H) { recurrent_pack<T, LstmCell>(dst, w_hh, H); }
-template <typename T>
-void lstm_forward(const LayerFwd<T>& a, int nt) { recurrent_forward<T, LstmCell>(a, nt); }
-template <typename T>
-void lstm_backward(const LayerBwd<T>& a, int nt) { recurrent_backward<T, LstmCell>(a, nt); }
-
-RF_INSTANTIATE_CELL(lstm, float)
-RF_INSTANTIATE_CELL(lstm, double)
+RF_DEFINE_CELL(lstm, LstmCell)
 
 }  // namespace RF_NS
 }  // namespace rnnfast

@@ -129,5 +129,26 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
   }
 }
 
+// Defines and instantiates a cell's entry points (kernels.h) from its Cell type.
+#define RF_DEFINE_CELL(name, Cell)                                                             \
+  template <typename T>                                                                        \
+  long name##_packed_size(int H) {                                                             \
+    return recurrent_packed_size<T, Cell>(H);                                                  \
+  }                                                                                            \
+  template <typename T>                                                                        \
+  void name##_pack(T* dst, const T* w_hh, int H) {                                             \
+    recurrent_pack<T, Cell>(dst, w_hh, H);                                                     \
+  }                                                                                            \
+  template <typename T>                                                                        \
+  void name##_forward(const LayerFwd<T>& a, int nt) {                                          \
+    recurrent_forward<T, Cell>(a, nt);                                                         \
+  }                                                                                            \
+  template <typename T>                                                                        \
+  void name##_backward(const LayerBwd<T>& a, int nt) {                                         \
+    recurrent_backward<T, Cell>(a, nt);                                                        \
+  }                                                                                            \
+  RF_INSTANTIATE_CELL(name, float)                                                             \
+  RF_INSTANTIATE_CELL(name, double)
+
 }  // namespace RF_NS
 }  // namespace rnnfast

@@ -52,17 +52,7 @@ struct RnnCell {
   }
 };
 
-template <typename T>
-long rnn_packed_size(int H) { return recurrent_packed_size<T, RnnCell>(H); }
-template <typename T>
-void rnn_pack(T* dst, const T* w_hh, int H) { recurrent_pack<T, RnnCell>(dst, w_hh, H); }
-template <typename T>
-void rnn_forward(const LayerFwd<T>& a, int nt) { recurrent_forward<T, RnnCell>(a, nt); }
-template <typename T>
-void rnn_backward(const LayerBwd<T>& a, int nt) { recurrent_backward<T, RnnCell>(a, nt); }
-
-RF_INSTANTIATE_CELL(rnn, float)
-RF_INSTANTIATE_CELL(rnn, double)
+RF_DEFINE_CELL(rnn, RnnCell)
 
 }  // namespace RF_NS
 }  // namespace rnnfast

@@ -339,7 +339,15 @@ class RecurrentBase:
         return f"{type(self).__name__}({', '.join(args)})"
 
 
-def nonlinearity_mode(nonlinearity):
-    if nonlinearity not in ("tanh", "relu"):
-        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-    return "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
+class ElmanArgs:
+    """The vanilla RNN's constructor (PyTorch's argument order, with ``nonlinearity``); mixed in
+    before a backend's layer class."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, **kwargs):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self._mode = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, **kwargs)

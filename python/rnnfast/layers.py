@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
-from ._base import RecurrentBase, nonlinearity_mode
+from ._base import ElmanArgs, RecurrentBase
 
 _CELLS = {"RNN_TANH": _core.RNN_TANH, "RNN_RELU": _core.RNN_RELU, "LSTM": _core.LSTM,
           "GRU": _core.GRU}
@@ -67,12 +67,5 @@ class GRU(_EngineLayer):
     _mode = "GRU"
 
 
-class RNN(_EngineLayer):
+class RNN(ElmanArgs, _EngineLayer):
     """Elman RNN layer, ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``, act = tanh or relu."""
-
-    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False, **kwargs):
-        self._mode = nonlinearity_mode(nonlinearity)
-        self.nonlinearity = nonlinearity
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, **kwargs)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _reference_math as _math
-from ._base import RecurrentBase, nonlinearity_mode
+from ._base import ElmanArgs, RecurrentBase
 
 __all__ = ["RNN", "LSTM", "GRU", "dropout_mask"]
 
@@ -52,17 +52,14 @@ class _ReferenceLayer(RecurrentBase):
 
 
 class LSTM(_ReferenceLayer):
+    """LSTM in NumPy."""
     _mode = "LSTM"
 
 
 class GRU(_ReferenceLayer):
+    """GRU in NumPy."""
     _mode = "GRU"
 
 
-class RNN(_ReferenceLayer):
-    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False, **kwargs):
-        self._mode = nonlinearity_mode(nonlinearity)
-        self.nonlinearity = nonlinearity
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, **kwargs)
+class RNN(ElmanArgs, _ReferenceLayer):
+    """Elman RNN (tanh or relu) in NumPy."""
