@@ -32,16 +32,24 @@ struct BwdRows {
   T* direct;        // (H) part of dL/dh_prev not going through W_hh
 };
 
-// Hidden units [u0, u1) of panel p, for cells whose panel covers `units` units.
-static inline void panel_units(int p, int units, int H, int& u0, int& u1) {
-  u0 = p * units;
-  u1 = u0 + units < H ? u0 + units : H;
+// A row past its sequence's end keeps its state: copies units [u0, u0 + n) of h (and c).
+template <typename T>
+static inline void freeze_units(int u0, int n, const T* h_prev, T* h_new, const T* c_prev,
+                                T* c_new) {
+  for (int u = u0; u < u0 + n; ++u) h_new[u] = h_prev[u];
+  if (c_prev)
+    for (int u = u0; u < u0 + n; ++u) c_new[u] = c_prev[u];
 }
 
-template <typename T>
-static inline void copy_units(const T* src, T* dst, int u0, int u1) {
-  for (int u = u0; u < u1; ++u) dst[u] = src[u];
-}
+// Panel layout of cells with one vector per gate: panel p holds gate v of units
+// [p*W, p*W + W) in vector v.
+struct GatePanels {
+  template <typename T> static constexpr int units() { return Simd<T>::W; }
+  template <typename T> static long column(long p, int v, int u, int H) {
+    long unit = p * Simd<T>::W + u;
+    return unit < H ? v * (long)H + unit : -1;
+  }
+};
 
 // Loads/stores W units starting at u0 of a row, n = min(W, H - u0) of them valid.
 template <typename T>

@@ -8,25 +8,11 @@
 namespace rnnfast {
 namespace RF_NS {
 
-struct GruCell {
+struct GruCell : GatePanels {
   static constexpr int NV = 3;
-  template <typename T> using Rows = FwdRows<T>;
-  template <typename T> using BackRows = BwdRows<T>;
-  template <typename T> static constexpr int units() { return Simd<T>::W; }
-  template <typename T> static long column(long p, int v, int u, int H) {
-    long unit = p * Simd<T>::W + u;
-    return unit < H ? v * (long)H + unit : -1;
-  }
-  template <typename T>
-  static void freeze(int p, int H, const T* h_prev, T* h_new, const T*, T*) {
-    int u0, u1;
-    panel_units(p, units<T>(), H, u0, u1);
-    copy_units(h_prev, h_new, u0, u1);
-  }
-
   // x holds x W_ih^T + b_ih, plus b_hh for r and z (not n: b_hn is added inside r*(.)).
   template <typename T>
-  static void forward_epilogue(int, int p, int H, typename Simd<T>::V* acc, const Rows<T>& io) {
+  static void forward_epilogue(int, int p, int H, typename Simd<T>::V* acc, const FwdRows<T>& io) {
     typedef typename Simd<T>::V V;
     const int u0 = p * Simd<T>::W, n = H - u0;
     V r = vsigmoid(acc[0] + load_units<T>(io.x + u0, n));
@@ -50,7 +36,7 @@ struct GruCell {
   // so dn = dh*(1-z), dz = dh*(h_prev - n), dh_prev gets dh*z directly, and
   // d(pre_n) = dn*(1-n^2) goes to W_in as is and to W_hn times r; dr = d(pre_n)*hn.
   template <typename T>
-  static void backward_row(int, int H, const BackRows<T>& io) {
+  static void backward_row(int, int H, const BwdRows<T>& io) {
     const T *cr = io.cache, *cz = cr + H, *cn = cz + H, *chn = cn + H;
     T *ar = io.da_hh, *az = ar + H, *an = az + H;
     T* in = io.da_ih ? io.da_ih : nullptr;

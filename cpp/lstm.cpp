@@ -8,26 +8,11 @@
 namespace rnnfast {
 namespace RF_NS {
 
-struct LstmCell {
+struct LstmCell : GatePanels {
   static constexpr int NV = 4;  // one vector per gate, W hidden units per panel
-  template <typename T> using Rows = FwdRows<T>;
-  template <typename T> using BackRows = BwdRows<T>;
-  template <typename T> static constexpr int units() { return Simd<T>::W; }
-  template <typename T> static long column(long p, int v, int u, int H) {
-    long unit = p * Simd<T>::W + u;
-    return unit < H ? v * (long)H + unit : -1;
-  }
-  template <typename T>
-  static void freeze(int p, int H, const T* h_prev, T* h_new, const T* c_prev, T* c_new) {
-    int u0, u1;
-    panel_units(p, units<T>(), H, u0, u1);
-    copy_units(h_prev, h_new, u0, u1);
-    copy_units(c_prev, c_new, u0, u1);
-  }
-
   // acc holds h_prev W_hh^T for gates i, f, g, o of units [u0, u0+W).
   template <typename T>
-  static void forward_epilogue(int, int p, int H, typename Simd<T>::V* acc, const Rows<T>& io) {
+  static void forward_epilogue(int, int p, int H, typename Simd<T>::V* acc, const FwdRows<T>& io) {
     typedef typename Simd<T>::V V;
     const int u0 = p * Simd<T>::W, n = H - u0;
     V i = vsigmoid(acc[0] + load_units<T>(io.x + u0, n));
@@ -53,7 +38,7 @@ struct LstmCell {
   // do = dh*tanh(c), dc += dh*o*(1 - tanh(c)^2), di = dc*g, dg = dc*i, df = dc*c_prev,
   // dc_prev = dc*f, and each pre-activation grad is the gate's derivative times that.
   template <typename T>
-  static void backward_row(int, int H, const BackRows<T>& io) {
+  static void backward_row(int, int H, const BwdRows<T>& io) {
     const T *ci = io.cache, *cf = ci + H, *cg = cf + H, *co = cg + H, *ctc = co + H;
     T *ai = io.da_hh, *af = ai + H, *ag = af + H, *ao = ag + H;
     for (int u = 0; u < H; ++u) {

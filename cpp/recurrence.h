@@ -2,9 +2,9 @@
 // product h_{s-1} W_hh^T on weights packed once (one panel = the gate columns of
 // a block of hidden units), then the cell's epilogue in registers. Backward runs
 // the cell's elementwise step, then dh_{s-1} = dA W_hh on pre-packed weights.
-// Cells provide (see lstm.cpp): NV, units_per_panel, column(), forward_epilogue(),
-// backward_row().
+// Cells provide (see lstm.cpp): NV, units(), column(), forward_epilogue(), backward_row().
 #pragma once
+#include "cell_common.h"
 #include "common.h"
 #include "gemm.h"
 #include "threading_kernel.h"
@@ -69,11 +69,13 @@ void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
           const long t = tid[b];
           const long row = b * (long)H;
           if (t < 0) {  // past this sequence's end: state frozen
-            Cell::template freeze<T>(p, H, h_prev + row, h_new + row,
-                                     c_prev ? c_prev + row : nullptr, c_new ? c_new + row : nullptr);
+            const int u0 = p * Cell::template units<T>();
+            const int n = H - u0 < Cell::template units<T>() ? H - u0 : Cell::template units<T>();
+            freeze_units(u0, n, h_prev + row, h_new + row, c_prev ? c_prev + row : nullptr,
+                         c_new ? c_new + row : nullptr);
             continue;
           }
-          typename Cell::template Rows<T> io;
+          FwdRows<T> io;
           io.x = a.xproj + (t * B + b) * G * H;
           io.h_prev = h_prev + row;
           io.h_new = h_new + row;
@@ -109,7 +111,7 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
           for (int j = 0; j < H; ++j) direct[b * H + j] = a.dh[b * H + j];
           continue;
         }
-        typename Cell::template BackRows<T> io;
+        BwdRows<T> io;
         io.dy = a.dy ? a.dy + t * B * a.ldy + b * a.ldy : nullptr;
         io.dh = a.dh + b * H;
         io.dc = a.dc ? a.dc + b * H : nullptr;

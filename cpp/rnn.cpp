@@ -10,23 +10,14 @@ namespace RF_NS {
 
 struct RnnCell {
   static constexpr int NV = 4;  // four vectors of consecutive hidden units per panel
-  template <typename T> using Rows = FwdRows<T>;
-  template <typename T> using BackRows = BwdRows<T>;
   template <typename T> static constexpr int units() { return NV * Simd<T>::W; }
   template <typename T> static long column(long p, int v, int u, int H) {
     long unit = (p * NV + v) * Simd<T>::W + u;
     return unit < H ? unit : -1;
   }
   template <typename T>
-  static void freeze(int p, int H, const T* h_prev, T* h_new, const T*, T*) {
-    int u0, u1;
-    panel_units(p, units<T>(), H, u0, u1);
-    copy_units(h_prev, h_new, u0, u1);
-  }
-
-  template <typename T>
   static void forward_epilogue(int cell, int p, int H, typename Simd<T>::V* acc,
-                               const Rows<T>& io) {
+                               const FwdRows<T>& io) {
     typedef typename Simd<T>::V V;
     for (int v = 0; v < NV; ++v) {
       const int u0 = (p * NV + v) * Simd<T>::W, n = H - u0;
@@ -40,7 +31,7 @@ struct RnnCell {
 
   // The forward was h = act(pre): d(pre) = dh*(1 - h^2) for tanh, dh*[h > 0] for relu.
   template <typename T>
-  static void backward_row(int cell, int H, const BackRows<T>& io) {
+  static void backward_row(int cell, int H, const BwdRows<T>& io) {
     for (int u = 0; u < H; ++u) {
       const T dh = io.dh[u] + (io.dy ? io.dy[u] : T(0));
       const T h = io.h_new[u];
