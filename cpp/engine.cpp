@@ -139,7 +139,8 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
   if (training) train_lock.lock();
   std::shared_lock<std::shared_mutex> lock(pack_mutex_);
   const KernelTable<T>& kt = kernels<T>();
-  const int nt = threads_for_call(nthreads);
+  const ThreadBudget budget(nthreads);
+  const int nt = budget.threads();
   const long TB = (long)steps * batch, BH = (long)batch * H_, GH = (long)G_ * H_;
   const long DH = (long)D_ * H_;
   const bool use_dropout = training && dropout > 0 && L_ > 1;
@@ -263,7 +264,8 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
   if (packed_isa_ != kernels<T>().name)
     throw std::logic_error("the instruction set changed between forward and backward");
   const KernelTable<T>& kt = kernels<T>();
-  const int nt = threads_for_call(nthreads);
+  const ThreadBudget budget(nthreads);
+  const int nt = budget.threads();
   const int steps = cache_.steps, batch = cache_.batch;
   const long TB = (long)steps * batch, BH = (long)batch * H_, GH = (long)G_ * H_;
   const long DH = (long)D_ * H_;

@@ -12,6 +12,7 @@ namespace rnnfast {
 namespace {
 std::atomic<int> g_threads{0};     // 0 = default
 std::atomic<bool> g_forked{false};
+std::atomic<int> g_threads_in_use{0};   // by calls on the process-wide budget
 
 int default_threads() {
 #ifdef RF_HAVE_OPENMP
@@ -39,6 +40,8 @@ int max_threads() {
 
 void set_max_threads(int n) { g_threads.store(n > 0 ? (n < kMaxThreads ? n : kMaxThreads) : 0); }
 
+namespace {
+// `requested` (a model's own setting, 0 = process-wide); 1 in a forked child.
 int threads_for_call(int requested) {
   if (g_forked.load()) return 1;
   int n = requested > 0 ? (requested < kMaxThreads ? requested : kMaxThreads) : max_threads();
@@ -46,6 +49,25 @@ int threads_for_call(int requested) {
   n = 1;
 #endif
   return n;
+}
+
+}  // namespace
+
+ThreadBudget::ThreadBudget(int requested)
+    : n_(threads_for_call(requested)), shared_(requested <= 0) {
+  if (!shared_) return;
+  // Take what is free of the process-wide count, at least one thread.
+  int in_use = g_threads_in_use.load();
+  int take;
+  do {
+    const int free_now = n_ - in_use;
+    take = free_now < 1 ? 1 : free_now;
+  } while (!g_threads_in_use.compare_exchange_weak(in_use, in_use + take));
+  n_ = take;
+}
+
+ThreadBudget::~ThreadBudget() {
+  if (shared_) g_threads_in_use -= n_;
 }
 
 bool openmp_available() {

@@ -370,3 +370,27 @@ def test_spawn_context_child(monkeypatch):
     assert not got["in_forked_child"]
     assert got["num_threads"] == 1
     _check_child(got, expected)
+
+
+def test_concurrent_calls_share_the_process_thread_budget():
+    """No oversubscription: calls running at once from several Python threads divide the
+    process-wide thread count; a model's own num_threads is honoured as given."""
+    from rnnfast import _core
+
+    rf.set_num_threads(4)
+    assert _core._thread_budget_probe(0, 0.0) == 4
+
+    def run(requested):
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            barrier = threading.Barrier(4)
+
+            def one(_):
+                barrier.wait()
+                return _core._thread_budget_probe(requested, 0.3)
+
+            return list(pool.map(one, range(4)))
+
+    shared = run(0)
+    assert sum(shared) <= 4 + 3, shared  # the first caller may hold 4 before others arrive
+    assert shared.count(1) >= 3, shared
+    assert run(2) == [2, 2, 2, 2]

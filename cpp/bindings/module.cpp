@@ -4,6 +4,8 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <chrono>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -199,13 +201,24 @@ PYBIND11_MODULE(_core, m) {
         float* cp = c.mutable_data();
         {
           py::gil_scoped_release release;
+          const ThreadBudget budget(nthreads);
           kernels<float>().gemm((int)M, (int)N, (int)K, a.data(), K, 1, b.data(), N, 1, cp, N,
-                                false, threads_for_call(nthreads));
+                                false, budget.threads());
         }
         return c;
       },
       py::arg("a"), py::arg("b"), py::arg("nthreads") = 0,
       "a @ b with the engine's own float32 GEMM (for tests and benchmarks).");
+  m.def(
+      "_thread_budget_probe",
+      [](int requested, double seconds) {
+        py::gil_scoped_release release;
+        const ThreadBudget budget(requested);
+        std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+        return budget.threads();
+      },
+      py::arg("requested"), py::arg("seconds"),
+      "Holds a call's thread budget for `seconds` and returns its size (for tests).");
   m.def(
       "_activation",
       [](int kind, Arr<float> x) {
