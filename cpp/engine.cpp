@@ -14,7 +14,7 @@ namespace {
 // allocate nor page-fault: glibc serves large blocks with fresh mmap'd pages.
 template <typename T>
 struct Workspace {
-  std::vector<T> xproj, out_a, out_b, hs, cs, dlayer, dinput, da_hh, da_ih, work, dh, dc;
+  std::vector<T> xproj, xh, out_a, out_b, hs, cs, dlayer, dinput, da_hh, da_ih, work, dh, dc;
   std::vector<int32_t> tidx[2];
 };
 // Input projections with at most this many rows (T*B) use the weights pre-packed at
@@ -83,12 +83,13 @@ void Engine<T>::repack_locked() {
   const long GH = (long)G_ * H_;
   for (Slot& s : slots_) {
     const T* whh = params_.data() + s.w_hh;
-    s.packed_fwd.assign(kt.packed_size[cell_](H_), T(0));
-    kt.pack[cell_](s.packed_fwd.data(), whh, H_);
+    const T* wih = params_.data() + s.w_ih;
+    s.packed_cat.assign(kt.packed_size[cell_](s.in_size, H_), T(0));
+    kt.pack[cell_](s.packed_cat.data(), wih, s.in_size, whh, H_);
     s.packed_bwd.assign(kt.prepacked_size((int)GH, H_), T(0));
     kt.prepack(s.packed_bwd.data(), (int)GH, H_, whh, H_, 1);
     s.packed_ih.assign(kt.prepacked_size(s.in_size, (int)GH), T(0));
-    kt.prepack(s.packed_ih.data(), s.in_size, (int)GH, params_.data() + s.w_ih, 1, s.in_size);
+    kt.prepack(s.packed_ih.data(), s.in_size, (int)GH, wih, 1, s.in_size);
     s.bias_sum.assign(GH, T(0));
     if (bias_) {
       const T* bih = params_.data() + s.b_ih;
@@ -167,8 +168,11 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
           if (t >= lengths[b]) std::memset(&cache_.inputs[0][((size_t)t * batch + b) * I_], 0, sizeof(T) * I_);
   }
 
+  // Streaming: one kernel multiplies [x | h] by [W_ih | W_hh] and no input projection
+  // runs. Not for GRU, whose reset gate multiplies the h part of n alone.
+  const bool fused = steps == 1 && cell_ != GRU;
   std::vector<T>& xproj = ws.xproj;
-  xproj.resize(TB * GH);
+  if (!fused) xproj.resize(TB * GH);
   std::vector<T>& out_a = ws.out_a;   // layer outputs, ping-pong
   std::vector<T>& out_b = ws.out_b;
   const T* layer_in = training ? cache_.inputs[0].data() : x;
@@ -191,13 +195,16 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
       const int si = k * D_ + d;
       Slot& s = slots_[si];
       const T* wih = params_.data() + s.w_ih;
-      if (TB <= kFewRows)  // streaming: weights packed at load time, nothing packed per call
+      if (fused) {
+        // nothing to project: the bias row stands for xproj in every batch row (ldx = 0)
+      } else if (TB <= kFewRows) {  // weights packed at load time, nothing packed per call
         kt.gemm_prepacked((int)TB, (int)GH, s.in_size, layer_in, s.in_size, s.packed_ih.data(),
                           xproj.data(), GH, nt);
-      else
+      } else {
         kt.gemm((int)TB, (int)GH, s.in_size, layer_in, s.in_size, 1, wih, 1, s.in_size,
                 xproj.data(), GH, false, nt);
-      if (bias_) kt.add_bias(xproj.data(), TB, (int)GH, s.bias_sum.data(), nt);
+      }
+      if (bias_ && !fused) kt.add_bias(xproj.data(), TB, (int)GH, s.bias_sum.data(), nt);
 
       std::vector<T>& hs = training ? cache_.hs[si] : hs_local;
       std::vector<T>& cs = training ? cache_.cs[si] : cs_local;
@@ -223,9 +230,21 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
       a.steps = steps;
       a.batch = batch;
       a.hidden = H_;
-      a.xproj = xproj.data();
+      a.in_size = s.in_size;
+      a.xproj = fused ? s.bias_sum.data() : xproj.data();
+      a.ldx = fused ? 0 : GH;
       a.tidx = tidx[d].data();
-      a.packed_whh = s.packed_fwd.data();
+      a.packed = s.packed_cat.data();
+      a.xh = nullptr;
+      if (fused) {
+        const long K = s.in_size + H_;
+        ws.xh.resize(batch * K);
+        for (long b = 0; b < batch; ++b) {
+          std::memcpy(&ws.xh[b * K], layer_in + b * s.in_size, sizeof(T) * s.in_size);
+          std::memcpy(&ws.xh[b * K + s.in_size], hs.data() + b * H_, sizeof(T) * H_);
+        }
+        a.xh = ws.xh.data();
+      }
       a.b_hn = (cell_ == GRU && bias_) ? params_.data() + s.b_hh + 2 * H_ : nullptr;
       a.hs = hs.data();
       a.cs = cell_ == LSTM ? cs.data() : nullptr;

@@ -54,7 +54,7 @@ class Engine {
   struct Slot {  // one layer and direction
     int in_size;
     long w_ih, w_hh, b_ih, b_hh;  // offsets into params_ (-1 when no bias)
-    std::vector<T> packed_fwd, packed_bwd, packed_ih, bias_sum;
+    std::vector<T> packed_cat, packed_bwd, packed_ih, bias_sum;
   };
   struct Cache {
     bool valid = false;

@@ -17,8 +17,9 @@ struct KernelTable {
   void (*gemm_prepacked)(int M, int N, int K, const T* A, long lda, const T* Bp, T* C, long ldc,
                          int nthreads);
   // Indexed by Cell.
-  long (*packed_size[4])(int H);
-  void (*pack[4])(T* dst, const T* w_hh, int H);
+  // [W_ih | W_hh] packed for the fused step kernels (recurrence.h).
+  long (*packed_size[4])(int in_size, int H);
+  void (*pack[4])(T* dst, const T* w_ih, int in_size, const T* w_hh, int H);
   void (*forward[4])(const LayerFwd<T>& a, int nthreads);
   void (*backward[4])(const LayerBwd<T>& a, int nthreads);
   // x (rows, n) += bias (n) on every row.
@@ -45,8 +46,9 @@ RF_DECLARE_TABLE(generic)
 #ifdef RF_NS
 namespace RF_NS {
 #define RF_DECLARE_CELL(name)                                               \
-  template <typename T> long name##_packed_size(int H);                     \
-  template <typename T> void name##_pack(T* dst, const T* w_hh, int H);     \
+  template <typename T> long name##_packed_size(int in_size, int H);        \
+  template <typename T>                                                     \
+  void name##_pack(T* dst, const T* w_ih, int in_size, const T* w_hh, int H); \
   template <typename T> void name##_forward(const LayerFwd<T>& a, int nt);  \
   template <typename T> void name##_backward(const LayerBwd<T>& a, int nt);
 RF_DECLARE_CELL(rnn)
@@ -55,8 +57,8 @@ RF_DECLARE_CELL(gru)
 #undef RF_DECLARE_CELL
 }  // namespace RF_NS
 #define RF_INSTANTIATE_CELL(name, T)                                     \
-  template long name##_packed_size<T>(int);                              \
-  template void name##_pack<T>(T*, const T*, int);                       \
+  template long name##_packed_size<T>(int, int);                         \
+  template void name##_pack<T>(T*, const T*, int, const T*, int);        \
   template void name##_forward<T>(const LayerFwd<T>&, int);              \
   template void name##_backward<T>(const LayerBwd<T>&, int);
 #endif

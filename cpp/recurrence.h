@@ -13,24 +13,28 @@ namespace rnnfast {
 namespace RF_NS {
 
 template <typename T, class Cell>
-long recurrent_packed_size(int H) {
+long recurrent_packed_size(int in_size, int H) {
   constexpr int NR = Cell::NV * Simd<T>::W;
   const long np = (H + Cell::template units<T>() - 1) / Cell::template units<T>();
-  return np * (long)H * NR;
+  return np * (long)(in_size + H) * NR;
 }
 
-// W_hh^T (H x G*H) packed into panels; panel p, vector v, lane u holds the column
-// Cell::column(p, v, u, H) (or zero when that is past H).
+// [W_ih | W_hh]^T ((in+H) x G*H) packed into panels of K = in + H rows; panel p, vector v,
+// lane u holds the column Cell::column(p, v, u, H) (zero past H). A step with an input
+// projection already done multiplies h by the last H rows of each panel only.
 template <typename T, class Cell>
-void recurrent_pack(T* dst, const T* w_hh, int H) {
+void recurrent_pack(T* dst, const T* w_ih, int in_size, const T* w_hh, int H) {
   constexpr int W = Simd<T>::W, NV = Cell::NV, NR = NV * W;
   const long np = (H + Cell::template units<T>() - 1) / Cell::template units<T>();
+  const long K = in_size + H;
   for (long p = 0; p < np; ++p)
-    for (int k = 0; k < H; ++k)
+    for (long k = 0; k < K; ++k)
       for (int v = 0; v < NV; ++v)
         for (int u = 0; u < W; ++u) {
-          long col = Cell::template column<T>(p, v, u, H);
-          dst[(p * H + k) * NR + v * W + u] = col >= 0 ? w_hh[col * H + k] : T(0);
+          const long col = Cell::template column<T>(p, v, u, H);
+          T val = T(0);
+          if (col >= 0) val = k < in_size ? w_ih[col * in_size + k] : w_hh[col * H + k - in_size];
+          dst[(p * K + k) * NR + v * W + u] = val;
         }
 }
 
@@ -44,7 +48,12 @@ void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
   const int npanels = (H + Cell::template units<T>() - 1) / Cell::template units<T>();
   const int mblocks = (B + MR - 1) / MR;
   const int ntasks = npanels * mblocks;
-  int nt = rf_threads_for(nthreads, rf_step_work(B, (long)G * H, H));
+  const int in = a.in_size;
+  const bool fused = a.xh != nullptr;  // one step: [x | h] times [W_ih | W_hh] at once
+  const int K = fused ? in + H : H;
+  const long panel_stride = (long)(in + H) * NR;
+  const T* packed = a.packed + (fused ? 0 : (long)in * NR);
+  int nt = rf_threads_for(nthreads, rf_step_work(B, (long)G * H, K));
   if (nt > ntasks) nt = ntasks;
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
@@ -61,9 +70,12 @@ void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
         const int p = task / mblocks, i0 = (task % mblocks) * MR;
         const int mr = B - i0 < MR ? B - i0 : MR;
         const T* rows[MR];
-        for (int r = 0; r < MR; ++r) rows[r] = h_prev + (long)(i0 + (r < mr ? r : 0)) * H;
+        for (int r = 0; r < MR; ++r) {
+          const long b = i0 + (r < mr ? r : 0);
+          rows[r] = fused ? a.xh + b * K : h_prev + b * H;
+        }
         V acc[MR][NV];
-        micro_kernel<T, MR, NV>(H, rows, 1, a.packed_whh + (long)p * H * NR, acc);
+        micro_kernel<T, MR, NV>(K, rows, 1, packed + p * panel_stride, acc);
         for (int r = 0; r < mr; ++r) {
           const int b = i0 + r;
           const long t = tid[b];
@@ -76,7 +88,7 @@ void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
             continue;
           }
           FwdRows<T> io;
-          io.x = a.xproj + (t * B + b) * G * H;
+          io.x = a.xproj + (t * B + b) * a.ldx;
           io.h_prev = h_prev + row;
           io.h_new = h_new + row;
           io.c_prev = c_prev ? c_prev + row : nullptr;
@@ -134,12 +146,12 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
 // Defines and instantiates a cell's entry points (kernels.h) from its Cell type.
 #define RF_DEFINE_CELL(name, Cell)                                                             \
   template <typename T>                                                                        \
-  long name##_packed_size(int H) {                                                             \
-    return recurrent_packed_size<T, Cell>(H);                                                  \
+  long name##_packed_size(int in_size, int H) {                                                \
+    return recurrent_packed_size<T, Cell>(in_size, H);                                         \
   }                                                                                            \
   template <typename T>                                                                        \
-  void name##_pack(T* dst, const T* w_hh, int H) {                                             \
-    recurrent_pack<T, Cell>(dst, w_hh, H);                                                     \
+  void name##_pack(T* dst, const T* w_ih, int in_size, const T* w_hh, int H) {                 \
+    recurrent_pack<T, Cell>(dst, w_ih, in_size, w_hh, H);                                      \
   }                                                                                            \
   template <typename T>                                                                        \
   void name##_forward(const LayerFwd<T>& a, int nt) {                                          \

@@ -241,3 +241,34 @@ def test_all_options_combined(isa):
                                   dropout=0.25, lengths=[9, 2, 5, 8], with_state=True,
                                   dtype=np.float64)
         assert_match(results, grads, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_each_path_as_first_call_in_a_fresh_process(mode):
+    """Per-thread workspaces only grow: a path that forgot to size its buffer would pass
+    after larger calls and fail (or crash) as a process's first call. Each call kind runs
+    first in its own interpreter: fused single step, few-row projection, general GEMM."""
+    import subprocess
+    import sys
+    import textwrap
+    code = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        sys.path[:0] = {sys.path!r}
+        from conftest import make_pair
+        T, B = map(int, sys.argv[1:3])
+        fast, ref = make_pair({mode!r}, 5, 7, 2, True, dtype=np.float64)
+        x = np.random.default_rng(0).standard_normal((T, B, 5))
+        y, _ = fast.forward(x, training=True)
+        yr, _ = ref.forward(x, training=True)
+        dx, _ = fast.backward(np.ones_like(y))
+        dxr, _ = ref.backward(np.ones_like(yr))
+        np.testing.assert_allclose(y, yr, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(dx, dxr, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(fast(x)[0], yr, rtol=1e-9, atol=1e-12)
+        print("ok")
+    """)
+    for T, B in [(1, 1), (1, 6), (3, 4), (40, 3)]:
+        out = subprocess.run([sys.executable, "-c", code, str(T), str(B)], capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0 and out.stdout.strip() == "ok", (T, B, out.stderr[-2000:])
