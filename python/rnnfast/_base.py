@@ -27,6 +27,8 @@ def _check_size(value, name):
 
 def _as_float_array(value, name, dtype):
     """Any array-like of real numbers -> ndarray of ``dtype`` (a copy only when needed)."""
+    if type(value) is np.ndarray and value.dtype == dtype and value.flags.c_contiguous:
+        return value  # the common case, kept cheap for batch-1 streaming
     try:
         arr = np.asarray(value)
     except Exception as exc:  # ragged lists and the like
@@ -192,36 +194,33 @@ class RecurrentBase:
 
     def _check_state(self, state, batch, unbatched, name):
         """-> (h0, c0) time-major batched arrays or None."""
-        LD, H = self.num_layers * self.num_directions, self.hidden_size
-        shape = (LD, H) if unbatched else (LD, batch, H)
         if state is None:
             return None, None
+        LD = self.num_layers * (2 if self.bidirectional else 1)
+        shape = (LD, self.hidden_size) if unbatched else (LD, batch, self.hidden_size)
         if self._mode == "LSTM":
             if not isinstance(state, (tuple, list)) or len(state) != 2:
                 raise TypeError(f"{name} must be a tuple (h, c) of arrays of shape "
                                 f"{_shape_str(shape)} for LSTM")
-            parts = list(state)
-            labels = (f"{name}[0] (h)", f"{name}[1] (c)")
-            if (parts[0] is None) != (parts[1] is None):
+            h, c = state
+            if (h is None) != (c is None):
                 raise TypeError(f"{name} must give both h and c for LSTM (or be None)")
-        else:
-            if isinstance(state, tuple):
-                raise TypeError(f"{name} must be one array h of shape {_shape_str(shape)} for "
-                                f"{type(self).__name__}, not a tuple")
-            parts = [state, None]
-            labels = (name, None)
-        out = []
-        for part, label in zip(parts, labels):
-            if part is None:
-                out.append(None)
-                continue
-            arr = _as_float_array(part, label, self.dtype)
-            if arr.shape != shape:
-                raise ValueError(f"{label} must have shape {_shape_str(shape)} "
-                                 f"(num_layers*num_directions, {'' if unbatched else 'batch, '}"
-                                 f"hidden_size), got {_shape_str(arr.shape)}")
-            out.append(arr[:, None, :] if unbatched else arr)
-        return out[0], out[1]
+            if h is None:
+                return None, None
+            return (self._state_part(h, shape, unbatched, name + "[0] (h)"),
+                    self._state_part(c, shape, unbatched, name + "[1] (c)"))
+        if isinstance(state, tuple):
+            raise TypeError(f"{name} must be one array h of shape {_shape_str(shape)} for "
+                            f"{type(self).__name__}, not a tuple")
+        return self._state_part(state, shape, unbatched, name), None
+
+    def _state_part(self, part, shape, unbatched, label):
+        arr = _as_float_array(part, label, self.dtype)
+        if arr.shape != shape:
+            raise ValueError(f"{label} must have shape {_shape_str(shape)} "
+                             f"(num_layers*num_directions, {'' if unbatched else 'batch, '}"
+                             f"hidden_size), got {_shape_str(arr.shape)}")
+        return arr[:, None, :] if unbatched else arr
 
     def _check_lengths(self, lengths, steps, batch, unbatched):
         if lengths is None:
@@ -248,19 +247,16 @@ class RecurrentBase:
     def forward(self, x, state=None, lengths=None, training=False):
         """-> (y, state). x is (T, B, I), (B, T, I) with batch_first, or (T, I) unbatched."""
         x = _as_float_array(x, "x", self.dtype)
-        I = self.input_size
-        if x.ndim == 2:
-            unbatched = True
-            expect = f"(T, {I})"
-        elif x.ndim == 3:
-            unbatched = False
-            expect = f"(B, T, {I})" if self.batch_first else f"(T, B, {I})"
-        else:
+        ndim = x.ndim
+        if ndim not in (2, 3):
             raise ValueError(f"x must be 3-D {'(B, T, I)' if self.batch_first else '(T, B, I)'} "
                              f"or 2-D (T, I), got shape {_shape_str(x.shape)}")
-        if x.shape[-1] != I:
-            raise ValueError(f"x must have shape {expect} with input_size {I} features, got "
-                             f"{_shape_str(x.shape)}")
+        unbatched = ndim == 2
+        if x.shape[-1] != self.input_size:
+            expect = "(T, {})" if unbatched else ("(B, T, {})" if self.batch_first else
+                                                  "(T, B, {})")
+            raise ValueError(f"x must have shape {expect.format(self.input_size)} with "
+                             f"input_size {self.input_size} features, got {_shape_str(x.shape)}")
         if unbatched:
             xt = x[:, None, :]
         elif self.batch_first:
