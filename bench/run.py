@@ -36,8 +36,9 @@ training, the same random upstream gradient. Throughput uses the cost model of
 ../shared/rnn-equations.md: 2*T*B*(I_k+H)*G*H forward FLOPs per layer, 3x that for training,
 quoted against the NumPy sgemm rate (2048x2048 float32) measured at the start of the run. Stream
 rows also show the weight-read floor: the 4*G*H*(I+H) weight bytes divided by the read bandwidth
-NumPy reaches over a float32 buffer of that size (the fastest of buf.sum(), buf.max() and
-np.dot(buf, buf), each a median over repeats).
+over a float32 buffer of that size: the fastest of rnnfast's SIMD read probe (vector loads on
+all threads, rnnfast._core._read_probe) and NumPy's buf.sum(), buf.max() and np.dot(buf, buf),
+each a median over repeats.
 
 A peer that is missing or fails shows "n/a (ErrorType)" and its message is listed under the table;
 the run goes on. Progress goes to stderr, the tables to stdout.
@@ -256,7 +257,23 @@ class ReadProbe:
                 name: buf.nbytes / self.timer.measure(make(buf)).median
                 for name, make in self.PROBES.items()
             }
+            simd = simd_read_bandwidth(buf)
+            if simd is not None:
+                self.measured[nbytes]["simd"] = simd
         return max(self.measured[nbytes].values())
+
+
+def simd_read_bandwidth(buf: np.ndarray, samples: int = 9) -> float | None:
+    """Bytes/s of rnnfast's own vector-load probe (all threads, `reps` passes timed in C++ so
+    that the call overhead does not count); None without rnnfast."""
+    try:
+        from rnnfast import _core
+    except ImportError:
+        return None
+    reps = max(1, int(4e7 // buf.nbytes))  # ~40 MB read per sample
+    _core._read_probe(buf, reps)
+    times = sorted(_core._read_probe(buf, reps)[0] for _ in range(samples))
+    return buf.nbytes * reps / times[len(times) // 2]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -775,7 +792,7 @@ def format_report(
             _markdown(header, lines),
             "",
             "floor = weight bytes 4*G*H*(I+H) / read bandwidth over that many bytes (the fastest",
-            "of buf.sum(), buf.max() and np.dot(buf, buf); GB/s by probe: "
+            "of rnnfast's SIMD read probe, buf.sum(), buf.max() and np.dot(buf, buf); GB/s by probe: "
             + "; ".join(
                 f"{nbytes // 1024} KiB: "
                 + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in probe.measured[nbytes].items())

@@ -71,6 +71,36 @@ void activation(int kind, T* x, long n) {
 }
 
 template <typename T>
+double read_sum(const T* a, long n, int reps, int nthreads) {
+  typedef typename Simd<T>::V V;
+  constexpr int W = Simd<T>::W;
+  const long nv = n / W;
+  int nt = nthreads < 1 ? 1 : nthreads;
+  if (nt > nv / 64) nt = nv / 64 > 1 ? (int)(nv / 64) : 1;
+  double total = 0;
+#pragma omp parallel num_threads(nt) if (nt > 1) reduction(+ : total)
+  {
+    const int t = rf_thread_num(), team = nt > 1 ? nt : 1;
+    const long v0 = nv * t / team, v1 = nv * (t + 1) / team;
+    V s0 = V{}, s1 = V{}, s2 = V{}, s3 = V{};
+    for (int r = 0; r < reps; ++r) {
+      long v = v0;
+      for (; v + 4 <= v1; v += 4) {
+        s0 += vload<V>(a + v * W);
+        s1 += vload<V>(a + (v + 1) * W);
+        s2 += vload<V>(a + (v + 2) * W);
+        s3 += vload<V>(a + (v + 3) * W);
+      }
+      for (; v < v1; ++v) s0 += vload<V>(a + v * W);
+    }
+    V s = (s0 + s1) + (s2 + s3);
+    for (int i = 0; i < W; ++i) total += s[i];
+  }
+  for (long i = nv * W; i < n; ++i) total += a[i] * reps;
+  return total;
+}
+
+template <typename T>
 KernelTable<T> make_table() {
   KernelTable<T> t;
   t.name = RF_STR(RF_ISA);
@@ -94,6 +124,7 @@ KernelTable<T> make_table() {
   t.col_sums = col_sums<T>;
   t.dropout = dropout<T>;
   t.activation = activation<T>;
+  t.read_sum = read_sum<T>;
   return t;
 }
 

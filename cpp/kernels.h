@@ -29,6 +29,9 @@ struct KernelTable {
   // Inter-layer dropout: mask[e] = 0 or 1/(1-p) by the counter-based hash of
   // (seed, layer, e) documented in python/rnnfast/_reference_math.py; x *= mask.
   void (*dropout)(T* x, T* mask, long n, double p, uint64_t seed, int layer, int nthreads);
+  // Sums a (n) `reps` times with vector loads over up to nthreads threads: the bench's
+  // read-bandwidth probe for the streaming floor.
+  double (*read_sum)(const T* a, long n, int reps, int nthreads);
   // x = f(x) in place with the kernels' vector functions (0 exp, 1 sigmoid, 2 tanh); for tests.
   void (*activation)(int kind, T* x, long n);
 };

@@ -272,3 +272,11 @@ def test_each_path_as_first_call_in_a_fresh_process(mode):
         out = subprocess.run([sys.executable, "-c", code, str(T), str(B)], capture_output=True,
                              text=True, timeout=120)
         assert out.returncode == 0 and out.stdout.strip() == "ok", (T, B, out.stderr[-2000:])
+
+
+def test_read_probe_reads_every_element(isa):
+    buf = np.arange(1, 1003, dtype=np.float32)  # not a multiple of any vector width
+    seconds, total = _core._read_probe(buf, 3, 2)
+    assert seconds > 0 and total == 3 * float(buf.astype(np.float64).sum())
+    with pytest.raises(ValueError, match="reps"):
+        _core._read_probe(buf, 0)

@@ -210,6 +210,23 @@ PYBIND11_MODULE(_core, m) {
       py::arg("a"), py::arg("b"), py::arg("nthreads") = 0,
       "a @ b with the engine's own float32 GEMM (for tests and benchmarks).");
   m.def(
+      "_read_probe",
+      [](Arr<float> buf, int reps, int nthreads) {
+        const ThreadBudget budget(nthreads);
+        if (reps < 1) throw py::value_error("reps must be >= 1");
+        double seconds, sum;
+        {
+          py::gil_scoped_release release;
+          const auto t0 = std::chrono::steady_clock::now();
+          sum = kernels<float>().read_sum(buf.data(), (long)buf.size(), reps, budget.threads());
+          seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        }
+        return py::make_tuple(seconds, sum);
+      },
+      py::arg("buf"), py::arg("reps"), py::arg("nthreads") = 0,
+      "(seconds, sum) of reading buf `reps` times with the kernels' vector loads: the bench's "
+      "read-bandwidth probe.");
+  m.def(
       "_thread_budget_probe",
       [](int requested, double seconds) {
         py::gil_scoped_release release;
