@@ -12,10 +12,14 @@ namespace {
 template <typename T>
 void add_bias(T* x, long rows, int n, const T* bias, int nthreads) {
   int nt = rf_threads_for(nthreads, 4.0 * rows * n);
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-  for (long r = 0; r < rows; ++r) {
-    T* row = x + r * n;
-    for (int j = 0; j < n; ++j) row[j] += bias[j];
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    RF_FLUSH_DENORMALS_SCOPE;
+#pragma omp for schedule(static)
+    for (long r = 0; r < rows; ++r) {
+      T* row = x + r * n;
+      for (int j = 0; j < n; ++j) row[j] += bias[j];
+    }
   }
 }
 
@@ -26,14 +30,18 @@ void col_sums(T* out, const T* a, long rows, int n, int nthreads) {
   const int nblocks = (n + CB - 1) / CB;
   int nt = rf_threads_for(nthreads, 4.0 * rows * n);
   if (nt > nblocks) nt = nblocks;
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-  for (int blk = 0; blk < nblocks; ++blk) {
-    const int j0 = blk * CB, j1 = j0 + CB < n ? j0 + CB : n;
-    T acc[CB];
-    for (int j = j0; j < j1; ++j) acc[j - j0] = T(0);
-    for (long r = 0; r < rows; ++r)
-      for (int j = j0; j < j1; ++j) acc[j - j0] += a[r * n + j];
-    for (int j = j0; j < j1; ++j) out[j] += acc[j - j0];
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    RF_FLUSH_DENORMALS_SCOPE;
+#pragma omp for schedule(static)
+    for (int blk = 0; blk < nblocks; ++blk) {
+      const int j0 = blk * CB, j1 = j0 + CB < n ? j0 + CB : n;
+      T acc[CB];
+      for (int j = j0; j < j1; ++j) acc[j - j0] = T(0);
+      for (long r = 0; r < rows; ++r)
+        for (int j = j0; j < j1; ++j) acc[j - j0] += a[r * n + j];
+      for (int j = j0; j < j1; ++j) out[j] += acc[j - j0];
+    }
   }
 }
 
@@ -49,12 +57,16 @@ void dropout(T* x, T* mask, long n, double p, uint64_t seed, int layer, int nthr
   const uint64_t base = mix64(seed ^ ((uint64_t)(layer + 1) * 0xD1B54A32D192ED03ull));
   const T scale = T(1) / (T(1) - T(p));
   int nt = rf_threads_for(nthreads, 20.0 * n);
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-  for (long e = 0; e < n; ++e) {
-    const double u = (double)(mix64(base + (uint64_t)e) >> 40) * (1.0 / 16777216.0);
-    const T m = u < p ? T(0) : scale;
-    mask[e] = m;
-    x[e] *= m;
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    RF_FLUSH_DENORMALS_SCOPE;
+#pragma omp for schedule(static)
+    for (long e = 0; e < n; ++e) {
+      const double u = (double)(mix64(base + (uint64_t)e) >> 40) * (1.0 / 16777216.0);
+      const T m = u < p ? T(0) : scale;
+      mask[e] = m;
+      x[e] *= m;
+    }
   }
 }
 
