@@ -99,7 +99,7 @@ void Engine<T>::repack_locked() {
       for (long j = 0; j < GH; ++j) s.bias_sum[j] = bih[j] + (j < nsum ? bhh[j] : T(0));
     }
   }
-  packed_isa_ = kt.name;
+  packed_with_ = &kt;
 }
 
 template <typename T>
@@ -108,7 +108,7 @@ void Engine<T>::ensure_packed() {
   bool stale;
   {
     std::shared_lock<std::shared_mutex> lock(pack_mutex_);
-    stale = packed_isa_ != kernels<T>().name;
+    stale = packed_with_ != &kernels<T>();
   }
   if (stale) repack();
 }
@@ -280,7 +280,7 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
   std::lock_guard<std::mutex> train_lock(train_mutex_);
   std::shared_lock<std::shared_mutex> lock(pack_mutex_);
   if (!cache_.valid) throw std::logic_error("backward() needs a forward(training=True) first");
-  if (packed_isa_ != kernels<T>().name)
+  if (packed_with_ != &kernels<T>())
     throw std::logic_error("the instruction set changed between forward and backward");
   const KernelTable<T>& kt = kernels<T>();
   const ThreadBudget budget(nthreads);

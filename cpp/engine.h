@@ -75,7 +75,7 @@ class Engine {
   std::vector<T> params_, grads_;
   std::vector<ParamEntry> layout_;
   std::vector<Slot> slots_;
-  std::string packed_isa_;
+  const void* packed_with_ = nullptr;  // the kernel table that packed the weights
   Cache cache_;
   std::shared_mutex pack_mutex_;   // inference shares; repack excludes
   std::mutex train_mutex_;         // training forward/backward touch the cache

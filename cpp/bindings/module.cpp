@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <initializer_list>
 #include <chrono>
 #include <thread>
 #include <string>
@@ -21,20 +22,22 @@ namespace {
 template <typename T>
 using Arr = py::array_t<T, py::array::c_style | py::array::forcecast>;
 
-void check_shape(const py::array& a, std::vector<long> want, const char* what) {
+void check_shape(const py::array& a, std::initializer_list<long> want, const char* what) {
   bool ok = a.ndim() == (py::ssize_t)want.size();
-  for (size_t i = 0; ok && i < want.size(); ++i) ok = a.shape(i) == want[i];
+  py::ssize_t i = 0;
+  for (const long n : want) ok = ok && a.shape(i++) == n;
   if (!ok) {
     std::string w = "(";
-    for (size_t i = 0; i < want.size(); ++i) w += (i ? ", " : "") + std::to_string(want[i]);
+    i = 0;
+    for (const long n : want) w += (i++ ? ", " : "") + std::to_string(n);
     std::string g = "(";
-    for (py::ssize_t i = 0; i < a.ndim(); ++i) g += (i ? ", " : "") + std::to_string(a.shape(i));
+    for (i = 0; i < a.ndim(); ++i) g += (i ? ", " : "") + std::to_string(a.shape(i));
     throw py::value_error(std::string(what) + " must have shape " + w + "), got " + g + ")");
   }
 }
 
 template <typename T>
-const T* optional_state(const py::object& o, std::vector<long> shape, const char* what,
+const T* optional_state(const py::object& o, std::initializer_list<long> shape, const char* what,
                         Arr<T>& holder) {
   if (o.is_none()) return nullptr;
   holder = Arr<T>::ensure(o);
