@@ -44,15 +44,16 @@ class FlushDenormals {
     saved_ = _mm_getcsr();
     _mm_setcsr(saved_ | 0x8040u);
 #elif defined(__aarch64__)
-    saved_ = __builtin_aarch64_get_fpcr64();
-    __builtin_aarch64_set_fpcr64(saved_ | (1ull << 24));
+    asm volatile("mrs %0, fpcr" : "=r"(saved_));
+    const unsigned long long fz = saved_ | (1ull << 24);  // FZ: flush denormals to zero
+    asm volatile("msr fpcr, %0" : : "r"(fz));
 #endif
   }
   ~FlushDenormals() {
 #if defined(__x86_64__) || defined(__i386__)
     _mm_setcsr(saved_);
 #elif defined(__aarch64__)
-    __builtin_aarch64_set_fpcr64(saved_);
+    asm volatile("msr fpcr, %0" : : "r"(saved_));
 #endif
   }
   FlushDenormals(const FlushDenormals&) = delete;
