@@ -49,14 +49,12 @@ struct LayerFwd {
 //   dc     (B,H)      same for LSTM cell state
 //   da_hh  (T,B,G*H)  out: pre-activation grads for W_hh, in step order
 //   da_ih  (T,B,G*H)  out: pre-activation grads for W_ih, in time order (zero where inactive)
-//   work   3*B*H scratch
+//   direct (B,H)      scratch: the part of dh_{s-1} that bypasses W_hh
 template <typename T>
 struct LayerBwd {
   int cell, steps, batch, hidden;
   const int32_t* tidx;
-  const T* packed_whh_t;   // pack_matrix() of W_hh (G*H x H), for dh_prev = dA W_hh
-  const T* w_hh;           // (G*H, H) unpacked
-  const T* b_hn;
+  const T* packed_whh_t;   // prepack() of W_hh (G*H x H), for dh_prev = dA W_hh
   const T* hs;
   const T* cs;
   const T* cache;
@@ -66,7 +64,7 @@ struct LayerBwd {
   T* dc;
   T* da_hh;
   T* da_ih;
-  T* work;
+  T* direct;
 };
 
 }  // namespace rnnfast

@@ -14,7 +14,7 @@ namespace {
 // allocate nor page-fault: glibc serves large blocks with fresh mmap'd pages.
 template <typename T>
 struct Workspace {
-  std::vector<T> xproj, xh, out_a, out_b, hs, cs, dlayer, dinput, da_hh, da_ih, work, dh, dc;
+  std::vector<T> xproj, xh, out_a, out_b, hs, cs, dinput_a, dinput_b, da_hh, da_ih, direct, dh, dc;
   std::vector<int32_t> tidx[2];
 };
 // Input projections with at most this many rows (T*B) use the weights pre-packed at
@@ -154,6 +154,8 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
     cache_.steps = steps;
     cache_.batch = batch;
     cache_.dropout = use_dropout ? dropout : 0.0;
+    cache_.padded = false;
+    for (int b = 0; lengths && b < batch; ++b) cache_.padded |= lengths[b] < steps;
     cache_.inputs.resize(L_);
     cache_.masks.resize(L_);
     cache_.hs.resize(slots_.size());
@@ -186,7 +188,8 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
     if (last) {
       layer_out = y;
     } else {
-      std::vector<T>& buf = (k % 2 == 0) ? out_a : out_b;
+      // Training keeps each inner output as the next layer's input (dropout applies in place).
+      std::vector<T>& buf = training ? cache_.inputs[k + 1] : (k % 2 == 0) ? out_a : out_b;
       buf.resize(TB * DH);
       layer_out = buf.data();
     }
@@ -195,16 +198,16 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
       const int si = k * D_ + d;
       Slot& s = slots_[si];
       const T* wih = params_.data() + s.w_ih;
+      const T* bias_row = bias_ ? s.bias_sum.data() : nullptr;
       if (fused) {
         // nothing to project: the bias row stands for xproj in every batch row (ldx = 0)
       } else if (TB <= kFewRows) {  // weights packed at load time, nothing packed per call
         kt.gemm_prepacked((int)TB, (int)GH, s.in_size, layer_in, s.in_size, s.packed_ih.data(),
-                          xproj.data(), GH, nt);
+                          xproj.data(), GH, bias_row, nt);
       } else {
         kt.gemm((int)TB, (int)GH, s.in_size, layer_in, s.in_size, 1, wih, 1, s.in_size,
-                xproj.data(), GH, false, nt);
+                xproj.data(), GH, false, bias_row, nt);
       }
-      if (bias_ && !fused) kt.add_bias(xproj.data(), TB, (int)GH, s.bias_sum.data(), nt);
 
       std::vector<T>& hs = training ? cache_.hs[si] : hs_local;
       std::vector<T>& cs = training ? cache_.cs[si] : cs_local;
@@ -258,17 +261,11 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
       if (cell_ == LSTM) std::memcpy(cn + si * BH, cs.data() + fin * BH, sizeof(T) * BH);
     }
     if (!last) {
-      if (training) {
-        std::vector<T>& next_in = cache_.inputs[k + 1];
-        next_in.assign(layer_out, layer_out + TB * DH);
-        if (use_dropout) {
-          cache_.masks[k + 1].resize(TB * DH);
-          kt.dropout(next_in.data(), cache_.masks[k + 1].data(), TB * DH, dropout, seed, k, nt);
-        }
-        layer_in = next_in.data();
-      } else {
-        layer_in = layer_out;
+      if (use_dropout) {
+        cache_.masks[k + 1].resize(TB * DH);
+        kt.dropout(layer_out, cache_.masks[k + 1].data(), TB * DH, dropout, seed, k, nt);
       }
+      layer_in = layer_out;
     }
   }
   if (training) cache_.valid = true;
@@ -290,24 +287,21 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
   const long DH = (long)D_ * H_;
 
   Workspace<T>& ws = workspace<T>();
-  std::vector<T>& dlayer = ws.dlayer;   // gradient w.r.t. the current layer's output
-  dlayer.assign(dy, dy + TB * DH);
-  std::vector<T>&dinput = ws.dinput, &da_hh = ws.da_hh, &da_ih = ws.da_ih, &work = ws.work;
+  std::vector<T>&da_hh = ws.da_hh, &da_ih = ws.da_ih, &direct = ws.direct;
   std::vector<T>&dh = ws.dh, &dc = ws.dc;
   da_hh.resize(TB * GH);
-  work.resize(3 * BH);
+  direct.resize(BH);
   dh.resize(BH);
   dc.resize(BH);
+  const T* dlayer = dy;  // gradient w.r.t. the current layer's output
   for (int k = L_ - 1; k >= 0; --k) {
     const int in_size = slots_[k * D_].in_size;
-    T* dx_k;
-    if (k == 0) {
-      dx_k = dx;
-    } else {
-      dinput.resize(TB * in_size);
-      dx_k = dinput.data();
+    T* dx_k = dx;
+    if (k > 0) {  // inner layers' input grads alternate between two buffers
+      std::vector<T>& buf = k % 2 ? ws.dinput_a : ws.dinput_b;
+      buf.resize(TB * in_size);
+      dx_k = buf.data();
     }
-    std::memset(dx_k, 0, sizeof(T) * TB * in_size);
     const T* x_k = cache_.inputs[k].data();
     for (int d = 0; d < D_; ++d) {
       const int si = k * D_ + d;
@@ -317,7 +311,11 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
       const bool alias = d == 0 && cell_ != GRU;
       T* da_i = da_hh.data();
       if (!alias) {
-        da_ih.assign(TB * GH, T(0));
+        // Time positions past a sequence's end are never written: zero them first.
+        if (cache_.padded)
+          da_ih.assign(TB * GH, T(0));
+        else
+          da_ih.resize(TB * GH);
         da_i = da_ih.data();
       }
       if (dhn)
@@ -337,18 +335,16 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
       a.hidden = H_;
       a.tidx = cache_.tidx[d].data();
       a.packed_whh_t = s.packed_bwd.data();
-      a.w_hh = params_.data() + s.w_hh;
-      a.b_hn = nullptr;
       a.hs = cache_.hs[si].data();
       a.cs = cell_ == LSTM ? cache_.cs[si].data() : nullptr;
       a.cache = cell_cache_width(cell_) > 0 ? cache_.gates[si].data() : nullptr;
-      a.dy = dlayer.data() + d * H_;
+      a.dy = dlayer + d * H_;
       a.ldy = DH;
       a.dh = dh.data();
       a.dc = cell_ == LSTM ? dc.data() : nullptr;
       a.da_hh = da_hh.data();
       a.da_ih = da_i;
-      a.work = work.data();
+      a.direct = direct.data();
       kt.backward[cell_](a, nt);
       std::memcpy(dh0 + si * BH, dh.data(), sizeof(T) * BH);
       if (cell_ == LSTM) std::memcpy(dc0 + si * BH, dc.data(), sizeof(T) * BH);
@@ -357,22 +353,23 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
       T* g = grads_.data();
       const T* wih = params_.data() + s.w_ih;
       kt.gemm((int)GH, H_, (int)TB, da_hh.data(), 1, GH, cache_.hs[si].data(), H_, 1, g + s.w_hh,
-              H_, true, nt);
+              H_, true, nullptr, nt);
       kt.gemm((int)GH, s.in_size, (int)TB, da_i, 1, GH, x_k, s.in_size, 1, g + s.w_ih, s.in_size,
-              true, nt);
+              true, nullptr, nt);
       if (bias_) {
         kt.col_sums(g + s.b_ih, da_i, TB, (int)GH, nt);
         kt.col_sums(g + s.b_hh, da_hh.data(), TB, (int)GH, nt);
       }
-      kt.gemm((int)TB, s.in_size, (int)GH, da_i, GH, 1, wih, s.in_size, 1, dx_k, s.in_size, true,
-              nt);
+      // dx = sum over directions: the first writes, the second adds.
+      kt.gemm((int)TB, s.in_size, (int)GH, da_i, GH, 1, wih, s.in_size, 1, dx_k, s.in_size, d > 0,
+              nullptr, nt);
     }
-    if (k > 0) {
-      dlayer.assign(dx_k, dx_k + TB * in_size);
+    if (k > 0) {  // through the dropout between layers k-1 and k
       if (cache_.dropout > 0) {
-        const std::vector<T>& m = cache_.masks[k];
-        for (long e = 0; e < TB * in_size; ++e) dlayer[e] *= m[e];
+        const T* m = cache_.masks[k].data();
+        for (long e = 0; e < TB * in_size; ++e) dx_k[e] *= m[e];
       }
+      dlayer = dx_k;
     }
   }
 }

@@ -60,6 +60,7 @@ class Engine {
     bool valid = false;
     int steps = 0, batch = 0;
     double dropout = 0;
+    bool padded = false;                 // some sequence shorter than steps
     std::vector<int32_t> tidx[2];
     std::vector<std::vector<T>> inputs;  // per layer: its input (after dropout)
     std::vector<std::vector<T>> masks;   // per layer k >= 1: dropout mask of its input

@@ -10,7 +10,7 @@ namespace RF_NS {
 
 namespace {
 
-constexpr int NV = 2;
+constexpr int NV = kPrepackedNV;  // the general and the pre-packed product share tiles
 constexpr int KC = 256;
 
 // Per-thread scratch that only grows: packing buffers without an allocation per call.
@@ -91,15 +91,15 @@ void pack_a(T* dst, int mc, int kc, const T* A, long rsa, long csa) {
 
 template <typename T>
 void gemm(int M, int N, int K, const T* A, long rsa, long csa, const T* B, long rsb, long csb,
-          T* C, long ldc, bool accumulate, int nthreads) {
+          T* C, long ldc, bool accumulate, const T* bias, int nthreads) {
   typedef Blocking<T> BL;
   typedef typename Simd<T>::V V;
   constexpr int MR = BL::MR, NR = BL::NR, MC = BL::MC, NC = BL::NC;
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
-    if (!accumulate)
-      for (int m = 0; m < M; ++m)
-        for (int n = 0; n < N; ++n) C[m * ldc + n] = T(0);
+    for (int m = 0; m < M; ++m)
+      for (int n = 0; n < N; ++n)
+        C[m * ldc + n] = (accumulate ? C[m * ldc + n] : T(0)) + (bias ? bias[n] : T(0));
     return;
   }
   const int nc_max = N < NC ? N : NC;
@@ -124,6 +124,7 @@ void gemm(int M, int N, int K, const T* A, long rsa, long csa, const T* B, long 
       for (int pc = 0; pc < K; pc += KC) {
         const int kc = K - pc < KC ? K - pc : KC;
         const bool add = accumulate || pc > 0;
+        const bool last_k = pc + kc >= K;  // the bias row goes in with the last K block
 #pragma omp for schedule(static)
         for (int p = 0; p < npanels; ++p) {
           int ncols = nc - p * NR < NR ? nc - p * NR : NR;
@@ -142,6 +143,7 @@ void gemm(int M, int N, int K, const T* A, long rsa, long csa, const T* B, long 
           for (int p = p0; p < p1; ++p) {
             const int nr = nc - p * NR < NR ? nc - p * NR : NR;
             const T* bp = bbuf + (long)p * kc * NR;
+            const T* bias_p = bias && last_k ? bias + jc + p * NR : nullptr;
             for (int i0 = 0; i0 < mc; i0 += MR) {
               const T* ap = my_a + (long)i0 * kc;
               const T* rows[MR];
@@ -150,7 +152,7 @@ void gemm(int M, int N, int K, const T* A, long rsa, long csa, const T* B, long 
               micro_kernel<T, MR, NV>(kc, rows, MR, bp, acc);
               int mr = mc - i0 < MR ? mc - i0 : MR;
               store_tile<T, MR>(acc, C + (long)(ic + i0) * ldc + jc + p * NR, ldc, mr, nr, add,
-                                nullptr, 0);
+                                bias_p, 0);
             }
           }
         }
@@ -192,25 +194,26 @@ void gemm_prepacked(int M, int N, int K, const T* A, long lda, const T* Bp, T* C
 
 template <typename T>
 void gemm_prepacked_par(int M, int N, int K, const T* A, long lda, const T* Bp, T* C, long ldc,
-                        int nthreads) {
+                        const T* bias, int nthreads) {
   int nt = rf_threads_for(nthreads, rf_step_work(M, N, K));
   const int npanels = (int)panels_for<T, NV>(N);
   if (nt > npanels) nt = npanels;
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     RF_FLUSH_DENORMALS_SCOPE;
-    gemm_prepacked<T>(M, N, K, A, lda, Bp, C, ldc, nullptr, 0);
+    gemm_prepacked<T>(M, N, K, A, lda, Bp, C, ldc, bias, 0);  // ldd 0: one row for all
   }
 }
 
 #define RF_INSTANTIATE(T)                                                                       \
   template void gemm<T>(int, int, int, const T*, long, long, const T*, long, long, T*, long, bool, \
-                        int);                                                                  \
+                        const T*, int);                                                        \
   template long prepacked_size<T>(int, int);                                                    \
   template void prepack<T>(T*, int, int, const T*, long, long);                                 \
   template void gemm_prepacked<T>(int, int, int, const T*, long, const T*, T*, long, const T*,   \
                                   long);                                                        \
-  template void gemm_prepacked_par<T>(int, int, int, const T*, long, const T*, T*, long, int);
+  template void gemm_prepacked_par<T>(int, int, int, const T*, long, const T*, T*, long, const T*, \
+                                      int);
 RF_INSTANTIATE(float)
 RF_INSTANTIATE(double)
 

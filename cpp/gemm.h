@@ -68,10 +68,11 @@ static void pack_panels(T* dst, int K, int n, const T* B, long rs, long cs) {
 }
 
 // C (M x N, row-major, ldc) = A B (or += when accumulate), A(m,k) = A[m*rsa + k*csa],
-// B(k,n) = B[k*rsb + n*csb]. Multithreaded with up to nthreads OpenMP threads.
+// B(k,n) = B[k*rsb + n*csb], plus the row `bias` (N) on every row when not null.
+// Multithreaded with up to nthreads OpenMP threads.
 template <typename T>
 void gemm(int M, int N, int K, const T* A, long rsa, long csa, const T* B, long rsb, long csb,
-          T* C, long ldc, bool accumulate, int nthreads);
+          T* C, long ldc, bool accumulate, const T* bias, int nthreads);
 
 // Packed-B layout for gemm_prepacked: pack_panels<T, kPrepackedNV> of the whole K.
 constexpr int kPrepackedNV = 2;
@@ -84,7 +85,7 @@ void prepack(T* dst, int K, int N, const T* B, long rsb, long csb);
 // with few rows, where packing B on every call would cost more than the product.
 template <typename T>
 void gemm_prepacked_par(int M, int N, int K, const T* A, long lda, const T* Bp, T* C, long ldc,
-                        int nthreads);
+                        const T* bias, int nthreads);
 
 // Inside an OpenMP parallel region (work-shared with an orphaned `omp for`):
 // C(m, :) = A(m, :) Bp + D(m, :) for m < M, A row-major with lda, D may be null.

@@ -39,7 +39,7 @@ struct GruCell : GatePanels {
   static void backward_row(int, int H, const BwdRows<T>& io) {
     const T *cr = io.cache, *cz = cr + H, *cn = cz + H, *chn = cn + H;
     T *ar = io.da_hh, *az = ar + H, *an = az + H;
-    T* in = io.da_ih ? io.da_ih : nullptr;
+    T* in = io.da_ih;  // always kept apart for GRU: its n rows differ
     for (int u = 0; u < H; ++u) {
       const T dh = io.dh[u] + (io.dy ? io.dy[u] : T(0));
       const T r = cr[u], z = cz[u], nn = cn[u], hp = io.h_prev[u];

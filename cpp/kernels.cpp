@@ -10,20 +10,6 @@ namespace RF_NS {
 namespace {
 
 template <typename T>
-void add_bias(T* x, long rows, int n, const T* bias, int nthreads) {
-  int nt = rf_threads_for(nthreads, 4.0 * rows * n);
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    RF_FLUSH_DENORMALS_SCOPE;
-#pragma omp for schedule(static)
-    for (long r = 0; r < rows; ++r) {
-      T* row = x + r * n;
-      for (int j = 0; j < n; ++j) row[j] += bias[j];
-    }
-  }
-}
-
-template <typename T>
 void col_sums(T* out, const T* a, long rows, int n, int nthreads) {
   // Split columns in blocks so each thread owns its outputs (no atomics).
   constexpr int CB = 64;
@@ -132,7 +118,6 @@ KernelTable<T> make_table() {
   t.backward[RNN_TANH] = t.backward[RNN_RELU] = rnn_backward<T>;
   t.backward[LSTM] = lstm_backward<T>;
   t.backward[GRU] = gru_backward<T>;
-  t.add_bias = add_bias<T>;
   t.col_sums = col_sums<T>;
   t.dropout = dropout<T>;
   t.activation = activation<T>;

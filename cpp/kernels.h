@@ -8,22 +8,20 @@ namespace rnnfast {
 template <typename T>
 struct KernelTable {
   const char* name;
-  // C = op(A) op(B) (+ C when accumulate); see gemm.h.
+  // C = op(A) op(B) (+ C when accumulate) (+ the row bias when not null); see gemm.h.
   void (*gemm)(int M, int N, int K, const T* A, long rsa, long csa, const T* B, long rsb, long csb,
-               T* C, long ldc, bool accumulate, int nthreads);
+               T* C, long ldc, bool accumulate, const T* bias, int nthreads);
   long (*prepacked_size)(int K, int N);
   void (*prepack)(T* dst, int K, int N, const T* B, long rsb, long csb);
-  // C (M x N) = A (M x K, row-major lda) times B pre-packed by prepack().
+  // C (M x N) = A (M x K, row-major lda) times B pre-packed by prepack() (+ the row bias).
   void (*gemm_prepacked)(int M, int N, int K, const T* A, long lda, const T* Bp, T* C, long ldc,
-                         int nthreads);
+                         const T* bias, int nthreads);
   // Indexed by Cell.
   // [W_ih | W_hh] packed for the fused step kernels (recurrence.h).
   long (*packed_size[4])(int in_size, int H);
   void (*pack[4])(T* dst, const T* w_ih, int in_size, const T* w_hh, int H);
   void (*forward[4])(const LayerFwd<T>& a, int nthreads);
   void (*backward[4])(const LayerBwd<T>& a, int nthreads);
-  // x (rows, n) += bias (n) on every row.
-  void (*add_bias)(T* x, long rows, int n, const T* bias, int nthreads);
   // out (n) += column sums of a (rows, n).
   void (*col_sums)(T* out, const T* a, long rows, int n, int nthreads);
   // Inter-layer dropout: mask[e] = 0 or 1/(1-p) by the counter-based hash of

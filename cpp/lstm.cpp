@@ -41,6 +41,7 @@ struct LstmCell : GatePanels {
   static void backward_row(int, int H, const BwdRows<T>& io) {
     const T *ci = io.cache, *cf = ci + H, *cg = cf + H, *co = cg + H, *ctc = co + H;
     T *ai = io.da_hh, *af = ai + H, *ag = af + H, *ao = ag + H;
+    T* ih = io.da_ih;  // the same values for W_ih, in time order, when kept apart
     for (int u = 0; u < H; ++u) {
       const T dh = io.dh[u] + (io.dy ? io.dy[u] : T(0));
       const T i = ci[u], f = cf[u], g = cg[u], o = co[u], tc = ctc[u];
@@ -49,11 +50,15 @@ struct LstmCell : GatePanels {
       af[u] = dc * io.c_prev[u] * f * (T(1) - f);
       ag[u] = dc * i * (T(1) - g * g);
       ao[u] = dh * tc * o * (T(1) - o);
+      if (ih) {
+        ih[u] = ai[u];
+        ih[H + u] = af[u];
+        ih[2 * H + u] = ag[u];
+        ih[3 * H + u] = ao[u];
+      }
       io.dc[u] = dc * f;
       io.direct[u] = T(0);
     }
-    if (io.da_ih)
-      for (int j = 0; j < 4 * H; ++j) io.da_ih[j] = io.da_hh[j];
   }
 };
 

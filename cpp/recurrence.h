@@ -48,11 +48,10 @@ void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
   const int npanels = (H + Cell::template units<T>() - 1) / Cell::template units<T>();
   const int mblocks = (B + MR - 1) / MR;
   const int ntasks = npanels * mblocks;
-  const int in = a.in_size;
   const bool fused = a.xh != nullptr;  // one step: [x | h] times [W_ih | W_hh] at once
-  const int K = fused ? in + H : H;
-  const long panel_stride = (long)(in + H) * NR;
-  const T* packed = a.packed + (fused ? 0 : (long)in * NR);
+  const int K = fused ? a.in_size + H : H;
+  const long panel_stride = (long)(a.in_size + H) * NR;
+  const T* packed = a.packed + (fused ? 0 : (long)a.in_size * NR);
   int nt = rf_threads_for(nthreads, rf_step_work(B, (long)G * H, K));
   if (nt > ntasks) nt = ntasks;
 #pragma omp parallel num_threads(nt) if (nt > 1)
@@ -108,7 +107,7 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
   const int B = a.batch, H = a.hidden, G = cell_gates(a.cell);
   const long BH = (long)B * H, GH = (long)G * H;
   int nt = rf_threads_for(nthreads, rf_step_work(B, (long)G * H, H));
-  T* direct = a.work;  // (B,H): the part of dh_prev that bypasses W_hh
+  T* direct = a.direct;
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
     RF_FLUSH_DENORMALS_SCOPE;

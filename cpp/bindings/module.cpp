@@ -107,17 +107,16 @@ void bind_engine(py::module_& m, const char* name) {
             std::vector<int32_t> lens;
             const int32_t* lp = nullptr;
             if (!lengths.is_none()) {
-              // Range-check in 64 bits before narrowing, so 2**32 + 1 cannot wrap to 1.
+              // Range-check before narrowing (as double: exact for every length in range, and
+              // no integer type wraps), so 2**32 + 1 cannot become 1.
               py::array raw = py::array::ensure(lengths);
               if (!raw || (raw.dtype().kind() != 'i' && raw.dtype().kind() != 'u'))
                 throw py::type_error("lengths must be an integer array");
-              Arr<int64_t> l64 = Arr<int64_t>::ensure(raw);
-              if (raw.dtype().kind() == 'u' && raw.itemsize() == 8)
-                l64 = Arr<int64_t>::ensure(raw.attr("clip")(0, steps + 1));
-              check_shape(l64, {batch}, "lengths");
+              Arr<double> lv = Arr<double>::ensure(raw);
+              check_shape(lv, {batch}, "lengths");
               lens.resize(batch);
               for (long b = 0; b < batch; ++b) {
-                const int64_t v = l64.data()[b];
+                const double v = lv.data()[b];
                 if (v < 1 || v > steps) throw py::value_error("lengths must lie in [1, T]");
                 lens[b] = (int32_t)v;
               }
@@ -206,7 +205,7 @@ PYBIND11_MODULE(_core, m) {
           py::gil_scoped_release release;
           const ThreadBudget budget(nthreads);
           kernels<float>().gemm((int)M, (int)N, (int)K, a.data(), K, 1, b.data(), N, 1, cp, N,
-                                false, budget.threads());
+                                false, nullptr, budget.threads());
         }
         return c;
       },

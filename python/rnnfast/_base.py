@@ -257,12 +257,7 @@ class RecurrentBase:
                                                   "(T, B, {})")
             raise ValueError(f"x must have shape {expect.format(self.input_size)} with "
                              f"input_size {self.input_size} features, got {_shape_str(x.shape)}")
-        if unbatched:
-            xt = x[:, None, :]
-        elif self.batch_first:
-            xt = np.ascontiguousarray(x.transpose(1, 0, 2))
-        else:
-            xt = x
+        xt = self._to_time_major(x, unbatched)
         steps, batch = xt.shape[0], xt.shape[1]
         if steps == 0 or batch == 0:
             raise ValueError(f"x must have at least one time step and one batch element, got "
@@ -273,12 +268,16 @@ class RecurrentBase:
         if training and self.dropout > 0 and self.num_layers > 1:
             seed = int(self._rng.integers(0, 2**63))
         y, hn, cn = self._compute_forward(xt, h0, c0, lens, bool(training), seed)
-        self._train_info = (unbatched, self.batch_first, steps, batch) if training else None
-        y = self._from_time_major(y, unbatched)
+        self._train_info = (unbatched, steps, batch) if training else None
+        return self._from_time_major(y, unbatched), self._user_state(hn, cn, unbatched)
+
+    def _to_time_major(self, a, unbatched):
+        """The caller's layout -> the engine's (T, B, F), contiguous."""
         if unbatched:
-            hn = hn[:, 0, :]
-            cn = None if cn is None else cn[:, 0, :]
-        return y, ((hn, cn) if self._mode == "LSTM" else hn)
+            return a[:, None, :]
+        if self.batch_first:
+            return np.ascontiguousarray(a.transpose(1, 0, 2))
+        return a
 
     def _from_time_major(self, a, unbatched):
         if unbatched:
@@ -287,15 +286,22 @@ class RecurrentBase:
             return np.ascontiguousarray(a.transpose(1, 0, 2))
         return a
 
+    def _user_state(self, h, c, unbatched):
+        """Engine (L*D, B, H) states -> the caller's structure: (h, c) for LSTM, else h."""
+        if unbatched:
+            h = h[:, 0, :]
+            c = None if c is None else c[:, 0, :]
+        return (h, c) if self._mode == "LSTM" else h
+
     def backward(self, dy, dstate=None):
         """-> (dx, dstate0); parameter gradients are added into ``grads``."""
         if self._train_info is None:
             raise ValueError("backward() needs a preceding forward(x, ..., training=True)")
-        unbatched, batch_first, steps, batch = self._train_info
+        unbatched, steps, batch = self._train_info
         out_f = self.num_directions * self.hidden_size
         if unbatched:
             shape = (steps, out_f)
-        elif batch_first:
+        elif self.batch_first:
             shape = (batch, steps, out_f)
         else:
             shape = (steps, batch, out_f)
@@ -303,19 +309,9 @@ class RecurrentBase:
         if dy.shape != shape:
             raise ValueError(f"dy must have the shape of the forward output {_shape_str(shape)}, "
                              f"got {_shape_str(dy.shape)}")
-        if unbatched:
-            dyt = dy[:, None, :]
-        elif batch_first:
-            dyt = np.ascontiguousarray(dy.transpose(1, 0, 2))
-        else:
-            dyt = dy
         dhn, dcn = self._check_state(dstate, batch, unbatched, "dstate")
-        dx, dh0, dc0 = self._compute_backward(dyt, dhn, dcn)
-        dx = self._from_time_major(dx, unbatched)
-        if unbatched:
-            dh0 = dh0[:, 0, :]
-            dc0 = None if dc0 is None else dc0[:, 0, :]
-        return dx, ((dh0, dc0) if self._mode == "LSTM" else dh0)
+        dx, dh0, dc0 = self._compute_backward(self._to_time_major(dy, unbatched), dhn, dcn)
+        return self._from_time_major(dx, unbatched), self._user_state(dh0, dc0, unbatched)
 
     def __repr__(self):
         args = [str(self.input_size), str(self.hidden_size)]

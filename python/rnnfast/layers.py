@@ -18,11 +18,11 @@ class _EngineLayer(RecurrentBase):
         self._engine = engine_cls(_CELLS[self._mode], self.input_size, self.hidden_size,
                                   self.num_layers, self.bidirectional, self.bias)
         flat_p, flat_g = self._engine.params, self._engine.grads
-        self._params, self._grads = {}, {}
-        for name, offset, shape in self._engine.layout():
-            n = int(np.prod(shape))
-            self._params[name] = flat_p[offset:offset + n].reshape(shape)
-            self._grads[name] = flat_g[offset:offset + n].reshape(shape)
+        self._slices = {name: slice(offset, offset + int(np.prod(shape)))
+                        for name, offset, shape in self._engine.layout()}
+        shapes = self._param_shapes()
+        self._params = {k: flat_p[s].reshape(shapes[k]) for k, s in self._slices.items()}
+        self._grads = {k: flat_g[s].reshape(shapes[k]) for k, s in self._slices.items()}
         self._init_params()
 
     def _param_views(self):
@@ -35,23 +35,19 @@ class _EngineLayer(RecurrentBase):
         # Build the new flat vector aside, then swap it in under the engine's lock, so a
         # forward running in another thread never sees half-loaded weights.
         flat = self._engine.params.copy()
-        for name, offset, shape in self._engine.layout():
-            if name in arrays:
-                flat[offset:offset + int(np.prod(shape))] = arrays[name].ravel()
+        for name, arr in arrays.items():
+            flat[self._slices[name]] = arr.ravel()
         self._engine.assign_params(flat)
 
     def _params_changed(self):
         self._engine.repack()  # pack weights now, not on the first forward
 
-    def _threads(self):
-        return self._num_threads
-
     def _compute_forward(self, x, h0, c0, lengths, training, seed):
         return self._engine.forward(x, h0, c0, lengths, training, self.dropout, seed,
-                                    self._threads())
+                                    self._num_threads)
 
     def _compute_backward(self, dy, dh_n, dc_n):
-        return self._engine.backward(dy, dh_n, dc_n, self._threads())
+        return self._engine.backward(dy, dh_n, dc_n, self._num_threads)
 
     def zero_grad(self):
         self._engine.zero_grad()
