@@ -10,7 +10,7 @@ template <typename T>
 struct FwdRows {
   const T* x;       // (G*H) input projection + biases of this row
   const T* h_prev;  // (H)
-  T* h_new;
+  T* h_new;         // null: the row is computed alongside but not stored
   const T* c_prev;  // LSTM only
   T* c_new;
   T* y;             // output row (may be null)

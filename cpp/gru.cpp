@@ -11,24 +11,33 @@ namespace RF_NS {
 struct GruCell : GatePanels {
   static constexpr int NV = 3;
   // x holds x W_ih^T + b_ih, plus b_hh for r and z (not n: b_hn is added inside r*(.)).
-  template <typename T>
-  static void forward_epilogue(int, int p, int H, typename Simd<T>::V* acc, const FwdRows<T>& io) {
+  template <typename T, int MR>
+  static void forward_epilogue(int, int p, int H, typename Simd<T>::V (&acc)[MR][NV],
+                               const FwdRows<T> (&io)[MR]) {
     typedef typename Simd<T>::V V;
     const int u0 = p * Simd<T>::W, n = H - u0;
-    V r = vsigmoid(acc[0] + load_units<T>(io.x + u0, n));
-    V z = vsigmoid(acc[1] + load_units<T>(io.x + H + u0, n));
-    V hn = acc[2];
-    if (io.b_hn) hn += load_units<T>(io.b_hn + u0, n);
-    V nn = vtanh(load_units<T>(io.x + 2 * H + u0, n) + r * hn);
-    V hp = load_units<T>(io.h_prev + u0, n);
-    V h = nn + z * (hp - nn);
-    store_units<T>(io.h_new + u0, h, n);
-    if (io.y) store_units<T>(io.y + u0, h, n);
-    if (io.cache) {
-      store_units<T>(io.cache + u0, r, n);
-      store_units<T>(io.cache + H + u0, z, n);
-      store_units<T>(io.cache + 2 * H + u0, nn, n);
-      store_units<T>(io.cache + 3 * H + u0, hn, n);
+    const V bhn = io[0].b_hn ? load_units<T>(io[0].b_hn + u0, n) : V{};
+    V rz[2 * MR], hn[MR], nn[MR];
+    for (int r = 0; r < MR; ++r) {
+      rz[2 * r] = acc[r][0] + load_units<T>(io[r].x + u0, n);
+      rz[2 * r + 1] = acc[r][1] + load_units<T>(io[r].x + H + u0, n);
+      hn[r] = acc[r][2] + bhn;
+    }
+    vsigmoid_n(rz);
+    for (int r = 0; r < MR; ++r) nn[r] = load_units<T>(io[r].x + 2 * H + u0, n) + rz[2 * r] * hn[r];
+    vtanh_n(nn);
+    for (int r = 0; r < MR; ++r) {
+      if (!io[r].h_new) continue;
+      const V z = rz[2 * r + 1];
+      const V h = nn[r] + z * (load_units<T>(io[r].h_prev + u0, n) - nn[r]);
+      store_units<T>(io[r].h_new + u0, h, n);
+      if (io[r].y) store_units<T>(io[r].y + u0, h, n);
+      if (T* cache = io[r].cache) {
+        store_units<T>(cache + u0, rz[2 * r], n);
+        store_units<T>(cache + H + u0, z, n);
+        store_units<T>(cache + 2 * H + u0, nn[r], n);
+        store_units<T>(cache + 3 * H + u0, hn[r], n);
+      }
     }
   }
 

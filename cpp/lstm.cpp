@@ -10,27 +10,38 @@ namespace RF_NS {
 
 struct LstmCell : GatePanels {
   static constexpr int NV = 4;  // one vector per gate, W hidden units per panel
-  // acc holds h_prev W_hh^T for gates i, f, g, o of units [u0, u0+W).
-  template <typename T>
-  static void forward_epilogue(int, int p, int H, typename Simd<T>::V* acc, const FwdRows<T>& io) {
+  // acc[r] holds row r's h_prev W_hh^T for gates i, f, g, o of units [u0, u0+W).
+  template <typename T, int MR>
+  static void forward_epilogue(int, int p, int H, typename Simd<T>::V (&acc)[MR][NV],
+                               const FwdRows<T> (&io)[MR]) {
     typedef typename Simd<T>::V V;
     const int u0 = p * Simd<T>::W, n = H - u0;
-    V i = vsigmoid(acc[0] + load_units<T>(io.x + u0, n));
-    V f = vsigmoid(acc[1] + load_units<T>(io.x + H + u0, n));
-    V g = vtanh(acc[2] + load_units<T>(io.x + 2 * H + u0, n));
-    V o = vsigmoid(acc[3] + load_units<T>(io.x + 3 * H + u0, n));
-    V c = f * load_units<T>(io.c_prev + u0, n) + i * g;
-    V tc = vtanh(c);
-    V h = o * tc;
-    store_units<T>(io.c_new + u0, c, n);
-    store_units<T>(io.h_new + u0, h, n);
-    if (io.y) store_units<T>(io.y + u0, h, n);
-    if (io.cache) {
-      store_units<T>(io.cache + u0, i, n);
-      store_units<T>(io.cache + H + u0, f, n);
-      store_units<T>(io.cache + 2 * H + u0, g, n);
-      store_units<T>(io.cache + 3 * H + u0, o, n);
-      store_units<T>(io.cache + 4 * H + u0, tc, n);
+    V ifo[3 * MR], g[MR], c[MR], tc[MR];
+    for (int r = 0; r < MR; ++r) {
+      const T* x = io[r].x + u0;
+      ifo[3 * r] = acc[r][0] + load_units<T>(x, n);
+      ifo[3 * r + 1] = acc[r][1] + load_units<T>(x + H, n);
+      g[r] = acc[r][2] + load_units<T>(x + 2 * H, n);
+      ifo[3 * r + 2] = acc[r][3] + load_units<T>(x + 3 * H, n);
+    }
+    vsigmoid_n(ifo);
+    vtanh_n(g);
+    for (int r = 0; r < MR; ++r)
+      tc[r] = c[r] = ifo[3 * r + 1] * load_units<T>(io[r].c_prev + u0, n) + ifo[3 * r] * g[r];
+    vtanh_n(tc);
+    for (int r = 0; r < MR; ++r) {
+      if (!io[r].h_new) continue;
+      const V h = ifo[3 * r + 2] * tc[r];
+      store_units<T>(io[r].c_new + u0, c[r], n);
+      store_units<T>(io[r].h_new + u0, h, n);
+      if (io[r].y) store_units<T>(io[r].y + u0, h, n);
+      if (T* cache = io[r].cache) {
+        store_units<T>(cache + u0, ifo[3 * r], n);
+        store_units<T>(cache + H + u0, ifo[3 * r + 1], n);
+        store_units<T>(cache + 2 * H + u0, g[r], n);
+        store_units<T>(cache + 3 * H + u0, ifo[3 * r + 2], n);
+        store_units<T>(cache + 4 * H + u0, tc[r], n);
+      }
     }
   }
 

@@ -75,7 +75,11 @@ void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
         }
         V acc[MR][NV];
         micro_kernel<T, MR, NV>(K, rows, 1, packed + p * panel_stride, acc);
-        for (int r = 0; r < mr; ++r) {
+        FwdRows<T> io[MR];
+        int live = -1;  // a row that steps; rows that don't get no stores
+        for (int r = 0; r < MR; ++r) {
+          io[r] = FwdRows<T>();
+          if (r >= mr) continue;
           const int b = i0 + r;
           const long t = tid[b];
           const long row = b * (long)H;
@@ -86,17 +90,25 @@ void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
                          c_new ? c_new + row : nullptr);
             continue;
           }
-          FwdRows<T> io;
-          io.x = a.xproj + (t * B + b) * a.ldx;
-          io.h_prev = h_prev + row;
-          io.h_new = h_new + row;
-          io.c_prev = c_prev ? c_prev + row : nullptr;
-          io.c_new = c_new ? c_new + row : nullptr;
-          io.y = a.y ? a.y + t * B * a.ldy + b * a.ldy : nullptr;
-          io.cache = a.cache ? a.cache + ((long)s * B + b) * cell_cache_width(a.cell) * H : nullptr;
-          io.b_hn = a.b_hn;
-          Cell::template forward_epilogue<T>(a.cell, p, H, acc[r], io);
+          live = r;
+          io[r].x = a.xproj + (t * B + b) * a.ldx;
+          io[r].h_prev = h_prev + row;
+          io[r].h_new = h_new + row;
+          io[r].c_prev = c_prev ? c_prev + row : nullptr;
+          io[r].c_new = c_new ? c_new + row : nullptr;
+          io[r].y = a.y ? a.y + t * B * a.ldy + b * a.ldy : nullptr;
+          io[r].cache = a.cache ? a.cache + ((long)s * B + b) * cell_cache_width(a.cell) * H : nullptr;
+          io[r].b_hn = a.b_hn;
         }
+        if (live < 0) continue;
+        for (int r = 0; r < MR; ++r)
+          if (!io[r].h_new) {  // computed alongside from a live row's inputs, not stored
+            io[r].x = io[live].x;
+            io[r].h_prev = io[live].h_prev;
+            io[r].c_prev = io[live].c_prev;
+            io[r].b_hn = a.b_hn;
+          }
+        Cell::template forward_epilogue<T, MR>(a.cell, p, H, acc, io);
       }
     }
   }

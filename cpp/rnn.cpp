@@ -15,17 +15,29 @@ struct RnnCell {
     long unit = (p * NV + v) * Simd<T>::W + u;
     return unit < H ? unit : -1;
   }
-  template <typename T>
-  static void forward_epilogue(int cell, int p, int H, typename Simd<T>::V* acc,
-                               const FwdRows<T>& io) {
+  template <typename T, int MR>
+  static void forward_epilogue(int cell, int p, int H, typename Simd<T>::V (&acc)[MR][NV],
+                               const FwdRows<T> (&io)[MR]) {
     typedef typename Simd<T>::V V;
-    for (int v = 0; v < NV; ++v) {
-      const int u0 = (p * NV + v) * Simd<T>::W, n = H - u0;
-      if (n <= 0) break;
-      V pre = acc[v] + load_units<T>(io.x + u0, n);
-      V h = cell == RNN_RELU ? vrelu(pre) : vtanh(pre);
-      store_units<T>(io.h_new + u0, h, n);
-      if (io.y) store_units<T>(io.y + u0, h, n);
+    constexpr int W = Simd<T>::W;
+    V pre[MR * NV];
+    for (int r = 0; r < MR; ++r)
+      for (int v = 0; v < NV; ++v) {
+        const int u0 = (p * NV + v) * W;
+        pre[r * NV + v] = acc[r][v] + load_units<T>(io[r].x + u0, H - u0);  // none past H
+      }
+    if (cell == RNN_RELU)
+      for (int j = 0; j < MR * NV; ++j) pre[j] = vrelu(pre[j]);
+    else
+      vtanh_n(pre);
+    for (int r = 0; r < MR; ++r) {
+      if (!io[r].h_new) continue;
+      for (int v = 0; v < NV; ++v) {
+        const int u0 = (p * NV + v) * W, n = H - u0;
+        if (n <= 0) break;
+        store_units<T>(io[r].h_new + u0, pre[r * NV + v], n);
+        if (io[r].y) store_units<T>(io[r].y + u0, pre[r * NV + v], n);
+      }
     }
   }
 
