@@ -14,9 +14,12 @@ Options:
     --modes     train,infer,stream      train = forward + backward with every gradient;
                                         infer = whole-sequence inference; stream = batch-1,
                                         one step per call with the state carried between calls
-                                        (stream configs run only stream, the others only
+                                        (rnnfast and the reference: model.stream().step(x_t);
+                                        stream configs run only stream, the others only
                                         train and infer)
-    --peers     numpy,torch,onnx        numpy = rnnfast.reference (the NumPy reference),
+    --peers     call,numpy,torch,onnx   call = rnnfast's plain call y, state = m(x_t, state)
+                                        on stream rows; numpy = rnnfast.reference (the NumPy
+                                        reference, streaming with its own Stream),
                                         torch = torch.nn.{RNN,LSTM,GRU},
                                         onnx = ONNX Runtime on the exported torch module
                                         (inference and stream only); "" for rnnfast alone
@@ -346,10 +349,13 @@ class Runnable:
 class ApiPeer:
     """rnnfast and its NumPy reference: both follow the rnnfast API."""
 
-    def __init__(self, name: str, label: str, namespace):
+    def __init__(self, name: str, label: str, namespace, plain_call: bool = False):
         self.name, self.label, self.namespace = name, label, namespace
+        self.plain_call = plain_call
 
     def build(self, w: Workload) -> Runnable:
+        if self.plain_call and w.mode != "stream":
+            raise NotApplicable("stream rows only (the plain call y, state = m(x_t, state))")
         module = getattr(self.namespace, w.cell.cls_name)(
             w.config.I, w.config.H, num_layers=w.config.L, **w.cell.kwargs()
         )
@@ -368,12 +374,16 @@ class ApiPeer:
 
             return Runnable(train_step)
 
-        state = [None]
+        if self.plain_call:  # the plain API with T = 1, state passed in and out
 
-        def stream_step():
-            _, state[0] = module(x, state=state[0])
+            state = [None]
 
-        return Runnable(stream_step)
+            def stream_step():
+                _, state[0] = module(x, state=state[0])
+
+            return Runnable(stream_step)
+        step, x_t = module.stream(batch_size=1).step, x[0]  # the step API
+        return Runnable(lambda: step(x_t))
 
 
 class TorchPeer:
@@ -517,12 +527,13 @@ class MissingPeer:
 
 
 def make_peer(name: str, threads: int, workdir: str, rf, reference):
-    label = {"rnnfast": "rnnfast", "numpy": "numpy ref", "torch": "torch", "onnx": "onnxrt"}[name]
+    label = {"rnnfast": "rnnfast", "call": "rf m(x,state)", "numpy": "numpy ref",
+             "torch": "torch", "onnx": "onnxrt"}[name]
     try:
-        if name == "rnnfast":
+        if name in ("rnnfast", "call"):
             if isinstance(rf, BaseException):
                 raise rf
-            return ApiPeer(name, label, rf)
+            return ApiPeer(name, label, rf, plain_call=name == "call")
         if name == "numpy":
             if isinstance(reference, BaseException):
                 raise reference
@@ -843,9 +854,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="comma-separated shapes of bench-configs.md")
     parser.add_argument("--modes", default=",".join(MODES), type=lambda v: _names(v, MODES, "mode"),
                         help="train and infer apply to sequence configs, stream to stream-*")
-    parser.add_argument("--peers", default="numpy,torch,onnx",
-                        type=lambda v: _names(v, ("numpy", "torch", "onnx"), "peer"),
-                        help='compared with rnnfast; "" for rnnfast alone')
+    parser.add_argument("--peers", default="call,numpy,torch,onnx",
+                        type=lambda v: _names(v, ("call", "numpy", "torch", "onnx"), "peer"),
+                        help='compared with rnnfast; "call" is rnnfast\'s plain call on stream '
+                        'rows; "" for rnnfast alone')
     parser.add_argument("--repeats", type=int, default=5, help="timed samples per measurement")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for every peer; unset: rnnfast's default")

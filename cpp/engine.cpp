@@ -171,8 +171,8 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
   }
 
   // Streaming: one kernel multiplies [x | h] by [W_ih | W_hh] and no input projection
-  // runs. Not for GRU, whose reset gate multiplies the h part of n alone.
-  const bool fused = steps == 1 && cell_ != GRU;
+  // runs (GRU keeps the two parts' sums apart: its reset gate multiplies the h part of n).
+  const bool fused = steps == 1;
   std::vector<T>& xproj = ws.xproj;
   if (!fused) xproj.resize(TB * GH);
   std::vector<T>& out_a = ws.out_a;   // layer outputs, ping-pong

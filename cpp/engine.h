@@ -41,7 +41,8 @@ class Engine {
   void zero_grad();
 
   // x (T,B,I); h0/c0 (L*D,B,H) or null; lengths (B) or null, 1 <= len <= T.
-  // y (T,B,D*H), hn/cn (L*D,B,H) are written. training keeps what backward needs.
+  // y (T,B,D*H), hn/cn (L*D,B,H) are written (hn/cn may be h0/c0: each layer reads its
+  // initial state before it writes its final one). training keeps what backward needs.
   void forward(const T* x, int steps, int batch, const T* h0, const T* c0, const int32_t* lengths,
                bool training, double dropout, uint64_t seed, int nthreads, T* y, T* hn, T* cn);
   // dy (T,B,D*H), dhn/dcn or null. Writes dx (T,B,I), dh0/dc0; adds into grads().
@@ -80,6 +81,37 @@ class Engine {
   Cache cache_;
   std::shared_mutex pack_mutex_;   // inference shares; repack excludes
   std::mutex train_mutex_;         // training forward/backward touch the cache
+};
+
+// Batch-B streaming over an engine: the state lives here between steps, and a step
+// is the engine's one-step forward writing the new state in place. Steps on one
+// stream are serialized; streams over one engine run concurrently.
+template <typename T>
+class Stream {
+ public:
+  Stream(Engine<T>& engine, int batch)
+      : engine_(engine),
+        batch_(batch),
+        h_((size_t)engine.num_layers() * engine.directions() * batch * engine.hidden_size()),
+        c_(engine.cell() == LSTM ? h_.size() : 0) {}
+  const Engine<T>& engine() const { return engine_; }
+  int batch() const { return batch_; }
+  int num_threads() const { return nthreads_; }
+  void set_num_threads(int n) { nthreads_ = n; }
+  T* h() { return h_.data(); }
+  T* c() { return c_.empty() ? nullptr : c_.data(); }
+  // x (B, I) -> y (B, D*H); the state moves one step.
+  void step(const T* x, T* y) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    engine_.forward(x, 1, batch_, h(), c(), nullptr, false, 0.0, 0, nthreads_, y, h(), c());
+  }
+
+ private:
+  Engine<T>& engine_;
+  int batch_;
+  int nthreads_ = 0;  // 0: the process-wide setting
+  std::vector<T> h_, c_;  // (L*D, B, H), zero at the start
+  std::mutex mutex_;
 };
 
 }  // namespace rnnfast

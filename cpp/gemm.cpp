@@ -114,8 +114,7 @@ void gemm(int M, int N, int K, const T* A, long rsa, long csa, const T* B, long 
   // Split the N range of a block too when there are fewer M blocks than threads.
   const int nsplit = mblocks >= 2 * nt ? 1 : (2 * nt + mblocks - 1) / mblocks;
 
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
+  rf_parallel(nt, [&] {
     RF_FLUSH_DENORMALS_SCOPE;
     T* my_a = abuf + asize * rf_thread_num();
     for (int jc = 0; jc < N; jc += NC) {
@@ -158,7 +157,7 @@ void gemm(int M, int N, int K, const T* A, long rsa, long csa, const T* B, long 
         }
       }
     }
-  }
+  });
 }
 
 template <typename T>
@@ -198,11 +197,10 @@ void gemm_prepacked_par(int M, int N, int K, const T* A, long lda, const T* Bp, 
   int nt = rf_threads_for(nthreads, rf_step_work(M, N, K));
   const int npanels = (int)panels_for<T, NV>(N);
   if (nt > npanels) nt = npanels;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
+  rf_parallel(nt, [&] {
     RF_FLUSH_DENORMALS_SCOPE;
     gemm_prepacked<T>(M, N, K, A, lda, Bp, C, ldc, bias, 0);  // ldd 0: one row for all
-  }
+  });
 }
 
 #define RF_INSTANTIATE(T)                                                                       \

@@ -44,6 +44,41 @@ static inline __attribute__((always_inline)) void micro_kernel(
   }
 }
 
+// One row (batch 1): acc[0][v] = sum_k a[k] * Bp[k*NR + v*W ...]. Each weight is used
+// once, so the product is bound by reading Bp; S partial sums per vector keep S*NV
+// independent FMA chains (>= 8 cover the FMA latency) instead of the rows of
+// micro_kernel, which would redo the same row.
+template <typename T, int NV>
+static inline __attribute__((always_inline)) void row_kernel(
+    int K, const T* a, const T* Bp, typename Simd<T>::V (&acc)[1][NV]) {
+  typedef typename Simd<T>::V V;
+  constexpr int W = Simd<T>::W, S = NV >= 4 ? 2 : (NV == 3 ? 3 : 4);
+  V part[S][NV];
+#pragma GCC unroll 4
+  for (int s = 0; s < S; ++s)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) part[s][v] = V{};
+  int k = 0;
+  for (; k + S <= K; k += S)
+#pragma GCC unroll 4
+    for (int s = 0; s < S; ++s) {
+      const V ak = vbcast<V>(a[k + s]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) part[s][v] += ak * vload<V>(Bp + (long)(k + s) * NV * W + v * W);
+    }
+  for (; k < K; ++k) {
+    const V ak = vbcast<V>(a[k]);
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) part[0][v] += ak * vload<V>(Bp + (long)k * NV * W + v * W);
+  }
+#pragma GCC unroll 4
+  for (int v = 0; v < NV; ++v) {
+    acc[0][v] = part[0][v];
+#pragma GCC unroll 4
+    for (int s = 1; s < S; ++s) acc[0][v] += part[s][v];
+  }
+}
+
 // Number of NV-vector panels covering n columns, and the packed size of a K x n block.
 template <typename T, int NV>
 static inline long panels_for(long n) {

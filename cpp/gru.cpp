@@ -10,21 +10,30 @@ namespace RF_NS {
 
 struct GruCell : GatePanels {
   static constexpr int NV = 3;
+  static constexpr bool kSplitInput = true;  // r multiplies the h part of n alone
   // x holds x W_ih^T + b_ih, plus b_hh for r and z (not n: b_hn is added inside r*(.)).
+  // A fused step passes x W_ih^T in xacc, and x holds the biases alone.
   template <typename T, int MR>
   static void forward_epilogue(int, int p, int H, typename Simd<T>::V (&acc)[MR][NV],
-                               const FwdRows<T> (&io)[MR]) {
+                               const typename Simd<T>::V (*xacc)[NV], const FwdRows<T> (&io)[MR]) {
     typedef typename Simd<T>::V V;
     const int u0 = p * Simd<T>::W, n = H - u0;
     const V bhn = io[0].b_hn ? load_units<T>(io[0].b_hn + u0, n) : V{};
     V rz[2 * MR], hn[MR], nn[MR];
+    V xn[MR];
     for (int r = 0; r < MR; ++r) {
       rz[2 * r] = acc[r][0] + load_units<T>(io[r].x + u0, n);
       rz[2 * r + 1] = acc[r][1] + load_units<T>(io[r].x + H + u0, n);
+      xn[r] = load_units<T>(io[r].x + 2 * H + u0, n);
+      if (xacc) {
+        rz[2 * r] += xacc[r][0];
+        rz[2 * r + 1] += xacc[r][1];
+        xn[r] += xacc[r][2];
+      }
       hn[r] = acc[r][2] + bhn;
     }
     vsigmoid_n(rz);
-    for (int r = 0; r < MR; ++r) nn[r] = load_units<T>(io[r].x + 2 * H + u0, n) + rz[2 * r] * hn[r];
+    for (int r = 0; r < MR; ++r) nn[r] = xn[r] + rz[2 * r] * hn[r];
     vtanh_n(nn);
     for (int r = 0; r < MR; ++r) {
       if (!io[r].h_new) continue;

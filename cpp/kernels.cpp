@@ -16,8 +16,7 @@ void col_sums(T* out, const T* a, long rows, int n, int nthreads) {
   const int nblocks = (n + CB - 1) / CB;
   int nt = rf_threads_for(nthreads, 4.0 * rows * n);
   if (nt > nblocks) nt = nblocks;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
+  rf_parallel(nt, [&] {
     RF_FLUSH_DENORMALS_SCOPE;
 #pragma omp for schedule(static)
     for (int blk = 0; blk < nblocks; ++blk) {
@@ -28,7 +27,7 @@ void col_sums(T* out, const T* a, long rows, int n, int nthreads) {
         for (int j = j0; j < j1; ++j) acc[j - j0] += a[r * n + j];
       for (int j = j0; j < j1; ++j) out[j] += acc[j - j0];
     }
-  }
+  });
 }
 
 inline uint64_t mix64(uint64_t z) {  // splitmix64's finalizer
@@ -43,8 +42,7 @@ void dropout(T* x, T* mask, long n, double p, uint64_t seed, int layer, int nthr
   const uint64_t base = mix64(seed ^ ((uint64_t)(layer + 1) * 0xD1B54A32D192ED03ull));
   const T scale = T(1) / (T(1) - T(p));
   int nt = rf_threads_for(nthreads, 20.0 * n);
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
+  rf_parallel(nt, [&] {
     RF_FLUSH_DENORMALS_SCOPE;
 #pragma omp for schedule(static)
     for (long e = 0; e < n; ++e) {
@@ -53,7 +51,7 @@ void dropout(T* x, T* mask, long n, double p, uint64_t seed, int layer, int nthr
       mask[e] = m;
       x[e] *= m;
     }
-  }
+  });
 }
 
 template <typename T>

@@ -10,10 +10,11 @@ namespace RF_NS {
 
 struct LstmCell : GatePanels {
   static constexpr int NV = 4;  // one vector per gate, W hidden units per panel
+  static constexpr bool kSplitInput = false;
   // acc[r] holds row r's h_prev W_hh^T for gates i, f, g, o of units [u0, u0+W).
   template <typename T, int MR>
   static void forward_epilogue(int, int p, int H, typename Simd<T>::V (&acc)[MR][NV],
-                               const FwdRows<T> (&io)[MR]) {
+                               const typename Simd<T>::V (*)[NV], const FwdRows<T> (&io)[MR]) {
     typedef typename Simd<T>::V V;
     const int u0 = p * Simd<T>::W, n = H - u0;
     V ifo[3 * MR], g[MR], c[MR], tc[MR];

@@ -2,7 +2,8 @@
 // product h_{s-1} W_hh^T on weights packed once (one panel = the gate columns of
 // a block of hidden units), then the cell's epilogue in registers. Backward runs
 // the cell's elementwise step, then dh_{s-1} = dA W_hh on pre-packed weights.
-// Cells provide (see lstm.cpp): NV, units(), column(), forward_epilogue(), backward_row().
+// Cells provide (see lstm.cpp): NV, kSplitInput (a one-step product keeps the x and h
+// parts apart), units(), column(), forward_epilogue(), backward_row().
 #pragma once
 #include "cell_common.h"
 #include "common.h"
@@ -38,24 +39,18 @@ void recurrent_pack(T* dst, const T* w_ih, int in_size, const T* w_hh, int H) {
         }
 }
 
-template <typename T, class Cell>
-void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
+// The time loop; each task is a block of MR batch rows times one panel.
+template <typename T, class Cell, int MR>
+void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int K, const T* packed,
+                             long panel_stride, int npanels, int mblocks) {
   typedef typename Simd<T>::V V;
-  constexpr int W = Simd<T>::W, NV = Cell::NV, NR = NV * W;
-  constexpr int MR = MicroRows<NV>::MR;
-  const int B = a.batch, H = a.hidden, G = cell_gates(a.cell);
+  constexpr int NV = Cell::NV;
+  const int B = a.batch, H = a.hidden;
   const long BH = (long)B * H;
-  const int npanels = (H + Cell::template units<T>() - 1) / Cell::template units<T>();
-  const int mblocks = (B + MR - 1) / MR;
   const int ntasks = npanels * mblocks;
-  const bool fused = a.xh != nullptr;  // one step: [x | h] times [W_ih | W_hh] at once
-  const int K = fused ? a.in_size + H : H;
-  const long panel_stride = (long)(a.in_size + H) * NR;
-  const T* packed = a.packed + (fused ? 0 : (long)a.in_size * NR);
-  int nt = rf_threads_for(nthreads, rf_step_work(B, (long)G * H, K));
-  if (nt > ntasks) nt = ntasks;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
+  const bool fused = a.xh != nullptr;
+  const bool split = fused && Cell::kSplitInput;
+  rf_parallel(nt, [&] {
     RF_FLUSH_DENORMALS_SCOPE;
     for (int s = 0; s < a.steps; ++s) {
       const long in = a.keep_all ? s : (s & 1), out = a.keep_all ? s + 1 : ((s + 1) & 1);
@@ -73,8 +68,22 @@ void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
           const long b = i0 + (r < mr ? r : 0);
           rows[r] = fused ? a.xh + b * K : h_prev + b * H;
         }
-        V acc[MR][NV];
-        micro_kernel<T, MR, NV>(K, rows, 1, packed + p * panel_stride, acc);
+        auto product = [&](int k, const T* const* a_rows, const T* b_panel, V(&out)[MR][NV]) {
+          if constexpr (MR == 1)
+            row_kernel<T, NV>(k, a_rows[0], b_panel, out);
+          else
+            micro_kernel<T, MR, NV>(k, a_rows, 1, b_panel, out);
+        };
+        const T* panel = packed + p * panel_stride;
+        V acc[MR][NV], xacc[MR][NV];
+        if (split) {  // x and h parts of the panel apart: xacc = x W_ih^T, acc = h W_hh^T
+          const T* hrows[MR];
+          for (int r = 0; r < MR; ++r) hrows[r] = rows[r] + a.in_size;
+          product(a.in_size, rows, panel, xacc);
+          product(H, hrows, panel + (long)a.in_size * Cell::NV * Simd<T>::W, acc);
+        } else {
+          product(K, rows, panel, acc);
+        }
         FwdRows<T> io[MR];
         int live = -1;  // a row that steps; rows that don't get no stores
         for (int r = 0; r < MR; ++r) {
@@ -108,10 +117,30 @@ void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
             io[r].c_prev = io[live].c_prev;
             io[r].b_hn = a.b_hn;
           }
-        Cell::template forward_epilogue<T, MR>(a.cell, p, H, acc, io);
+        Cell::template forward_epilogue<T, MR>(a.cell, p, H, acc, split ? xacc : nullptr, io);
       }
     }
-  }
+  });
+}
+
+template <typename T, class Cell>
+void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
+  constexpr int NR = Cell::NV * Simd<T>::W;
+  constexpr int MR = MicroRows<Cell::NV>::MR;
+  const int B = a.batch, H = a.hidden, G = cell_gates(a.cell);
+  const int npanels = (H + Cell::template units<T>() - 1) / Cell::template units<T>();
+  const int mblocks = (B + MR - 1) / MR;
+  const int ntasks = npanels * mblocks;
+  const bool fused = a.xh != nullptr;  // one step: [x | h] times [W_ih | W_hh] at once
+  const int K = fused ? a.in_size + H : H;
+  const long panel_stride = (long)(a.in_size + H) * NR;
+  const T* packed = a.packed + (fused ? 0 : (long)a.in_size * NR);
+  int nt = rf_threads_for(nthreads, rf_step_work(B, (long)G * H, K));
+  if (nt > ntasks) nt = ntasks;
+  if (B == 1)
+    recurrent_forward_tasks<T, Cell, 1>(a, nt, K, packed, panel_stride, npanels, 1);
+  else
+    recurrent_forward_tasks<T, Cell, MR>(a, nt, K, packed, panel_stride, npanels, mblocks);
 }
 
 template <typename T, class Cell>
@@ -120,8 +149,7 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
   const long BH = (long)B * H, GH = (long)G * H;
   int nt = rf_threads_for(nthreads, rf_step_work(B, (long)G * H, H));
   T* direct = a.direct;
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
+  rf_parallel(nt, [&] {
     RF_FLUSH_DENORMALS_SCOPE;
     for (int s = a.steps - 1; s >= 0; --s) {
       const int32_t* tid = a.tidx + (long)s * B;
@@ -151,7 +179,7 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
       gemm_prepacked<T>(B, H, (int)GH, a.da_hh + (long)s * B * GH, GH, a.packed_whh_t, a.dh, H,
                         direct, H);
     }
-  }
+  });
 }
 
 // Defines and instantiates a cell's entry points (kernels.h) from its Cell type.

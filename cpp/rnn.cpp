@@ -9,6 +9,7 @@ namespace rnnfast {
 namespace RF_NS {
 
 struct RnnCell {
+  static constexpr bool kSplitInput = false;
   static constexpr int NV = 4;  // four vectors of consecutive hidden units per panel
   template <typename T> static constexpr int units() { return NV * Simd<T>::W; }
   template <typename T> static long column(long p, int v, int u, int H) {
@@ -17,7 +18,7 @@ struct RnnCell {
   }
   template <typename T, int MR>
   static void forward_epilogue(int cell, int p, int H, typename Simd<T>::V (&acc)[MR][NV],
-                               const FwdRows<T> (&io)[MR]) {
+                               const typename Simd<T>::V (*)[NV], const FwdRows<T> (&io)[MR]) {
     typedef typename Simd<T>::V V;
     constexpr int W = Simd<T>::W;
     V pre[MR * NV];

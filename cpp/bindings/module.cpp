@@ -176,6 +176,68 @@ void bind_engine(py::module_& m, const char* name) {
           py::arg("nthreads") = 0);
 }
 
+template <typename T>
+py::object state_view(py::object self, Stream<T>& s, T* data) {
+  if (!data) return py::none();
+  const Engine<T>& e = s.engine();
+  return py::array_t<T>({(long)e.num_layers() * e.directions(), (long)s.batch(),
+                         (long)e.hidden_size()}, data, self);
+}
+
+template <typename T>
+void bind_stream(py::module_& m, const char* name) {
+  typedef Stream<T> S;
+  py::class_<S>(m, name)
+      .def(py::init([](Engine<T>& e, int batch) {
+             if (batch < 1) throw py::value_error("batch must be >= 1");
+             return new S(e, batch);
+           }),
+           py::arg("engine"), py::arg("batch"), py::keep_alive<1, 2>())
+      .def_property_readonly("batch", &S::batch)
+      .def_property("num_threads", &S::num_threads, &S::set_num_threads)
+      .def_property_readonly("h", [](py::object self) {
+        S& s = self.cast<S&>();
+        return state_view<T>(self, s, s.h());
+      })
+      .def_property_readonly("c", [](py::object self) {
+        S& s = self.cast<S&>();
+        return state_view<T>(self, s, s.c());
+      })
+      .def(
+          "step",
+          [](S& s, Arr<T> x, py::object out) -> py::object {
+            const long B = s.batch(), I = s.engine().input_size();
+            const long DH = (long)s.engine().directions() * s.engine().hidden_size();
+            const bool row = x.ndim() == 1 && B == 1;  // (I,) -> (D*H,)
+            if (row)
+              check_shape(x, {I}, "x");
+            else
+              check_shape(x, {B, I}, "x");
+            py::array_t<T> y;
+            if (out.is_none()) {
+              y = row ? py::array_t<T>(DH) : py::array_t<T>({B, DH});
+            } else {
+              if (!py::isinstance<py::array_t<T>>(out))
+                throw py::type_error(std::string("out must be a ") +
+                                     (sizeof(T) == 4 ? "float32" : "float64") + " array");
+              y = py::reinterpret_borrow<py::array_t<T>>(out);
+              if (!(y.flags() & py::array::c_style) || !y.writeable())
+                throw py::value_error("out must be C-contiguous and writeable");
+              if (row)
+                check_shape(y, {DH}, "out");
+              else
+                check_shape(y, {B, DH}, "out");
+            }
+            T* yp = y.mutable_data();
+            {
+              py::gil_scoped_release release;
+              s.step(x.data(), yp);
+            }
+            return std::move(y);
+          },
+          py::arg("x"), py::arg("out") = py::none());
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -186,6 +248,8 @@ PYBIND11_MODULE(_core, m) {
   m.attr("GRU") = (int)GRU;
   bind_engine<float>(m, "EngineF32");
   bind_engine<double>(m, "EngineF64");
+  bind_stream<float>(m, "StreamF32");
+  bind_stream<double>(m, "StreamF64");
   m.def("set_num_threads", &set_max_threads, py::arg("n"));
   m.def("get_num_threads", &max_threads);
   m.def("openmp_available", &openmp_available);

@@ -68,6 +68,7 @@ class RecurrentBase:
     """Common API of RNN, LSTM and GRU (PyTorch's constructor arguments and names)."""
 
     _mode = "LSTM"
+    _stream_class = None  # set below: Stream, or a backend's faster subclass
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, dtype=np.float32, seed=None,
@@ -313,6 +314,18 @@ class RecurrentBase:
         dx, dh0, dc0 = self._compute_backward(self._to_time_major(dy, unbatched), dhn, dcn)
         return self._from_time_major(dx, unbatched), self._user_state(dh0, dc0, unbatched)
 
+    def stream(self, batch_size=None, state=None, num_threads=None):
+        """A :class:`Stream` for step-by-step inference that keeps the state between steps.
+
+        ``batch_size=None`` streams one unbatched sequence (``x_t`` of shape
+        ``(input_size,)``); an int streams that many at once (``(batch_size, input_size)``).
+        ``state`` is the initial state in the format of :meth:`forward` (zeros when None)."""
+        if self.bidirectional:
+            raise ValueError("a bidirectional model cannot run step by step: its reverse "
+                             "direction reads each sequence from its end; call it on whole "
+                             "sequences")
+        return self._stream_class(self, batch_size, state, num_threads)
+
     def __repr__(self):
         args = [str(self.input_size), str(self.hidden_size)]
         if self.num_layers != 1:
@@ -343,3 +356,88 @@ class ElmanArgs:
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, **kwargs)
+
+
+class Stream:
+    """Step-by-step inference: ``y_t = s.step(x_t)`` (or ``s(x_t)``) feeds one time step and
+    keeps the state for the next call, as ``y, state = model(x_t[None], state)`` would, without
+    passing the state around. ``s.step(x_t, out=y)`` writes into ``y`` instead of allocating.
+    ``s.state`` is a copy of the current state in the model's format; ``s.reset(state=None)``
+    starts over. A stream follows later weight changes of its model. Steps are not meant to be
+    shared between threads: give each thread its own stream (streams of one model run
+    concurrently)."""
+
+    def __init__(self, model, batch_size, state, num_threads):
+        self.model = model
+        self.unbatched = batch_size is None
+        self.batch_size = 1 if batch_size is None else _check_size(batch_size, "batch_size")
+        self.num_threads = num_threads
+        self._open()
+        self.reset(state)
+
+    # A backend keeps the state in _h (and _c for LSTM), arrays of shape (L*D, B, H).
+    def _open(self):
+        m = self.model
+        shape = (m.num_layers * m.num_directions, self.batch_size, m.hidden_size)
+        self._h = np.zeros(shape, m.dtype)
+        self._c = np.zeros(shape, m.dtype) if m._mode == "LSTM" else None
+
+    @property
+    def num_threads(self):
+        return self._num_threads or None
+
+    @num_threads.setter
+    def num_threads(self, value):
+        self._num_threads = check_num_threads(value, "num_threads")
+
+    @property
+    def state(self):
+        h = self._h.copy()
+        c = None if self._c is None else self._c.copy()
+        return self.model._user_state(h, c, self.unbatched)
+
+    def reset(self, state=None):
+        """Zeros the state, or sets it from ``state`` (the format of the model's forward)."""
+        h, c = self.model._check_state(state, self.batch_size, self.unbatched, "state")
+        self._h[...] = 0 if h is None else h
+        if self._c is not None:
+            self._c[...] = 0 if c is None else c
+
+    def _check_x(self, x):
+        m = self.model
+        x = _as_float_array(x, "x", m.dtype)
+        want = (m.input_size,) if self.unbatched else (self.batch_size, m.input_size)
+        if x.shape != want and not (self.batch_size == 1 and x.shape == (m.input_size,)):
+            raise ValueError(f"x must have shape {_shape_str(want)} (one time step), got "
+                             f"{_shape_str(x.shape)}")
+        return x
+
+    def step(self, x, out=None):
+        """Feeds one time step x_t; returns y_t (or fills ``out``) and keeps the new state."""
+        m = self.model
+        x = self._check_x(x)
+        y, hn, cn = m._compute_forward(x.reshape(1, self.batch_size, m.input_size), self._h,
+                                       self._c, None, False, 0)
+        self._h[...] = hn
+        if self._c is not None:
+            self._c[...] = cn
+        y = y.reshape(x.shape[:-1] + (y.shape[-1],))
+        if out is None:
+            return y
+        if not isinstance(out, np.ndarray) or out.dtype != m.dtype:
+            raise TypeError(f"out must be a {m.dtype} array")
+        if out.shape != y.shape:
+            raise ValueError(f"out must have shape {_shape_str(y.shape)}, got "
+                             f"{_shape_str(out.shape)}")
+        out[...] = y
+        return out
+
+    def __call__(self, x, out=None):
+        return self.step(x, out)
+
+    def __repr__(self):
+        size = "unbatched" if self.unbatched else f"batch_size={self.batch_size}"
+        return f"Stream({self.model!r}, {size})"
+
+
+RecurrentBase._stream_class = Stream

@@ -5,13 +5,37 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
-from ._base import ElmanArgs, RecurrentBase
+from ._base import ElmanArgs, RecurrentBase, Stream
 
 _CELLS = {"RNN_TANH": _core.RNN_TANH, "RNN_RELU": _core.RNN_RELU, "LSTM": _core.LSTM,
           "GRU": _core.GRU}
 
 
+class _EngineStream(Stream):
+    """The state lives in the C++ stream; ``step`` is the C++ method itself (no Python frame
+    per step: shapes and dtypes are checked there)."""
+
+    def _open(self):
+        m = self.model
+        cls = _core.StreamF32 if m.dtype == np.float32 else _core.StreamF64
+        self._core = cls(m._engine, self.batch_size)
+        self._h, self._c = self._core.h, self._core.c  # live views of the C++ state
+        self._core.num_threads = self._num_threads
+        self.step = self._core.step
+
+    @Stream.num_threads.setter
+    def num_threads(self, value):
+        Stream.num_threads.fset(self, value)
+        if hasattr(self, "_core"):
+            self._core.num_threads = self._num_threads
+
+    def __call__(self, x, out=None):
+        return self.step(x, out)
+
+
 class _EngineLayer(RecurrentBase):
+    _stream_class = _EngineStream
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         engine_cls = _core.EngineF32 if self.dtype == np.float32 else _core.EngineF64

@@ -1,0 +1,119 @@
+"""Step-by-step inference (model.stream()) and the batch-1 kernels, against the NumPy
+reference run on whole sequences, on every kernel build."""
+
+import threading
+
+import numpy as np
+import pytest
+from conftest import flat_state, make_pair, state_like
+
+import rnnfast as rf
+
+MODES = ["RNN_TANH", "RNN_RELU", "LSTM", "GRU"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("batch", [None, 1, 4])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stream_matches_whole_sequence(isa, mode, batch, dtype):
+    # H = 77 and I = 45 leave partial vectors and panels; two layers chain the steps.
+    T, I, H, L = 6, 45, 77, 2
+    fast, ref = make_pair(mode, I, H, L, dtype=dtype, seed=3)
+    rng = np.random.default_rng(7)
+    B = 1 if batch is None else batch
+    x = rng.standard_normal((T, B, I))
+    state = state_like(mode, (L, B, H), rng, np.float64)
+    want_y, want_state = ref.forward(x, state)
+    if batch is None:  # unbatched streams take (I,) steps and keep (L, H) states
+        state = tuple(s[:, 0] for s in state) if mode == "LSTM" else state[:, 0]
+    s = fast.stream(batch_size=batch, state=state)
+    ys = [s.step(x[t, 0] if batch is None else x[t]) for t in range(T)]
+    tol = dict(rtol=2e-5, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
+    for t in range(T):
+        assert ys[t].dtype == dtype
+        got = ys[t] if batch is not None else ys[t][None]
+        np.testing.assert_allclose(got, want_y[t], **tol, err_msg=f"y[{t}]")
+    got_state = s.state
+    if batch is None:
+        want_state = tuple(w[:, 0] for w in want_state) if mode == "LSTM" else want_state[:, 0]
+    for a, b in zip(flat_state(got_state), flat_state(want_state)):
+        np.testing.assert_allclose(a, b, **tol, err_msg="state")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("T,B", [(1, 1), (5, 1), (1, 3)])
+def test_batch_one_and_single_step_float32(isa, mode, T, B):
+    # The plain call: batch 1 runs the one-row kernel, T = 1 the fused [x | h] product
+    # (GRU keeps its x and h sums apart there); float32 against the float64 reference.
+    I, H = 45, 77
+    fast, ref = make_pair(mode, I, H, dtype=np.float32, seed=5)
+    x = np.random.default_rng(9).standard_normal((T, B, I)).astype(np.float32)
+    state = state_like(mode, (1, B, H), np.random.default_rng(2), np.float32)
+    y, st = fast(x, state)
+    ry, rst = ref(x.astype(np.float64), state)
+    np.testing.assert_allclose(y, ry, rtol=2e-5, atol=2e-5)
+    for a, b in zip(flat_state(st), flat_state(rst)):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+
+
+def test_stream_out_reset_and_weight_changes():
+    m = rf.LSTM(8, 16)
+    s = m.stream()
+    x = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
+    out = np.empty(16, np.float32)
+    assert s.step(x[0], out=out) is out
+    first = out.copy()
+    second = s(x[1])
+    assert not np.allclose(first, second)  # the state moved on
+    s.reset()
+    np.testing.assert_array_equal(s.step(x[0]), first)
+    s.reset()
+    sd = m.state_dict()
+    m.load_state_dict({k: v * 0.5 for k, v in sd.items()})
+    halved = s.step(x[0])
+    want, _ = m(x[:1])
+    np.testing.assert_allclose(halved, want[0], rtol=1e-6)  # follows the new weights
+    assert not np.allclose(halved, first)
+
+
+def test_stream_bad_input():
+    m = rf.GRU(8, 16)
+    s = m.stream(batch_size=2)
+    with pytest.raises(ValueError, match="x"):
+        s.step(np.zeros((3, 8), np.float32))
+    with pytest.raises(ValueError, match="x"):
+        s.step(np.zeros(8, np.float32))  # (I,) only for batch 1
+    with pytest.raises(TypeError):
+        s.step(np.zeros((2, 8)), out=np.zeros((2, 16)))  # float64 out for a float32 model
+    with pytest.raises(ValueError, match="out"):
+        s.step(np.zeros((2, 8)), out=np.zeros((2, 15), np.float32))
+    with pytest.raises(ValueError, match="out"):
+        s.step(np.zeros((2, 8)), out=np.zeros((16, 2), np.float32).T)  # not C-contiguous
+    with pytest.raises(ValueError, match="state"):
+        m.stream(batch_size=2, state=np.zeros((1, 3, 16)))
+    with pytest.raises(ValueError, match="batch_size"):
+        m.stream(batch_size=0)
+    with pytest.raises(ValueError, match="bidirectional"):
+        rf.LSTM(4, 4, bidirectional=True).stream()
+    ref = rf.reference.GRU(8, 16).stream(batch_size=2)
+    with pytest.raises(ValueError, match="x"):
+        ref.step(np.zeros((3, 8)))
+
+
+def test_streams_of_one_model_in_threads():
+    m = rf.LSTM(32, 64, num_layers=2)
+    xs = np.random.default_rng(1).standard_normal((4, 50, 32)).astype(np.float32)
+    want = [m(x[:, None, :])[0][:, 0] for x in xs]
+    got = [None] * len(xs)
+
+    def run(i):
+        s = m.stream()
+        got[i] = np.stack([s.step(x) for x in xs[i]])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
