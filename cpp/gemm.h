@@ -21,20 +21,25 @@ template <> struct MicroRows<3> { static constexpr int MR = 4; };
 template <> struct MicroRows<4> { static constexpr int MR = 3; };
 #endif
 
-// acc[r][v] = sum_k a[r][k*cs] * Bp[k*NR + v*W ...]; Bp is one packed panel.
 template <typename T, int MR, int NV>
-static inline __attribute__((always_inline)) void micro_kernel(
-    int K, const T* const* a, long cs, const T* Bp, typename Simd<T>::V (&acc)[MR][NV]) {
-  typedef typename Simd<T>::V V;
-  constexpr int W = Simd<T>::W;
+static inline __attribute__((always_inline)) void zero_tile(typename Simd<T>::V (&acc)[MR][NV]) {
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) acc[r][v] = V{};
+    for (int v = 0; v < NV; ++v) acc[r][v] = typename Simd<T>::V{};
+}
+
+// acc[r][v] += sum_k a[r][k*cs] * Bp[k*LDV*W + v*W ...]; Bp is one packed panel of LDV
+// vectors per k (LDV > NV: the kernel covers the first NV of them).
+template <typename T, int MR, int NV, int LDV = NV>
+static inline __attribute__((always_inline)) void micro_kernel_add(
+    int K, const T* const* a, long cs, const T* Bp, typename Simd<T>::V (&acc)[MR][NV]) {
+  typedef typename Simd<T>::V V;
+  constexpr int W = Simd<T>::W;
   for (int k = 0; k < K; ++k) {
     V b[NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) b[v] = vload<V>(Bp + (long)k * NV * W + v * W);
+    for (int v = 0; v < NV; ++v) b[v] = vload<V>(Bp + (long)k * LDV * W + v * W);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
       V ar = vbcast<V>(a[r][k * cs]);
@@ -42,6 +47,14 @@ static inline __attribute__((always_inline)) void micro_kernel(
       for (int v = 0; v < NV; ++v) acc[r][v] += ar * b[v];
     }
   }
+}
+
+// The same from zero.
+template <typename T, int MR, int NV>
+static inline __attribute__((always_inline)) void micro_kernel(
+    int K, const T* const* a, long cs, const T* Bp, typename Simd<T>::V (&acc)[MR][NV]) {
+  zero_tile<T, MR, NV>(acc);
+  micro_kernel_add<T, MR, NV>(K, a, cs, Bp, acc);
 }
 
 // One row (batch 1): acc[0][v] = sum_k a[k] * Bp[k*NR + v*W ...]. Each weight is used
