@@ -147,11 +147,15 @@ void gemm(int M, int N, int K, const T* A, long rsa, long csa, const T* B, long 
               const T* ap = my_a + (long)i0 * kc;
               const T* rows[MR];
               for (int r = 0; r < MR; ++r) rows[r] = ap + r;
+              int mr = mc - i0 < MR ? mc - i0 : MR;
+              T* c = C + (long)(ic + i0) * ldc + jc + p * NR;
+              for (int r = 0; r < mr; ++r) {  // the C tile arrives while the product runs
+                __builtin_prefetch(c + r * ldc, 1);
+                __builtin_prefetch(c + r * ldc + NR - 1, 1);
+              }
               V acc[MR][NV];
               micro_kernel<T, MR, NV>(kc, rows, MR, bp, acc);
-              int mr = mc - i0 < MR ? mc - i0 : MR;
-              store_tile<T, MR>(acc, C + (long)(ic + i0) * ldc + jc + p * NR, ldc, mr, nr, add,
-                                bias_p, 0);
+              store_tile<T, MR>(acc, c, ldc, mr, nr, add, bias_p, 0);
             }
           }
         }
