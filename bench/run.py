@@ -741,7 +741,10 @@ def _markdown(header: list[str], lines: list[list[str]]) -> str:
 def format_report(
     rows: list[Row], peers, info: dict, sgemm: float | None, probe: ReadProbe
 ) -> str:
-    others = [p for p in peers if p.name != "rnnfast"]
+    def others_in(table: list[Row]) -> list:  # peers with a number or an error there
+        return [p for p in peers if p.name != "rnnfast" and any(
+            p.name in r.results and not r.results[p.name].not_applicable for r in table)]
+
     parts = [
         f"machine: {info['cpu']}, {info['logical_cpus']} logical CPUs "
         f"({info['usable_cpus']} usable), {info['threads']} threads, "
@@ -763,7 +766,7 @@ def format_report(
         g = row.gflops()
         return [_num(g), f"{100 * g / sgemm:.1f}%" if g is not None and sgemm else "-"]
 
-    def peer_cells(row: Row, scale: float) -> list[str]:
+    def peer_cells(row: Row, scale: float, others: list) -> list[str]:
         cells = []
         for p in others:
             cells += [_time_cell(row.results.get(p.name), scale), _ratio_cell(row.ratio(p.name))]
@@ -771,19 +774,21 @@ def format_report(
 
     sequence = [r for r in rows if r.mode != "stream"]
     if sequence:
+        others = others_in(sequence)
         header = ["cell", "config", "mode", "rnnfast ms", "GFLOP/s", "of sgemm"]
         for p in others:
             header += [f"{p.label} ms", f"{p.name}/rf"]
         lines = [
             [r.cell, r.config, r.mode, _time_cell(r.results.get("rnnfast"), 1e3)]
             + shares(r)
-            + peer_cells(r, 1e3)
+            + peer_cells(r, 1e3, others)
             for r in sequence
         ]
         parts += ["### Whole sequences (ms per call)", "", _markdown(header, lines), ""]
 
     stream = [r for r in rows if r.mode == "stream"]
     if stream:
+        others = others_in(stream)
         header = ["cell", "config", "rnnfast us/step", "GFLOP/s", "of sgemm", "floor us",
                   "rf/floor"]
         for p in others:
@@ -795,7 +800,7 @@ def format_report(
                 [r.cell, r.config, _time_cell(r.results.get("rnnfast"), 1e6)]
                 + shares(r)
                 + [floor, _ratio_cell(r.over_floor())]
-                + peer_cells(r, 1e6)
+                + peer_cells(r, 1e6, others)
             )
         parts += [
             "### Batch-1 streaming, state carried (us per step)",

@@ -6,6 +6,7 @@ time, OpenMP threads, the GIL released); parameters use PyTorch's names and layo
 
 from . import reference
 from . import _core
+from ._base import Stream
 from ._base import check_num_threads as _check_num_threads
 from ._core import isa as _isa
 from ._core import supported_isas as _supported_isas
@@ -13,7 +14,7 @@ from .layers import GRU, LSTM, RNN
 
 __version__ = "0.1.0"
 
-__all__ = ["RNN", "LSTM", "GRU", "reference", "set_num_threads", "get_num_threads",
+__all__ = ["RNN", "LSTM", "GRU", "Stream", "reference", "set_num_threads", "get_num_threads",
            "get_isa", "supported_isas", "__version__"]
 
 
