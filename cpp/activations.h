@@ -81,26 +81,6 @@ static inline void vtanh_n(vd (&x)[N]) {
 }
 #undef RF_EACH
 
-// One vector at a time.
-template <typename V>
-static inline V vexp(V x) {
-  V a[1] = {x};
-  vexp_n(a);
-  return a[0];
-}
-template <typename V>
-static inline V vsigmoid(V x) {
-  V a[1] = {x};
-  vsigmoid_n(a);
-  return a[0];
-}
-template <typename V>
-static inline V vtanh(V x) {
-  V a[1] = {x};
-  vtanh_n(a);
-  return a[0];
-}
-
 template <typename V>
 static inline V vrelu(V x) {
   return x < 0 ? V{} : x;   // NaN stays NaN

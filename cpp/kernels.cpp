@@ -60,9 +60,14 @@ void activation(int kind, T* x, long n) {
   constexpr int W = Simd<T>::W;
   for (long i = 0; i < n; i += W) {
     const int m = n - i < W ? (int)(n - i) : W;
-    V v = vload_part<V>(x + i, m);
-    v = kind == 0 ? vexp(v) : kind == 1 ? vsigmoid(v) : vtanh(v);
-    vstore_part(x + i, v, m);
+    V v[1] = {vload_part<V>(x + i, m)};
+    if (kind == 0)
+      vexp_n(v);
+    else if (kind == 1)
+      vsigmoid_n(v);
+    else
+      vtanh_n(v);
+    vstore_part(x + i, v[0], m);
   }
 }
 

@@ -43,7 +43,7 @@ void recurrent_pack(T* dst, const T* w_ih, int in_size, const T* w_hh, int H) {
 // Register tiles of the recurrent product: MR rows times NVK vectors per pass. A
 // 4-vector panel on 16 registers goes in two passes of 6 x 2 (12 accumulators, 8 loads
 // per 12 FMAs) rather than one of 3 x 4 (12 accumulators but 17 registers, so 3
-// FMAs read memory): mid LSTM's recurrence 67% -> 80% of one core's FMA peak.
+// FMAs read memory): mid LSTM inference 67.4 -> 64.2 ms on 2 cores.
 template <int NV>
 struct RecurrentTile {
 #if defined(RF_ISA_avx512)
@@ -78,8 +78,8 @@ constexpr int kPanelBlockBytes = 16384;
 
 // The time loop. A task is one panel times one block of MR batch rows, or, when the
 // panel outgrows L1 and several row blocks share it, the panel times all row blocks,
-// K block by K block with partial sums kept per row block (mid LSTM: 75% -> 85% of
-// the FMA peak in the recurrence).
+// K block by K block with partial sums kept per row block (LSTM inference: mid 69.6 ->
+// 67.4 ms, charrnn 42.4 -> 40.7 ms on 2 cores).
 template <typename T, class Cell, int MR, int NVK>
 void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int K, const T* packed,
                              long panel_stride, int npanels, int mblocks) {

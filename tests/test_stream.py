@@ -117,3 +117,17 @@ def test_streams_of_one_model_in_threads():
         t.join()
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_stream_threads_setting():
+    m = rf.RNN(16, 32, num_threads=2)
+    s = m.stream(num_threads=1)
+    assert s.num_threads == 1 and s._core.num_threads == 1
+    s.num_threads = None
+    assert s.num_threads is None and s._core.num_threads == 0
+    with pytest.raises(ValueError, match="num_threads"):
+        s.num_threads = -1
+    with pytest.raises(TypeError, match="num_threads"):
+        m.stream(num_threads=1.5)
+    x = np.ones(16, np.float32)
+    np.testing.assert_allclose(s.step(x), m(x[None])[0][0], rtol=1e-6)

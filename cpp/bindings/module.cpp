@@ -194,7 +194,12 @@ void bind_stream(py::module_& m, const char* name) {
            }),
            py::arg("engine"), py::arg("batch"), py::keep_alive<1, 2>())
       .def_property_readonly("batch", &S::batch)
-      .def_property("num_threads", &S::num_threads, &S::set_num_threads)
+      .def_property("num_threads", &S::num_threads,
+                    [](S& s, int n) {
+                      if (n < 0 || n > 4096)
+                        throw py::value_error("num_threads must be in [0, 4096]");
+                      s.set_num_threads(n);
+                    })
       .def_property_readonly("h", [](py::object self) {
         S& s = self.cast<S&>();
         return state_view<T>(self, s, s.h());

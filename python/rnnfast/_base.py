@@ -64,7 +64,18 @@ def _physical_memory_bytes():
         return None
 
 
-class RecurrentBase:
+class _ThreadsSetting:
+    @property
+    def num_threads(self):
+        """Threads for this object's calls; None uses the process-wide setting."""
+        return self._num_threads or None
+
+    @num_threads.setter
+    def num_threads(self, value):
+        self._num_threads = check_num_threads(value, "num_threads")
+
+
+class RecurrentBase(_ThreadsSetting):
     """Common API of RNN, LSTM and GRU (PyTorch's constructor arguments and names)."""
 
     _mode = "LSTM"
@@ -118,15 +129,6 @@ class RecurrentBase:
                     out["bias_ih" + sfx] = (G * H,)
                     out["bias_hh" + sfx] = (G * H,)
         return out
-
-    @property
-    def num_threads(self):
-        """Threads for this model's calls; None uses the process-wide setting."""
-        return self._num_threads or None
-
-    @num_threads.setter
-    def num_threads(self, value):
-        self._num_threads = check_num_threads(value, "num_threads")
 
     def _check_memory(self):
         # Counted, not built: a huge num_layers must fail here, not while listing names.
@@ -358,7 +360,7 @@ class ElmanArgs:
                          bidirectional, **kwargs)
 
 
-class Stream:
+class Stream(_ThreadsSetting):
     """Step-by-step inference: ``y_t = s.step(x_t)`` (or ``s(x_t)``) feeds one time step and
     keeps the state for the next call, as ``y, state = model(x_t[None], state)`` would, without
     passing the state around. ``s.step(x_t, out=y)`` writes into ``y`` instead of allocating.
@@ -381,14 +383,6 @@ class Stream:
         shape = (m.num_layers * m.num_directions, self.batch_size, m.hidden_size)
         self._h = np.zeros(shape, m.dtype)
         self._c = np.zeros(shape, m.dtype) if m._mode == "LSTM" else None
-
-    @property
-    def num_threads(self):
-        return self._num_threads or None
-
-    @num_threads.setter
-    def num_threads(self, value):
-        self._num_threads = check_num_threads(value, "num_threads")
 
     @property
     def state(self):

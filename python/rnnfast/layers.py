@@ -26,7 +26,7 @@ class _EngineStream(Stream):
     @Stream.num_threads.setter
     def num_threads(self, value):
         Stream.num_threads.fset(self, value)
-        if hasattr(self, "_core"):
+        if hasattr(self, "_core"):  # None before _open()
             self._core.num_threads = self._num_threads
 
     def __call__(self, x, out=None):
