@@ -16,10 +16,11 @@ static inline int cell_cache_width(int cell) { return cell == LSTM ? 5 : cell ==
 
 // One layer and direction of the recurrence, time-major, everything row-major.
 //   xproj  (T,B,G*H)  x_t W_ih^T + b_ih (+ b_hh except GRU's n rows), in time order;
-//                     row stride ldx (0: one row of biases for every row, see xh)
+//                     row stride ldx (0: one row of biases for every row, see x)
 //   packed            recurrent_pack() of [W_ih | W_hh] (K = in_size + H per panel)
-//   xh     (B,in+H)   single fused step (steps == 1): rows [x_0 | h0], multiplied by
-//                     all of `packed` so that no separate input projection runs; else null
+//   x      (T,B,in)   fused input: each step multiplies [x_t | h] by all of `packed`, so
+//                     no separate input projection runs (xproj is then the bias row,
+//                     ldx 0); null: the step multiplies h by the W_hh rows only
 //   tidx   (T,B)      time index processed by row b at step s, or -1 when inactive
 //   hs     (S,B,H)    states in step order: hs[0] = h0, hs[s+1] = state after step s.
 //                     S = T+1 when training (kept for backward), 2 for inference (ping-pong)
@@ -34,7 +35,7 @@ struct LayerFwd {
   long ldx;
   const int32_t* tidx;
   const T* packed;
-  const T* xh;
+  const T* x;
   const T* b_hn;           // GRU only: b_hh rows of n (inside the reset product); may be null
   T* hs;
   T* cs;

@@ -57,18 +57,20 @@ static inline __attribute__((always_inline)) void micro_kernel(
   micro_kernel_add<T, MR, NV>(K, a, cs, Bp, acc);
 }
 
-// One row (batch 1): acc[0][v] = sum_k a[k] * Bp[k*NR + v*W ...]. Each weight is used
+// One row (batch 1): acc[0][v] += sum_k a[k] * Bp[k*NR + v*W ...]. Each weight is used
 // once, so the product is bound by reading Bp; S partial sums per vector keep S*NV
 // independent FMA chains (>= 8 cover the FMA latency) instead of the rows of
 // micro_kernel, which would redo the same row.
 template <typename T, int NV>
-static inline __attribute__((always_inline)) void row_kernel(
+static inline __attribute__((always_inline)) void row_kernel_add(
     int K, const T* a, const T* Bp, typename Simd<T>::V (&acc)[1][NV]) {
   typedef typename Simd<T>::V V;
   constexpr int W = Simd<T>::W, S = NV >= 4 ? 2 : (NV == 3 ? 3 : 4);
   V part[S][NV];
 #pragma GCC unroll 4
-  for (int s = 0; s < S; ++s)
+  for (int v = 0; v < NV; ++v) part[0][v] = acc[0][v];
+#pragma GCC unroll 4
+  for (int s = 1; s < S; ++s)
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) part[s][v] = V{};
   int k = 0;

@@ -81,20 +81,21 @@ constexpr int kPanelBlockBytes = 16384;
 // K block by K block with partial sums kept per row block (LSTM inference: mid 69.6 ->
 // 67.4 ms, charrnn 42.4 -> 40.7 ms on 2 cores).
 template <typename T, class Cell, int MR, int NVK>
-void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int K, const T* packed,
-                             long panel_stride, int npanels, int mblocks) {
+void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, int mblocks) {
   typedef typename Simd<T>::V V;
   constexpr int NV = Cell::NV, NR = NV * Simd<T>::W;
   constexpr int KC = kPanelBlockBytes / (NR * (int)sizeof(T));
-  const int B = a.batch, H = a.hidden;
-  const long BH = (long)B * H;
-  const bool fused = a.xh != nullptr;
+  const int B = a.batch, H = a.hidden, I = a.in_size;
+  const long BH = (long)B * H, panel_stride = (long)(I + H) * NR;
+  const bool fused = a.x != nullptr;
   const bool split = fused && Cell::kSplitInput;
-  const bool kblocked = MR > 1 && !fused && K > KC && mblocks > 1;
+  const bool kblocked = MR > 1 && mblocks > 1 && (H > KC || (fused && I > KC));
   const int ntasks = kblocked ? npanels : npanels * mblocks;
   rf_parallel(nt, [&] {
     RF_FLUSH_DENORMALS_SCOPE;
-    std::vector<V> partial(kblocked ? (size_t)mblocks * MR * NV : 0);
+    const size_t tile = (size_t)MR * NV;
+    std::vector<V> partial(kblocked ? mblocks * tile : 0);
+    std::vector<V> xpartial(kblocked && split ? mblocks * tile : 0);
     for (int s = 0; s < a.steps; ++s) {
       const long in = a.keep_all ? s : (s & 1), out = a.keep_all ? s + 1 : ((s + 1) & 1);
       const T* h_prev = a.hs + in * BH;
@@ -102,64 +103,86 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int K, const T* packe
       const T* c_prev = a.cs ? a.cs + in * BH : nullptr;
       T* c_new = a.cs ? a.cs + out * BH : nullptr;
       const int32_t* tid = a.tidx + (long)s * B;
-      auto row_block = [&](int ib, const T* (&rows)[MR]) {  // -> valid rows
+      auto h_rows = [&](int ib, const T* (&rows)[MR]) {  // -> valid rows
+        const int i0 = ib * MR, mr = B - i0 < MR ? B - i0 : MR;
+        for (int r = 0; r < MR; ++r) rows[r] = h_prev + (long)(i0 + (r < mr ? r : 0)) * H;
+        return mr;
+      };
+      auto x_rows = [&](int ib, const T* (&rows)[MR]) {
         const int i0 = ib * MR, mr = B - i0 < MR ? B - i0 : MR;
         for (int r = 0; r < MR; ++r) {
-          const long b = i0 + (r < mr ? r : 0);
-          rows[r] = fused ? a.xh + b * K : h_prev + b * H;
+          const int b = i0 + (r < mr ? r : 0);
+          const long t = tid[b] < 0 ? 0 : tid[b];  // a frozen row computes, unstored
+          rows[r] = a.x + (t * B + b) * I;
         }
-        return mr;
+      };
+      // keep (one tile in memory) += rows times a K block of the panel; fresh: from zero
+      auto block = [&](V* keep, bool fresh, int kc, const T* (&rows)[MR], const T* bp) {
+        V acc[MR][NV];  // in registers; partial sums go through memory between blocks
+        for (int r = 0; r < MR; ++r)
+          for (int v = 0; v < NV; ++v) acc[r][v] = fresh ? V{} : keep[r * NV + v];
+        tile_product_add<T, MR, NV, NVK>(kc, rows, bp, acc);
+        for (int r = 0; r < MR; ++r)
+          for (int v = 0; v < NV; ++v) keep[r * NV + v] = acc[r][v];
       };
 #pragma omp for schedule(static)
       for (int task = 0; task < ntasks; ++task) {
         const int p = kblocked ? task : task / mblocks;
-        const T* panel = packed + p * panel_stride;
-        int k0 = 0;  // the K block the epilogue pass below starts at
+        const T* panel = a.packed + p * panel_stride;  // x rows, then h rows
+        const T* hpanel = panel + (long)I * NR;
+        int k0 = 0;          // the K block of the h rows the epilogue pass starts at
+        bool xdone = false;  // the x part is summed in partial (xpartial for GRU)
         if (kblocked) {
-          for (; k0 + KC < K; k0 += KC)
+          if (fused) {
+            V* xkeep = split ? xpartial.data() : partial.data();
+            for (int kx = 0; kx < I; kx += KC)
+              for (int ib = 0; ib < mblocks; ++ib) {
+                const T* rows[MR];
+                x_rows(ib, rows);
+                for (int r = 0; r < MR; ++r) rows[r] += kx;
+                block(xkeep + ib * tile, kx == 0, I - kx < KC ? I - kx : KC, rows,
+                      panel + (long)kx * NR);
+              }
+            xdone = true;
+          }
+          const bool hfresh = !xdone || split;
+          for (; k0 + KC < H; k0 += KC)
             for (int ib = 0; ib < mblocks; ++ib) {
               const T* rows[MR];
-              row_block(ib, rows);
+              h_rows(ib, rows);
               for (int r = 0; r < MR; ++r) rows[r] += k0;
-              V* keep = &partial[(size_t)ib * MR * NV];
-              V acc[MR][NV];  // in registers; partial sums go through memory between blocks
-              for (int r = 0; r < MR; ++r)
-                for (int v = 0; v < NV; ++v) acc[r][v] = k0 == 0 ? V{} : keep[r * NV + v];
-              tile_product_add<T, MR, NV, NVK>(KC, rows, panel + (long)k0 * NR, acc);
-              for (int r = 0; r < MR; ++r)
-                for (int v = 0; v < NV; ++v) keep[r * NV + v] = acc[r][v];
+              block(partial.data() + ib * tile, k0 == 0 && hfresh, KC, rows,
+                    hpanel + (long)k0 * NR);
             }
         }
         const int ib0 = kblocked ? 0 : task % mblocks, ib1 = kblocked ? mblocks : ib0 + 1;
         for (int ib = ib0; ib < ib1; ++ib) {
           const T* rows[MR];
-          const int i0 = ib * MR, mr = row_block(ib, rows);
+          const int i0 = ib * MR, mr = h_rows(ib, rows);
           V acc[MR][NV], xacc[MR][NV];
-          if constexpr (MR == 1) {
-            if (split) {  // x and h parts of the panel apart: xacc = x W_ih^T, acc = h W_hh^T
-              row_kernel<T, NV>(a.in_size, rows[0], panel, xacc);
-              row_kernel<T, NV>(H, rows[0] + a.in_size, panel + (long)a.in_size * NR, acc);
-            } else {
-              row_kernel<T, NV>(K, rows[0], panel, acc);
-            }
+          if (k0 > 0 || (xdone && !split)) {  // the last K block onto the partial sums
+            for (int r = 0; r < MR; ++r)
+              for (int v = 0; v < NV; ++v) acc[r][v] = partial[ib * tile + r * NV + v];
           } else {
             zero_tile<T, MR, NV>(acc);
-            if (split) {
-              const T* hrows[MR];
-              for (int r = 0; r < MR; ++r) hrows[r] = rows[r] + a.in_size;
-              zero_tile<T, MR, NV>(xacc);
-              tile_product_add<T, MR, NV, NVK>(a.in_size, rows, panel, xacc);
-              tile_product_add<T, MR, NV, NVK>(H, hrows, panel + (long)a.in_size * NR, acc);
-            } else {
-              if (k0 > 0)  // the last K block onto the partial sums
-                for (int r = 0; r < MR; ++r) {
-                  rows[r] += k0;
-                  for (int v = 0; v < NV; ++v)
-                    acc[r][v] = partial[((size_t)ib * MR + r) * NV + v];
-                }
-              tile_product_add<T, MR, NV, NVK>(K - k0, rows, panel + (long)k0 * NR, acc);
-            }
           }
+          for (int r = 0; r < MR; ++r) rows[r] += k0;
+          if (fused && xdone && split) {
+            for (int r = 0; r < MR; ++r)
+              for (int v = 0; v < NV; ++v) xacc[r][v] = xpartial[ib * tile + r * NV + v];
+          } else if (fused && !xdone) {  // x_t W_ih^T: into acc, or apart in xacc (GRU)
+            const T* xrows[MR];
+            x_rows(ib, xrows);
+            if (split) zero_tile<T, MR, NV>(xacc);
+            if constexpr (MR == 1)
+              row_kernel_add<T, NV>(I, xrows[0], panel, split ? xacc : acc);
+            else
+              tile_product_add<T, MR, NV, NVK>(I, xrows, panel, split ? xacc : acc);
+          }
+          if constexpr (MR == 1)
+            row_kernel_add<T, NV>(H - k0, rows[0], hpanel + (long)k0 * NR, acc);
+          else
+            tile_product_add<T, MR, NV, NVK>(H - k0, rows, hpanel + (long)k0 * NR, acc);
           FwdRows<T> io[MR];
           int live = -1;  // a row that steps; rows that don't get no stores
           for (int r = 0; r < MR; ++r) {
@@ -203,29 +226,24 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int K, const T* packe
 
 template <typename T, class Cell>
 void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
-  constexpr int NV = Cell::NV, NR = NV * Simd<T>::W;
+  constexpr int NV = Cell::NV;
   constexpr int MR = RecurrentTile<NV>::MR, NVK = RecurrentTile<NV>::NVK;
   const int B = a.batch, H = a.hidden, G = cell_gates(a.cell);
   const int npanels = (H + Cell::template units<T>() - 1) / Cell::template units<T>();
   const int mblocks = (B + MR - 1) / MR;
-  const int ntasks = npanels * mblocks;
-  const bool fused = a.xh != nullptr;  // one step: [x | h] times [W_ih | W_hh] at once
-  const int K = fused ? a.in_size + H : H;
-  const long panel_stride = (long)(a.in_size + H) * NR;
-  const T* packed = a.packed + (fused ? 0 : (long)a.in_size * NR);
+  const int K = a.x ? a.in_size + H : H;
   int nt = rf_threads_for(nthreads, rf_step_work(B, (long)G * H, K));
-  if (nt > ntasks) nt = ntasks;
+  if (nt > npanels * mblocks) nt = npanels * mblocks;
   // Two-pass tiles waste more rows on a small batch (8 rows take 12 in 6-row tiles, 9
   // in 3-row ones); they are ~1.13x faster per row than 3 x 4 (measured, mid LSTM).
   constexpr int MR1 = MicroRows<NV>::MR;
   const int rows1 = (B + MR1 - 1) / MR1 * MR1, rows2 = mblocks * MR;
   if (B == 1)
-    recurrent_forward_tasks<T, Cell, 1, NV>(a, nt, K, packed, panel_stride, npanels, 1);
+    recurrent_forward_tasks<T, Cell, 1, NV>(a, nt, npanels, 1);
   else if (NVK == NV || rows2 <= 1.13 * rows1)
-    recurrent_forward_tasks<T, Cell, MR, NVK>(a, nt, K, packed, panel_stride, npanels, mblocks);
+    recurrent_forward_tasks<T, Cell, MR, NVK>(a, nt, npanels, mblocks);
   else
-    recurrent_forward_tasks<T, Cell, MR1, NV>(a, nt, K, packed, panel_stride, npanels,
-                                              (B + MR1 - 1) / MR1);
+    recurrent_forward_tasks<T, Cell, MR1, NV>(a, nt, npanels, (B + MR1 - 1) / MR1);
 }
 
 template <typename T, class Cell>
