@@ -13,25 +13,35 @@ namespace RF_NS {
 // gates of a panel) lets the core overlap them instead of waiting on each in turn.
 #define RF_EACH _Pragma("GCC unroll 32") for (int j = 0; j < N; ++j)
 
-// e^x: x = n ln2 + r, |r| <= ln2/2, e^r by a degree-7 polynomial (Cephes' expf
-// coefficients), 2^n assembled in the exponent bits.
+// e^x = 2^n e^r with x = n ln2 + r, |r| <= ln2/2: q = e^r - 1 by a degree-7 polynomial
+// (Cephes' expf coefficients), 2^n assembled in the exponent bits. x must lie in
+// [-87.3, 88.3]; on return x holds 2^n.
 template <int N>
-static inline void vexp_n(vf (&x)[N]) {
-  vf n[N], r[N], p[N];
+static inline void vexp_parts(vf (&x)[N], vf (&q)[N]) {
+  vf n[N], r[N];
   RF_EACH {
-    vf v = x[j] > 88.3f ? vbcast<vf>(88.3f) : x[j];  // NaN fails both tests and stays NaN
-    v = v < -87.3f ? vbcast<vf>(-87.3f) : v;
-    n[j] = (v * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round via 1.5*2^23
-    r[j] = v - n[j] * 0.693359375f;
+    n[j] = (x[j] * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round via 1.5*2^23
+    r[j] = x[j] - n[j] * 0.693359375f;
   }
   RF_EACH r[j] = r[j] - n[j] * -2.12194440e-4f;
-  RF_EACH p[j] = r[j] * 1.9875691500e-4f + 1.3981999507e-3f;
-  RF_EACH p[j] = p[j] * r[j] + 8.3334519073e-3f;
-  RF_EACH p[j] = p[j] * r[j] + 4.1665795894e-2f;
-  RF_EACH p[j] = p[j] * r[j] + 1.6666665459e-1f;
-  RF_EACH p[j] = p[j] * r[j] + 5.0000001201e-1f;
-  RF_EACH p[j] = p[j] * (r[j] * r[j]) + r[j] + 1.0f;
-  RF_EACH x[j] = p[j] * (vf)((__builtin_convertvector(n[j], vi32) + 127) << 23);
+  RF_EACH q[j] = r[j] * 1.9875691500e-4f + 1.3981999507e-3f;
+  RF_EACH q[j] = q[j] * r[j] + 8.3334519073e-3f;
+  RF_EACH q[j] = q[j] * r[j] + 4.1665795894e-2f;
+  RF_EACH q[j] = q[j] * r[j] + 1.6666665459e-1f;
+  RF_EACH q[j] = q[j] * r[j] + 5.0000001201e-1f;
+  RF_EACH q[j] = q[j] * (r[j] * r[j]) + r[j];
+  RF_EACH x[j] = (vf)((__builtin_convertvector(n[j], vi32) + 127) << 23);
+}
+
+template <int N>
+static inline void vexp_n(vf (&x)[N]) {
+  vf q[N];
+  RF_EACH {
+    x[j] = x[j] > 88.3f ? vbcast<vf>(88.3f) : x[j];  // NaN fails both tests and stays NaN
+    x[j] = x[j] < -87.3f ? vbcast<vf>(-87.3f) : x[j];
+  }
+  vexp_parts(x, q);
+  RF_EACH x[j] = x[j] * q[j] + x[j];
 }
 
 template <int N>
@@ -41,29 +51,23 @@ static inline void vsigmoid_n(vf (&x)[N]) {
   RF_EACH x[j] = 1.0f / (1.0f + x[j]);
 }
 
-// tanh: odd Taylor series to x^15 for |x| < 0.55 (where 1 - 2/(e^2x + 1) would
-// cancel), the exp form above it; the sign is restored from x.
+// tanh |x| = m / (m + 2) with m = e^(2|x|) - 1 = 2^n q + (2^n - 1), which keeps its
+// relative accuracy down to tiny x (no 1 - 2/(e + 1) cancellation, so no second
+// branch); |x| is clamped at 10, where tanh is 1 in float. The sign comes from x.
 template <int N>
 static inline void vtanh_n(vf (&x)[N]) {
   vi32 sign[N];
-  vf a[N], e[N], s[N];
+  vf y[N], q[N];
   RF_EACH {
     sign[j] = (vi32)x[j] & (int32_t)0x80000000;
-    a[j] = (vf)((vi32)x[j] & 0x7fffffff);
-    e[j] = a[j] + a[j];
+    vf a = (vf)((vi32)x[j] & 0x7fffffff);
+    a = a > 10.0f ? vbcast<vf>(10.0f) : a;  // NaN stays NaN
+    y[j] = a + a;
   }
-  vexp_n(e);
-  RF_EACH s[j] = (a[j] * a[j]) * -1.45583438e-3f + 3.59212803e-3f;  // -929569/638512875, 21844/6081075
-  RF_EACH s[j] = s[j] * (a[j] * a[j]) - 8.86323552e-3f;               // -1382/155925
-  RF_EACH s[j] = s[j] * (a[j] * a[j]) + 2.18694885e-2f;               // 62/2835
-  RF_EACH s[j] = s[j] * (a[j] * a[j]) - 5.39682540e-2f;               // -17/315
-  RF_EACH s[j] = s[j] * (a[j] * a[j]) + 1.33333333e-1f;               // 2/15
-  RF_EACH s[j] = s[j] * (a[j] * a[j]) - 3.33333333e-1f;               // -1/3
+  vexp_parts(y, q);
   RF_EACH {
-    vf small = a[j] + a[j] * (a[j] * a[j]) * s[j];
-    vf big = 1.0f - 2.0f / (e[j] + 1.0f);
-    vf r = a[j] < 0.55f ? small : big;
-    x[j] = (vf)((vi32)r | sign[j]);
+    vf m = y[j] * q[j] + (y[j] - 1.0f);
+    x[j] = (vf)((vi32)(m / (m + 2.0f)) | sign[j]);
   }
 }
 
