@@ -125,6 +125,9 @@ KernelTable<T> make_table() {
   t.dropout = dropout<T>;
   t.activation = activation<T>;
   t.read_sum = read_sum<T>;
+  t.optim_step = optim_step<T>;
+  t.sum_squares = sum_squares<T>;
+  t.scale_clip = scale_clip<T>;
   return t;
 }
 

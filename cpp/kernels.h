@@ -2,6 +2,7 @@
 // table at run time. Declarations of the per-ISA entry points live here too.
 #pragma once
 #include "common.h"
+#include "optim.h"
 
 namespace rnnfast {
 
@@ -32,6 +33,12 @@ struct KernelTable {
   double (*read_sum)(const T* a, long n, int reps, int nthreads);
   // x = f(x) in place with the kernels' vector functions (0 exp, 1 sigmoid, 2 tanh); for tests.
   void (*activation)(int kind, T* x, long n);
+  // One optimizer update of a flat buffer (optim.h).
+  void (*optim_step)(const OptimStep<T>& a, int nthreads);
+  // sum x^2 in double (the same for any thread count); x = clamp(x * scale, -clip, clip),
+  // no clamp when clip < 0.
+  double (*sum_squares)(const T* x, long n, int nthreads);
+  void (*scale_clip)(T* x, long n, double scale, double clip, int nthreads);
 };
 
 #define RF_DECLARE_TABLE(isa)                                  \
@@ -56,6 +63,9 @@ RF_DECLARE_CELL(rnn)
 RF_DECLARE_CELL(lstm)
 RF_DECLARE_CELL(gru)
 #undef RF_DECLARE_CELL
+template <typename T> void optim_step(const OptimStep<T>& a, int nthreads);
+template <typename T> double sum_squares(const T* x, long n, int nthreads);
+template <typename T> void scale_clip(T* x, long n, double scale, double clip, int nthreads);
 }  // namespace RF_NS
 #define RF_INSTANTIATE_CELL(name, T)                                     \
   template long name##_packed_size<T>(int, int);                         \

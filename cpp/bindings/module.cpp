@@ -243,6 +243,55 @@ void bind_stream(py::module_& m, const char* name) {
           py::arg("x"), py::arg("out") = py::none());
 }
 
+// A 1-D, C-contiguous, writeable array of exactly dtype T (n elements when n >= 0): the
+// optimizer updates it in place, so no converted copy may stand in for it.
+template <typename T>
+T* flat_buffer(const py::object& o, const char* what, long n, bool optional) {
+  if (optional && o.is_none()) return nullptr;
+  if (!py::isinstance<py::array_t<T>>(o))
+    throw py::type_error(std::string(what) + " must be a " + (sizeof(T) == 4 ? "float32" : "float64") +
+                         " array");
+  auto a = py::reinterpret_borrow<py::array_t<T>>(o);
+  if (a.ndim() != 1 || !(a.flags() & py::array::c_style) || !a.writeable())
+    throw py::value_error(std::string(what) + " must be 1-D, C-contiguous and writeable");
+  if (n >= 0 && a.shape(0) != n)
+    throw py::value_error(std::string(what) + " must have " + std::to_string(n) + " elements, got " +
+                          std::to_string(a.shape(0)));
+  return a.mutable_data();
+}
+
+template <typename T>
+void optim_step_impl(const py::dict& h, const py::object& p, const py::object& g,
+                     const py::object& s1, const py::object& s2, const py::object& s3, int nthreads) {
+  OptimStep<T> a;
+  a.algo = h["algo"].cast<int>();
+  if (a.algo < OPT_SGD || a.algo > OPT_ADAGRAD) throw py::value_error("unknown optimizer");
+  a.p = flat_buffer<T>(p, "params", -1, false);
+  a.n = py::reinterpret_borrow<py::array>(p).shape(0);
+  a.g = flat_buffer<T>(g, "grads", a.n, false);
+  const bool need1 = a.algo != OPT_SGD, need2 = a.algo == OPT_ADAM;
+  a.s1 = flat_buffer<T>(s1, "state 1", a.n, !need1);
+  a.s2 = flat_buffer<T>(s2, "state 2", a.n, !need2);
+  a.s3 = flat_buffer<T>(s3, "state 3", a.n, true);
+  a.step = h["step"].cast<long>();
+  if (a.step < 1) throw py::value_error("step must be >= 1");
+  a.lr = h["lr"].cast<double>();
+  a.weight_decay = h["weight_decay"].cast<double>();
+  a.momentum = h["momentum"].cast<double>();
+  a.dampening = h["dampening"].cast<double>();
+  a.beta1 = h["beta1"].cast<double>();
+  a.beta2 = h["beta2"].cast<double>();
+  a.eps = h["eps"].cast<double>();
+  a.alpha = h["alpha"].cast<double>();
+  a.lr_decay = h["lr_decay"].cast<double>();
+  a.nesterov = h["nesterov"].cast<bool>();
+  a.decoupled = h["decoupled"].cast<bool>();
+  a.maximize = h["maximize"].cast<bool>();
+  py::gil_scoped_release release;
+  const ThreadBudget budget(nthreads);
+  kernels<T>().optim_step(a, budget.threads());
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -255,6 +304,49 @@ PYBIND11_MODULE(_core, m) {
   bind_engine<double>(m, "EngineF64");
   bind_stream<float>(m, "StreamF32");
   bind_stream<double>(m, "StreamF64");
+  m.def(
+      "optim_step",
+      [](py::dict h, py::object p, py::object g, py::object s1, py::object s2, py::object s3,
+         int nthreads) {
+        if (py::isinstance<py::array_t<double>>(p))
+          optim_step_impl<double>(h, p, g, s1, s2, s3, nthreads);
+        else
+          optim_step_impl<float>(h, p, g, s1, s2, s3, nthreads);
+      },
+      py::arg("hyper"), py::arg("params"), py::arg("grads"), py::arg("s1") = py::none(),
+      py::arg("s2") = py::none(), py::arg("s3") = py::none(), py::arg("nthreads") = 0,
+      "One optimizer update of a flat buffer in place (see cpp/optim.h).");
+  m.def(
+      "sum_squares",
+      [](py::object x, int nthreads) {
+        if (py::isinstance<py::array_t<double>>(x)) {
+          const double* d = flat_buffer<double>(x, "x", -1, false);
+          const long n = py::reinterpret_borrow<py::array>(x).shape(0);
+          py::gil_scoped_release release;
+          return kernels<double>().sum_squares(d, n, ThreadBudget(nthreads).threads());
+        }
+        const float* d = flat_buffer<float>(x, "x", -1, false);
+        const long n = py::reinterpret_borrow<py::array>(x).shape(0);
+        py::gil_scoped_release release;
+        return kernels<float>().sum_squares(d, n, ThreadBudget(nthreads).threads());
+      },
+      py::arg("x"), py::arg("nthreads") = 0);
+  m.def(
+      "scale_clip",
+      [](py::object x, double scale, double clip, int nthreads) {
+        if (py::isinstance<py::array_t<double>>(x)) {
+          double* d = flat_buffer<double>(x, "x", -1, false);
+          const long n = py::reinterpret_borrow<py::array>(x).shape(0);
+          py::gil_scoped_release release;
+          kernels<double>().scale_clip(d, n, scale, clip, ThreadBudget(nthreads).threads());
+          return;
+        }
+        float* d = flat_buffer<float>(x, "x", -1, false);
+        const long n = py::reinterpret_borrow<py::array>(x).shape(0);
+        py::gil_scoped_release release;
+        kernels<float>().scale_clip(d, n, scale, clip, ThreadBudget(nthreads).threads());
+      },
+      py::arg("x"), py::arg("scale"), py::arg("clip") = -1.0, py::arg("nthreads") = 0);
   m.def("set_num_threads", &set_max_threads, py::arg("n"));
   m.def("get_num_threads", &max_threads);
   m.def("openmp_available", &openmp_available);

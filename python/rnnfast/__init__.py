@@ -4,8 +4,7 @@ Forward passes and backpropagation through time run in C++ (SIMD kernels chosen 
 time, OpenMP threads, the GIL released); parameters use PyTorch's names and layout.
 """
 
-from . import reference
-from . import _core
+from . import _core, optim, reference
 from ._base import Stream
 from ._base import check_num_threads as _check_num_threads
 from ._core import isa as _isa
@@ -14,7 +13,7 @@ from .layers import GRU, LSTM, RNN
 
 __version__ = "0.1.0"
 
-__all__ = ["RNN", "LSTM", "GRU", "Stream", "reference", "set_num_threads", "get_num_threads",
+__all__ = ["RNN", "LSTM", "GRU", "Stream", "optim", "reference", "set_num_threads", "get_num_threads",
            "get_isa", "supported_isas", "__version__"]
 
 

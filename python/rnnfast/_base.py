@@ -191,6 +191,12 @@ class RecurrentBase(_ThreadsSetting):
         for g in self._grad_views().values():
             g[...] = 0
 
+    def _param_buffers(self):
+        """(param, grad) array pairs an optimizer updates in place, then calls
+        ``_params_changed()``."""
+        grads = self._grad_views()
+        return [(p, grads[k]) for k, p in self._param_views().items()]
+
     # ------------------------------------------------------------------ forward / backward
     def __call__(self, x, state=None, lengths=None):
         return self.forward(x, state, lengths, training=False)

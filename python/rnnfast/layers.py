@@ -66,6 +66,9 @@ class _EngineLayer(RecurrentBase):
     def _params_changed(self):
         self._engine.repack()  # pack weights now, not on the first forward
 
+    def _param_buffers(self):
+        return [(self._engine.params, self._engine.grads)]  # every parameter, one flat buffer
+
     def _compute_forward(self, x, h0, c0, lengths, training, seed):
         return self._engine.forward(x, h0, c0, lengths, training, self.dropout, seed,
                                     self._num_threads)
