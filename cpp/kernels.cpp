@@ -128,6 +128,11 @@ KernelTable<T> make_table() {
   t.optim_step = optim_step<T>;
   t.sum_squares = sum_squares<T>;
   t.scale_clip = scale_clip<T>;
+  t.embedding_forward = embedding_forward<T>;
+  t.embedding_backward = embedding_backward<T>;
+  t.dense_activation = dense_activation<T>;
+  t.dense_activation_backward = dense_activation_backward<T>;
+  t.loss = loss_forward_backward<T>;
   return t;
 }
 

@@ -39,6 +39,15 @@ struct KernelTable {
   // no clamp when clip < 0.
   double (*sum_squares)(const T* x, long n, int nthreads);
   void (*scale_clip)(T* x, long n, double scale, double clip, int nthreads);
+  // Layers and losses (layers.cpp).
+  long (*embedding_forward)(const int64_t* idx, long n, const T* W, long vocab, long dim, T* out,
+                            int nthreads);
+  void (*embedding_backward)(const int64_t* idx, long n, const T* dout, long dim, T* dW,
+                             int nthreads);
+  void (*dense_activation)(int act, T* y, long n, int nthreads);
+  void (*dense_activation_backward)(int act, const T* y, const T* dy, T* dz, long n, int nthreads);
+  double (*loss)(int kind, const T* z, long N, long C, const int64_t* labels, const T* targets,
+                 const T* weights, double scale, T* grad, long* correct, int nthreads);
 };
 
 #define RF_DECLARE_TABLE(isa)                                  \
@@ -66,6 +75,18 @@ RF_DECLARE_CELL(gru)
 template <typename T> void optim_step(const OptimStep<T>& a, int nthreads);
 template <typename T> double sum_squares(const T* x, long n, int nthreads);
 template <typename T> void scale_clip(T* x, long n, double scale, double clip, int nthreads);
+template <typename T>
+long embedding_forward(const int64_t* idx, long n, const T* W, long vocab, long dim, T* out,
+                       int nthreads);
+template <typename T>
+void embedding_backward(const int64_t* idx, long n, const T* dout, long dim, T* dW, int nthreads);
+template <typename T> void dense_activation(int act, T* y, long n, int nthreads);
+template <typename T>
+void dense_activation_backward(int act, const T* y, const T* dy, T* dz, long n, int nthreads);
+template <typename T>
+double loss_forward_backward(int kind, const T* z, long N, long C, const int64_t* labels,
+                             const T* targets, const T* weights, double scale, T* grad,
+                             long* correct, int nthreads);
 }  // namespace RF_NS
 #define RF_INSTANTIATE_CELL(name, T)                                     \
   template long name##_packed_size<T>(int, int);                         \

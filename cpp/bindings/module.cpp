@@ -12,6 +12,7 @@
 
 #include "dispatch.h"
 #include "engine.h"
+#include "nn.h"
 #include "threading.h"
 
 namespace py = pybind11;
@@ -260,6 +261,19 @@ T* flat_buffer(const py::object& o, const char* what, long n, bool optional) {
   return a.mutable_data();
 }
 
+// The same for an array of any shape whose elements are updated in place (n in all).
+template <typename T>
+T* inplace_buffer(const py::object& o, const char* what, long n) {
+  if (!py::isinstance<py::array_t<T>>(o))
+    throw py::type_error(std::string(what) + " must be a " + (sizeof(T) == 4 ? "float32" : "float64") +
+                         " array");
+  auto a = py::reinterpret_borrow<py::array_t<T>>(o);
+  if (!(a.flags() & py::array::c_style) || !a.writeable() || (long)a.size() != n)
+    throw py::value_error(std::string(what) + " must be C-contiguous, writeable, with " +
+                          std::to_string(n) + " elements");
+  return a.mutable_data();
+}
+
 template <typename T>
 void optim_step_impl(const py::dict& h, const py::object& p, const py::object& g,
                      const py::object& s1, const py::object& s2, const py::object& s3, int nthreads) {
@@ -292,6 +306,142 @@ void optim_step_impl(const py::dict& h, const py::object& p, const py::object& g
   kernels<T>().optim_step(a, budget.threads());
 }
 
+// Feed-forward layers and losses (nn.h). Arrays arrive checked by the Python layer; the
+// checks here keep a wrong call from reading out of bounds.
+template <typename T>
+py::array_t<T> nn_dense_forward(Arr<T> x, Arr<T> W, py::object b, int act, int nthreads) {
+  if (x.ndim() != 2 || W.ndim() != 2 || x.shape(1) != W.shape(1))
+    throw py::value_error("dense: x (N, in) and W (out, in) do not match");
+  const long N = x.shape(0), in = x.shape(1), out = W.shape(0);
+  Arr<T> bh;
+  const T* bp = optional_state<T>(b, {out}, "bias", bh);
+  if (act < ACT_NONE || act > ACT_SIGMOID) throw py::value_error("unknown activation");
+  py::array_t<T> y({N, out});
+  T* yp = y.mutable_data();
+  {
+    py::gil_scoped_release release;
+    dense_forward<T>(x.data(), N, in, W.data(), out, bp, act, yp, nthreads);
+  }
+  return y;
+}
+
+template <typename T>
+py::object nn_dense_backward(Arr<T> x, Arr<T> W, int act, Arr<T> y, Arr<T> dy, py::object dW,
+                             py::object db, bool need_dx, int nthreads) {
+  const long N = x.shape(0), in = x.shape(1), out = W.shape(0);
+  check_shape(W, {out, in}, "W");
+  check_shape(y, {N, out}, "y");
+  check_shape(dy, {N, out}, "dy");
+  T* dWp = inplace_buffer<T>(dW, "dW", out * in);
+  T* dbp = flat_buffer<T>(db, "db", out, true);
+  py::array_t<T> dz({N, out});
+  py::object dx_obj = py::none();
+  T* dxp = nullptr;
+  if (need_dx) {
+    py::array_t<T> dx({N, in});
+    dxp = dx.mutable_data();
+    dx_obj = dx;
+  }
+  T* dzp = dz.mutable_data();
+  {
+    py::gil_scoped_release release;
+    dense_backward<T>(x.data(), N, in, W.data(), out, act, y.data(), dy.data(), dzp, dWp, dbp,
+                      dxp, nthreads);
+  }
+  return dx_obj;
+}
+
+template <typename T>
+py::array_t<T> nn_embedding_forward(py::array_t<int64_t, py::array::c_style | py::array::forcecast> idx,
+                                    Arr<T> W, int nthreads) {
+  if (W.ndim() != 2) throw py::value_error("embedding weight must be 2-D");
+  std::vector<py::ssize_t> shape(idx.shape(), idx.shape() + idx.ndim());
+  shape.push_back(W.shape(1));
+  py::array_t<T> out(shape);
+  T* op = out.mutable_data();
+  long bad;
+  {
+    py::gil_scoped_release release;
+    bad = embedding_forward<T>(idx.data(), (long)idx.size(), W.data(), W.shape(0), W.shape(1), op,
+                               nthreads);
+  }
+  if (bad >= 0)
+    throw py::value_error("x holds index " + std::to_string(idx.data()[bad]) +
+                          ", outside [0, " + std::to_string(W.shape(0)) + ") (num_embeddings)");
+  return out;
+}
+
+template <typename T>
+void nn_embedding_backward(py::array_t<int64_t, py::array::c_style | py::array::forcecast> idx,
+                           Arr<T> dout, py::object dW, int nthreads) {
+  if (!py::isinstance<py::array>(dW) || py::reinterpret_borrow<py::array>(dW).ndim() != 2)
+    throw py::value_error("dW must be a 2-D array");
+  auto dWa = py::reinterpret_borrow<py::array>(dW);
+  const long vocab = dWa.shape(0), dim = dWa.shape(1), n = (long)idx.size();
+  if (dout.size() != n * dim) throw py::value_error("dout must have idx.size * dim elements");
+  T* dWp = inplace_buffer<T>(dW, "dW", vocab * dim);
+  for (long i = 0; i < n; ++i)
+    if (idx.data()[i] < 0 || idx.data()[i] >= vocab) throw py::value_error("index out of range");
+  py::gil_scoped_release release;
+  embedding_backward<T>(idx.data(), n, dout.data(), dim, dWp, nthreads);
+}
+
+template <typename T>
+py::tuple nn_loss(int kind, Arr<T> z, py::object target, py::object weights, double scale,
+                  bool want_grad, int nthreads) {
+  if (z.ndim() != 2) throw py::value_error("logits must be 2-D (N, C)");
+  const long N = z.shape(0), C = z.shape(1);
+  if (kind < LOSS_SPARSE_XENT || kind > LOSS_MSE) throw py::value_error("unknown loss");
+  py::array_t<int64_t, py::array::c_style | py::array::forcecast> labels;
+  Arr<T> targets, wh;
+  if (kind == LOSS_SPARSE_XENT) {
+    labels = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(target);
+    if (!labels) throw py::type_error("labels must be integers");
+    check_shape(labels, {N}, "labels");
+    for (long i = 0; i < N; ++i)
+      if (labels.data()[i] < 0 || labels.data()[i] >= C)
+        throw py::value_error("label " + std::to_string(labels.data()[i]) + " outside [0, " +
+                              std::to_string(C) + ")");
+  } else {
+    targets = Arr<T>::ensure(target);
+    if (!targets) throw py::type_error("targets must be a float array");
+    check_shape(targets, {N, C}, "targets");
+  }
+  const T* wp = optional_state<T>(weights, {N}, "weights", wh);
+  py::object grad_obj = py::none();
+  T* gp = nullptr;
+  if (want_grad) {
+    py::array_t<T> g({N, C});
+    gp = g.mutable_data();
+    grad_obj = g;
+  }
+  long correct = 0;
+  double total;
+  {
+    py::gil_scoped_release release;
+    total = loss<T>(kind, z.data(), N, C, kind == LOSS_SPARSE_XENT ? labels.data() : nullptr,
+                    kind == LOSS_SPARSE_XENT ? nullptr : targets.data(), wp, scale, gp, &correct,
+                    nthreads);
+  }
+  return py::make_tuple(total, grad_obj, correct);
+}
+
+template <typename T>
+void bind_nn(py::module_& m, const char* suffix) {
+  const std::string s(suffix);
+  m.def(("dense_forward" + s).c_str(), &nn_dense_forward<T>, py::arg("x"), py::arg("W"),
+        py::arg("b"), py::arg("act"), py::arg("nthreads") = 0);
+  m.def(("dense_backward" + s).c_str(), &nn_dense_backward<T>, py::arg("x"), py::arg("W"),
+        py::arg("act"), py::arg("y"), py::arg("dy"), py::arg("dW"), py::arg("db"),
+        py::arg("need_dx"), py::arg("nthreads") = 0);
+  m.def(("embedding_forward" + s).c_str(), &nn_embedding_forward<T>, py::arg("idx"),
+        py::arg("W"), py::arg("nthreads") = 0);
+  m.def(("embedding_backward" + s).c_str(), &nn_embedding_backward<T>, py::arg("idx"),
+        py::arg("dout"), py::arg("dW"), py::arg("nthreads") = 0);
+  m.def(("loss" + s).c_str(), &nn_loss<T>, py::arg("kind"), py::arg("z"), py::arg("target"),
+        py::arg("weights"), py::arg("scale"), py::arg("want_grad"), py::arg("nthreads") = 0);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -304,6 +454,8 @@ PYBIND11_MODULE(_core, m) {
   bind_engine<double>(m, "EngineF64");
   bind_stream<float>(m, "StreamF32");
   bind_stream<double>(m, "StreamF64");
+  bind_nn<float>(m, "_f32");
+  bind_nn<double>(m, "_f64");
   m.def(
       "optim_step",
       [](py::dict h, py::object p, py::object g, py::object s1, py::object s2, py::object s3,
