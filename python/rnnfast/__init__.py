@@ -11,12 +11,13 @@ from ._core import isa as _isa
 from ._core import supported_isas as _supported_isas
 from .layers import GRU, LSTM, RNN
 from .models import Sequential
+from .saving import load
 from .nn import Dense, Dropout, Embedding, LastStep, Linear
 
 __version__ = "0.1.0"
 
 __all__ = ["RNN", "LSTM", "GRU", "Stream", "Sequential", "Embedding", "Dense", "Linear", "Dropout",
-           "LastStep", "optim", "losses", "data", "reference", "set_num_threads", "get_num_threads",
+           "LastStep", "load", "optim", "losses", "data", "reference", "set_num_threads", "get_num_threads",
            "get_isa", "supported_isas", "__version__"]
 
 

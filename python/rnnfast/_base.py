@@ -334,6 +334,15 @@ class RecurrentBase(_ThreadsSetting):
                              "sequences")
         return self._stream_class(self, batch_size, state, num_threads)
 
+    def get_config(self):
+        """Constructor arguments, JSON-friendly (for saving a model's architecture)."""
+        cfg = dict(input_size=self.input_size, hidden_size=self.hidden_size,
+                   num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
+                   dropout=self.dropout, bidirectional=self.bidirectional, dtype=self.dtype.name)
+        if self._mode in ("RNN_TANH", "RNN_RELU"):
+            cfg["nonlinearity"] = "tanh" if self._mode == "RNN_TANH" else "relu"
+        return cfg
+
     def __repr__(self):
         args = [str(self.input_size), str(self.hidden_size)]
         if self.num_layers != 1:

@@ -63,6 +63,7 @@ class Sequential:
         self.metrics = []
         self.clip_norm = self.clip_value = None
         self.stop_training = False
+        self.tokenizer = None  # saved with the model when set
 
     def add(self, layer):
         if not (hasattr(layer, "forward") and hasattr(layer, "backward")):
@@ -292,6 +293,12 @@ class Sequential:
 
     def __call__(self, x, lengths=None):
         return self._run_forward(x, False, lengths)[0]
+
+    def save(self, path, tokenizer=None):
+        """One file: architecture, weights, compile setup, optimizer state, tokenizer
+        (``rf.load(path)`` reads it back)."""
+        from .saving import save
+        save(self, path, tokenizer)
 
     # --------------------------------------------------------------------------- summary
     def summary(self, input_shape=None, print_fn=print):

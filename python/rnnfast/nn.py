@@ -157,6 +157,10 @@ class Embedding(Layer):
     def output_shape(self, input_shape):
         return tuple(input_shape) + (self.embedding_dim,)
 
+    def get_config(self):
+        return dict(num_embeddings=self.num_embeddings, embedding_dim=self.embedding_dim,
+                    mask_zero=self.mask_zero, dtype=self.dtype.name)
+
     def __repr__(self):
         return (f"Embedding({self.num_embeddings}, {self.embedding_dim}"
                 f"{', mask_zero=True' if self.mask_zero else ''})")
@@ -209,6 +213,11 @@ class Dense(Layer):
     def output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.out_features,)
 
+    def get_config(self):
+        return dict(in_features=self.in_features, out_features=self.out_features,
+                    activation=self.activation, bias="bias" in self._params,
+                    dtype=self.dtype.name)
+
     def __repr__(self):
         act = f", activation={self.activation!r}" if self.activation else ""
         return f"Dense({self.in_features}, {self.out_features}{act})"
@@ -240,6 +249,9 @@ class Dropout(Layer):
     def backward(self, dy):
         return np.asarray(dy) * self._need_saved()
 
+    def get_config(self):
+        return dict(p=self.p)
+
     def __repr__(self):
         return f"Dropout(p={self.p})"
 
@@ -265,6 +277,9 @@ class LastStep(Layer):
 
     def output_shape(self, input_shape):
         return (input_shape[0], input_shape[2])
+
+    def get_config(self):
+        return {}
 
     def __repr__(self):
         return "LastStep()"
