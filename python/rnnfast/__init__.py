@@ -4,7 +4,7 @@ Forward passes and backpropagation through time run in C++ (SIMD kernels chosen 
 time, OpenMP threads, the GIL released); parameters use PyTorch's names and layout.
 """
 
-from . import _core, data, losses, optim, reference
+from . import _core, callbacks, data, losses, optim, reference
 from ._base import Stream
 from ._base import check_num_threads as _check_num_threads
 from ._core import isa as _isa
@@ -17,7 +17,7 @@ from .nn import Dense, Dropout, Embedding, LastStep, Linear
 __version__ = "0.1.0"
 
 __all__ = ["RNN", "LSTM", "GRU", "Stream", "Sequential", "Embedding", "Dense", "Linear", "Dropout",
-           "LastStep", "load", "optim", "losses", "data", "reference", "set_num_threads", "get_num_threads",
+           "LastStep", "load", "callbacks", "optim", "losses", "data", "reference", "set_num_threads", "get_num_threads",
            "get_isa", "supported_isas", "__version__"]
 
 

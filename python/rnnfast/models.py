@@ -225,6 +225,16 @@ class Sequential:
         self.stop_training = False
         for cb in callbacks:
             _call(cb, "on_train_begin", self)
+        try:
+            self._fit_epochs(x, y, lengths, n, epochs, batch_size, shuffle, validation_data,
+                             callbacks, verbose, history)
+        finally:
+            for cb in callbacks:
+                _call(cb, "on_train_end", self)
+        return history
+
+    def _fit_epochs(self, x, y, lengths, n, epochs, batch_size, shuffle, validation_data,
+                    callbacks, verbose, history):
         for epoch in range(int(epochs)):
             for m in self.metrics:
                 m.reset()
@@ -252,9 +262,6 @@ class Sequential:
                 _call(cb, "on_epoch_end", self, epoch, logs)
             if self.stop_training:
                 break
-        for cb in callbacks:
-            _call(cb, "on_train_end", self)
-        return history
 
     def evaluate(self, x, y, batch_size=32, lengths=None, verbose=0):
         """-> {"loss": mean over samples' rows, metric: value, ...} without updating."""
