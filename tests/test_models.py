@@ -207,3 +207,39 @@ def test_fit_learns_and_history_is_keras_like():
     assert ev["perplexity"] == pytest.approx(np.exp(ev["loss"]), rel=1e-9)
     text = model.summary(input_shape=(None, 10), print_fn=None)
     assert "(None, 10, 30)" in text and "Total params" in text
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+def test_stateful_chunks_equal_whole_sequence(mode):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 24, 4))
+    whole = getattr(rf, mode)(4, 6, num_layers=2, batch_first=True, dtype=np.float64, seed=0)
+    chunked = getattr(rf, mode)(4, 6, num_layers=2, batch_first=True, dtype=np.float64, seed=0,
+                                stateful=True)
+    want, _ = whole(x)
+    got = np.concatenate([chunked(x[:, i:i + 8])[0] for i in range(0, 24, 8)], axis=1)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    chunked.reset_states()
+    np.testing.assert_allclose(chunked(x[:, :8])[0], want[:, :8], rtol=1e-12)
+    with pytest.raises(ValueError, match="reset_states"):
+        chunked(x[:2, 8:16])
+
+
+def test_truncated_bptt_training_with_stream_batches():
+    text = "the quick brown fox jumps over the lazy dog " * 40
+    tok = rf.data.CharTokenizer().fit(text)
+    ids = tok.encode(text)
+    V = tok.vocab_size
+    model = rf.Sequential([rf.Embedding(V, 16, seed=0),
+                           rf.LSTM(16, 64, batch_first=True, stateful=True, seed=0),
+                           rf.Dense(64, V, seed=0)])
+    model.compile("sparse_categorical_crossentropy", rf.optim.Adam(model, lr=0.01),
+                  metrics=["perplexity"])
+    first = last = None
+    for epoch in range(6):
+        model.reset_states()
+        for xb, yb in rf.data.stream_batches(ids, batch_size=8, seq_len=20):
+            loss, _, _ = model.train_on_batch(xb, yb)
+            first = loss if first is None else first
+            last = loss
+    assert last < 0.3 * first

@@ -83,7 +83,7 @@ class RecurrentBase(_ThreadsSetting):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, dtype=np.float32, seed=None,
-                 num_threads=None):
+                 num_threads=None, stateful=False):
         self.input_size = _check_size(input_size, "input_size")
         self.hidden_size = _check_size(hidden_size, "hidden_size")
         self.num_layers = _check_size(num_layers, "num_layers")
@@ -104,6 +104,8 @@ class RecurrentBase(_ThreadsSetting):
         self.num_threads = num_threads
         self._rng = np.random.default_rng(seed)
         self._train_info = None
+        self.stateful = bool(stateful)  # carry the final state into the next call (TBPTT)
+        self._carried = None
         self._check_memory()
 
     # ------------------------------------------------------------------ sizes and names
@@ -272,13 +274,25 @@ class RecurrentBase(_ThreadsSetting):
             raise ValueError(f"x must have at least one time step and one batch element, got "
                              f"shape {_shape_str(x.shape)}")
         h0, c0 = self._check_state(state, batch, unbatched, "state")
+        if self.stateful and state is None and self._carried is not None:
+            h0, c0, carried_batch = self._carried
+            if carried_batch != batch:
+                raise ValueError(f"a stateful {type(self).__name__} carries the state of a batch "
+                                 f"of {carried_batch}, got a batch of {batch}: keep the batch "
+                                 f"size or call reset_states()")
         lens = self._check_lengths(lengths, steps, batch, unbatched)
         seed = 0
         if training and self.dropout > 0 and self.num_layers > 1:
             seed = int(self._rng.integers(0, 2**63))
         y, hn, cn = self._compute_forward(xt, h0, c0, lens, bool(training), seed)
+        if self.stateful:  # the next call starts here; gradients stop at the boundary
+            self._carried = (hn.copy(), None if cn is None else cn.copy(), batch)
         self._train_info = (unbatched, steps, batch) if training else None
         return self._from_time_major(y, unbatched), self._user_state(hn, cn, unbatched)
+
+    def reset_states(self):
+        """Forgets the state a stateful layer carries (the next call starts from zeros)."""
+        self._carried = None
 
     def _to_time_major(self, a, unbatched):
         """The caller's layout -> the engine's (T, B, F), contiguous."""
@@ -338,7 +352,8 @@ class RecurrentBase(_ThreadsSetting):
         """Constructor arguments, JSON-friendly (for saving a model's architecture)."""
         cfg = dict(input_size=self.input_size, hidden_size=self.hidden_size,
                    num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first,
-                   dropout=self.dropout, bidirectional=self.bidirectional, dtype=self.dtype.name)
+                   dropout=self.dropout, bidirectional=self.bidirectional, dtype=self.dtype.name,
+                   stateful=self.stateful)
         if self._mode in ("RNN_TANH", "RNN_RELU"):
             cfg["nonlinearity"] = "tanh" if self._mode == "RNN_TANH" else "relu"
         return cfg
@@ -358,6 +373,8 @@ class RecurrentBase(_ThreadsSetting):
             args.append(f"dropout={self.dropout}")
         if self.dtype != np.float32:
             args.append(f"dtype={self.dtype.name}")
+        if self.stateful:
+            args.append("stateful=True")
         return f"{type(self).__name__}({', '.join(args)})"
 
 

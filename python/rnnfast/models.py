@@ -104,6 +104,12 @@ class Sequential:
         for layer in self.layers:
             layer.zero_grad()
 
+    def reset_states(self):
+        """Clears the state stateful recurrent layers carry between batches."""
+        for layer in self.layers:
+            if isinstance(layer, RecurrentBase):
+                layer.reset_states()
+
     # --------------------------------------------------------------------------- compile
     def compile(self, loss, optimizer="adam", metrics=None, clip_norm=None, clip_value=None):
         """loss: a name ("sparse_categorical_crossentropy", "categorical_crossentropy", "mse",
