@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 
 import rnnfast as rf
-from rnnfast import _core
 
 KINDS = ["LSTM", "GRU", "RNN"]
 BACKENDS = {"fast": rf, "reference": rf.reference}

@@ -243,3 +243,31 @@ def test_truncated_bptt_training_with_stream_batches():
             first = loss if first is None else first
             last = loss
     assert last < 0.3 * first
+
+
+def test_mask_zero_refuses_pre_padding():
+    emb = rf.Embedding(5, 2, mask_zero=True)
+    with pytest.raises(ValueError, match="padding='post'"):
+        emb.forward(rf.data.pad_sequences([[1, 2], [3]]))  # Keras' default pads in front
+    with pytest.raises(ValueError, match="no token"):
+        emb.forward(np.array([[1, 2], [0, 0]]))
+    _, lengths = emb.forward(rf.data.pad_sequences([[1, 2], [3]], padding="post"))
+    np.testing.assert_array_equal(lengths, [2, 1])
+
+
+def test_set_seed_makes_training_reproducible():
+    x, y = lm_data(n=64)
+
+    def run():
+        model = rf.Sequential([rf.Embedding(30, 8), rf.LSTM(8, 16, batch_first=True),
+                               rf.Dropout(0.2), rf.Dense(16, 30)])
+        model.compile("sparse_categorical_crossentropy", "adam")
+        return model.fit(x, y, epochs=2, batch_size=16, verbose=0)["loss"]
+
+    rf.set_seed(7)
+    a = run()
+    rf.set_seed(7)
+    b = run()
+    rf.set_seed(None)
+    c = run()
+    assert a == b and a != c

@@ -12,12 +12,13 @@ from ._core import supported_isas as _supported_isas
 from .layers import GRU, LSTM, RNN
 from .models import Sequential
 from .saving import load
+from ._seeding import set_seed
 from .nn import Dense, Dropout, Embedding, LastStep, Linear
 
 __version__ = "0.1.0"
 
 __all__ = ["RNN", "LSTM", "GRU", "Stream", "Sequential", "Embedding", "Dense", "Linear", "Dropout",
-           "LastStep", "load", "callbacks", "optim", "losses", "data", "reference", "set_num_threads", "get_num_threads",
+           "LastStep", "load", "set_seed", "callbacks", "optim", "losses", "data", "reference", "set_num_threads", "get_num_threads",
            "get_isa", "supported_isas", "__version__"]
 
 

@@ -14,6 +14,8 @@ import os
 
 import numpy as np
 
+from . import _seeding
+
 _MODES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 
 
@@ -102,7 +104,7 @@ class RecurrentBase(_ThreadsSetting):
         if self.dtype not in (np.float32, np.float64):
             raise TypeError(f"dtype must be float32 or float64, got {self.dtype}")
         self.num_threads = num_threads
-        self._rng = np.random.default_rng(seed)
+        self._rng = _seeding.rng(seed)
         self._train_info = None
         self.stateful = bool(stateful)  # carry the final state into the next call (TBPTT)
         self._carried = None

@@ -11,8 +11,9 @@ import time
 
 import numpy as np
 
+from . import _seeding
 from . import optim as _optim
-from ._base import RecurrentBase, _shape_str
+from ._base import RecurrentBase
 from .losses import get_loss, get_metric
 
 __all__ = ["Sequential"]
@@ -58,7 +59,7 @@ class Sequential:
         self.layers = []
         for layer in layers:
             self.add(layer)
-        self._rng = np.random.default_rng(seed)
+        self._rng = _seeding.rng(seed)
         self.loss = self.optimizer = None
         self.metrics = []
         self.clip_norm = self.clip_value = None

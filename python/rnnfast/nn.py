@@ -14,7 +14,7 @@ import numbers
 
 import numpy as np
 
-from . import _core
+from . import _core, _seeding
 from ._base import _as_float_array, _check_size, _shape_str, check_num_threads
 
 __all__ = ["Layer", "Embedding", "Dense", "Linear", "Dropout", "LastStep"]
@@ -118,7 +118,7 @@ class Embedding(Layer):
         self.num_embeddings = _check_size(num_embeddings, "num_embeddings")
         self.embedding_dim = _check_size(embedding_dim, "embedding_dim")
         self.mask_zero = bool(mask_zero)
-        rng = np.random.default_rng(seed)
+        rng = _seeding.rng(seed)
         self._add_param("weight", rng.standard_normal((self.num_embeddings, self.embedding_dim)))
 
     def forward(self, x, training=False, lengths=None):
@@ -139,7 +139,14 @@ class Embedding(Layer):
             nz = idx != 0
             last = np.where(nz.any(axis=1), idx.shape[1] - np.argmax(nz[:, ::-1], axis=1), 0)
             if np.any(last == 0):
-                raise ValueError("mask_zero: a sequence holds no token (only id 0)")
+                raise ValueError(f"mask_zero: sequence {int(np.argmin(last))} holds no token "
+                                 f"(only the padding id 0)")
+            gaps = nz.sum(axis=1) != last  # a 0 before the last token: pre-padding or a hole
+            if np.any(gaps):
+                raise ValueError(f"mask_zero needs sequences padded at the end: sequence "
+                                 f"{int(np.argmax(gaps))} has id 0 before its last token (use "
+                                 f"pad_sequences(..., padding='post'); id 0 is reserved for "
+                                 f"padding)")
             lengths = last.astype(np.int64)
         self._saved = idx if training else None
         return y, lengths
@@ -180,7 +187,7 @@ class Dense(Layer):
                              f"{activation!r}")
         self.activation = activation
         self._act = _ACTIVATIONS[activation]
-        rng = np.random.default_rng(seed)
+        rng = _seeding.rng(seed)
         bound = 1.0 / math.sqrt(self.in_features)  # PyTorch's Linear initialisation bound
         self._add_param("weight", rng.uniform(-bound, bound, (self.out_features, self.in_features)))
         if bias:
@@ -235,7 +242,7 @@ class Dropout(Layer):
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
             raise ValueError(f"p must be a number in [0, 1), got {p!r}")
         self.p = float(p)
-        self._rng = np.random.default_rng(seed)
+        self._rng = _seeding.rng(seed)
 
     def forward(self, x, training=False, lengths=None):
         x = np.asarray(x)
