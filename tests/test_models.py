@@ -186,8 +186,14 @@ def test_bad_input_to_fit_and_predict():
         model.compile("hinge")
     reg = rf.Sequential([rf.Dense(3, 1)])
     reg.compile("mse", rf.optim.SGD(reg, lr=1e30))
+    with pytest.warns(RuntimeWarning, match="diverged.*training stopped"):
+        h = reg.fit(np.ones((8, 3)) * 1e10, np.ones((8, 1)), epochs=5, batch_size=4, verbose=0)
+    assert len(h["loss"]) <= 2 and not np.isfinite(h["loss"][-1]) and reg.stop_training
+    before = reg.state_dict()
     with pytest.raises(FloatingPointError, match="diverged"):
-        reg.fit(np.ones((8, 3)) * 1e10, np.ones((8, 1)), epochs=5, verbose=0)
+        reg.train_on_batch(np.full((2, 3), np.nan), np.ones((2, 1)))
+    for k, v in reg.state_dict().items():  # the failed batch changed nothing
+        np.testing.assert_array_equal(v, before[k])
 
 
 def test_fit_learns_and_history_is_keras_like():

@@ -8,6 +8,7 @@ import math
 import numbers
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -149,13 +150,14 @@ class Sequential:
         return x, lengths
 
     def train_on_batch(self, x, y, lengths=None):
-        """One update; -> (mean loss, correct, rows) of this batch before the update."""
+        """One update; -> (mean loss, correct, rows) of this batch before the update. A loss that
+        is not finite raises FloatingPointError and leaves the weights as they were (``fit``
+        stops training with a RuntimeWarning instead)."""
         self._need_compiled()
         z, out_lengths = self._run_forward(x, True, lengths)
         mean, grad, correct, rows = self.loss(z, y, out_lengths if np.ndim(z) >= 3 else None)
         if not math.isfinite(mean):
-            raise FloatingPointError(f"the loss is {mean}: training diverged (lower the learning "
-                                     f"rate, clip gradients, or check the inputs for nan/inf)")
+            raise _NonFiniteLoss(mean)
         self.zero_grad()
         d = grad
         for layer in reversed(self.layers):
@@ -249,7 +251,15 @@ class Sequential:
             t0 = time.perf_counter()
             bar = _Progress(n, epoch, epochs, verbose)
             for b, idx in enumerate(self._batches(n, batch_size, shuffle)):
-                mean, _, _ = self.train_on_batch(x[idx], y[idx], self._take(lengths, idx))
+                try:
+                    mean, _, _ = self.train_on_batch(x[idx], y[idx], self._take(lengths, idx))
+                except _NonFiniteLoss as exc:  # stop here, weights as before this batch
+                    warnings.warn(f"epoch {epoch + 1}, batch {b + 1}: {exc}; training stopped",
+                                  RuntimeWarning, stacklevel=4)
+                    history["loss"].append(exc.loss)
+                    self.stop_training = True
+                    bar.close({"loss": exc.loss}, 0.0)
+                    return
                 losses.append(mean)
                 bar.update(len(idx), np.mean(losses), self.metrics)
                 for cb in callbacks:
@@ -341,6 +351,13 @@ class Sequential:
 def _shape_str_none(shape):
     return "(" + ", ".join("None" if s is None else str(s) for s in shape) + \
         ("," if len(shape) == 1 else "") + ")"
+
+
+class _NonFiniteLoss(FloatingPointError):
+    def __init__(self, loss):
+        self.loss = float(loss)
+        super().__init__(f"the loss is {loss}: training diverged (lower the learning rate, clip "
+                         f"gradients, or check the inputs for nan/inf)")
 
 
 def _call(cb, name, *args):
