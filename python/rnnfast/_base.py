@@ -40,6 +40,19 @@ def _as_float_array(value, name, dtype):
     return np.asarray(arr, dtype=dtype, order="C")  # keeps 0-d arrays 0-d, unlike ascontiguous
 
 
+def _as_int_array(value, what):
+    """Any array-like of integers (or integral floats) -> int64 ndarray; TypeError otherwise."""
+    try:
+        arr = np.asarray(value)
+    except Exception:
+        raise TypeError(f"{what} must be an array of integers") from None
+    if arr.dtype.kind == "f" and arr.size and np.all(arr == np.round(arr)):
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{what} must hold integers, got dtype {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
 def _shape_str(shape):
     return str(tuple(int(s) for s in shape))
 

@@ -9,7 +9,7 @@ import re
 import numpy as np
 
 from . import _core
-from ._base import _as_float_array, _shape_str
+from ._base import _as_float_array, _as_int_array, _shape_str
 
 __all__ = ["get_loss", "SparseCategoricalCrossentropy", "CategoricalCrossentropy",
            "BinaryCrossentropy", "MeanSquaredError"]
@@ -63,15 +63,7 @@ class SparseCategoricalCrossentropy(_Loss):
     _kind = 0
 
     def _targets(self, z, y):
-        try:
-            y = np.asarray(y)
-        except Exception:
-            raise TypeError("y must be an array of integer class labels") from None
-        if y.dtype.kind == "f" and y.size and np.all(y == np.round(y)):
-            y = y.astype(np.int64)
-        if y.dtype.kind not in "iu":
-            raise TypeError(f"y must hold integer class labels for {self.name}, got dtype "
-                            f"{y.dtype}")
+        y = _as_int_array(y, f"y (integer class labels for {self.name})")
         if y.shape != z.shape[:-1]:
             raise ValueError(f"y must have shape {_shape_str(z.shape[:-1])} (one label per output "
                              f"row), got {_shape_str(y.shape)}")
@@ -79,7 +71,7 @@ class SparseCategoricalCrossentropy(_Loss):
         if y.size and (y.min() < 0 or y.max() >= C):
             raise ValueError(f"labels must lie in [0, {C}) (the model has {C} outputs), got min "
                              f"{y.min()} and max {y.max()}")
-        return np.ascontiguousarray(y, dtype=np.int64).reshape(-1)
+        return y.reshape(-1)
 
 
 class CategoricalCrossentropy(_Loss):

@@ -15,7 +15,7 @@ import numbers
 import numpy as np
 
 from . import _core, _seeding
-from ._base import _as_float_array, _check_size, _shape_str, check_num_threads
+from ._base import _as_float_array, _as_int_array, _check_size, _shape_str, check_num_threads
 
 __all__ = ["Layer", "Embedding", "Dense", "Linear", "Dropout", "LastStep"]
 
@@ -122,15 +122,7 @@ class Embedding(Layer):
         self._add_param("weight", rng.standard_normal((self.num_embeddings, self.embedding_dim)))
 
     def forward(self, x, training=False, lengths=None):
-        try:
-            idx = np.asarray(x)
-        except Exception:
-            raise TypeError("x must be an array of integer ids") from None
-        if idx.dtype.kind == "f" and idx.size and np.all(idx == np.round(idx)):
-            idx = idx.astype(np.int64)
-        if idx.dtype.kind not in "iu":
-            raise TypeError(f"x must hold integer ids for Embedding, got dtype {idx.dtype}")
-        idx = np.ascontiguousarray(idx, dtype=np.int64)
+        idx = _as_int_array(x, "x (integer ids for Embedding)")
         y = getattr(_core, "embedding_forward" + self._sfx)(idx, self._params["weight"],
                                                            self._num_threads)
         if self.mask_zero:
