@@ -22,6 +22,9 @@ __all__ = ["Sequential"]
 
 def _forward(layer, x, training, lengths):
     if isinstance(layer, RecurrentBase):
+        if np.ndim(x) != 3:  # a 2-D array would pass as one unbatched sequence
+            raise ValueError(f"{layer!r} in a Sequential needs input of shape (samples, steps, "
+                             f"features), got shape {np.shape(x)}")
         y, _ = layer.forward(x, None, lengths, training=training)
         return y, lengths
     return layer.forward(x, training=training, lengths=lengths)
@@ -66,6 +69,7 @@ class Sequential:
         self.clip_norm = self.clip_value = None
         self.stop_training = False
         self.tokenizer = None  # saved with the model when set
+        self._input_shape = None
 
     def add(self, layer):
         if not (hasattr(layer, "forward") and hasattr(layer, "backward")):
@@ -145,6 +149,8 @@ class Sequential:
 
     # --------------------------------------------------------------------------- steps
     def _run_forward(self, x, training, lengths):
+        if self._input_shape is None:
+            self._input_shape = (None,) + tuple(np.shape(x)[1:])  # for summary()
         for layer in self.layers:
             x, lengths = _forward(layer, x, training, lengths)
         return x, lengths
@@ -326,8 +332,11 @@ class Sequential:
 
     # --------------------------------------------------------------------------- summary
     def summary(self, input_shape=None, print_fn=print):
-        """Layers, output shapes (from input_shape, samples axis None) and parameter counts."""
+        """Layers, output shapes (from input_shape, samples axis None; by default the shape
+        of the first input the model saw) and parameter counts."""
         rows = [("Layer", "Output shape", "Params")]
+        if input_shape is None:
+            input_shape = self._input_shape
         shape = tuple(input_shape) if input_shape is not None else None
         for i, layer in enumerate(self.layers):
             if shape is not None:
