@@ -328,6 +328,7 @@ py::array_t<T> nn_dense_forward(Arr<T> x, Arr<T> W, py::object b, int act, int n
 template <typename T>
 py::object nn_dense_backward(Arr<T> x, Arr<T> W, int act, Arr<T> y, Arr<T> dy, py::object dW,
                              py::object db, bool need_dx, int nthreads) {
+  if (x.ndim() != 2 || W.ndim() != 2) throw py::value_error("dense: x and W must be 2-D");
   const long N = x.shape(0), in = x.shape(1), out = W.shape(0);
   check_shape(W, {out, in}, "W");
   check_shape(y, {N, out}, "y");
