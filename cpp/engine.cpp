@@ -124,21 +124,22 @@ void Engine<T>::zero_grad() {
 }
 
 template <typename T>
-void Engine<T>::build_tidx(int steps, int batch, const int32_t* lengths,
+void Engine<T>::build_tidx(int steps, int batch, const int32_t* lengths, const int32_t* starts,
                            std::vector<int32_t>* tidx) const {
   for (int d = 0; d < D_; ++d) {
     tidx[d].resize((size_t)steps * batch);
     for (int s = 0; s < steps; ++s)
       for (int b = 0; b < batch; ++b) {
-        const int len = lengths ? lengths[b] : steps;
-        tidx[d][(size_t)s * batch + b] = s < len ? (d == 0 ? s : len - 1 - s) : -1;
+        const int len = lengths ? lengths[b] : steps, t0 = starts ? starts[b] : 0;
+        tidx[d][(size_t)s * batch + b] = s < len ? t0 + (d == 0 ? s : len - 1 - s) : -1;
       }
   }
 }
 
 template <typename T>
 void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* c0,
-                        const int32_t* lengths, bool training, double dropout, uint64_t seed,
+                        const int32_t* lengths, const int32_t* starts, bool training,
+                        double dropout, uint64_t seed,
                         int nthreads, T* y, T* hn, T* cn) {
   ensure_packed();
   std::unique_lock<std::mutex> train_lock(train_mutex_, std::defer_lock);
@@ -153,14 +154,15 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
 
   Workspace<T>& ws = workspace<T>();
   std::vector<int32_t>* tidx = training ? cache_.tidx : ws.tidx;
-  build_tidx(steps, batch, lengths, tidx);
+  build_tidx(steps, batch, lengths, starts, tidx);
   if (training) {
     cache_.valid = false;
     cache_.steps = steps;
     cache_.batch = batch;
     cache_.dropout = use_dropout ? dropout : 0.0;
-    cache_.padded = false;
+    cache_.padded = cache_.shifted = false;
     for (int b = 0; lengths && b < batch; ++b) cache_.padded |= lengths[b] < steps;
+    for (int b = 0; starts && b < batch; ++b) cache_.shifted |= starts[b] > 0;
     cache_.inputs.resize(L_);
     cache_.masks.resize(L_);
     cache_.hs.resize(slots_.size());
@@ -172,7 +174,8 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
     if (lengths)
       for (int t = 0; t < steps; ++t)
         for (int b = 0; b < batch; ++b)
-          if (t >= lengths[b]) std::memset(&cache_.inputs[0][((size_t)t * batch + b) * I_], 0, sizeof(T) * I_);
+          if (t < (starts ? starts[b] : 0) || t >= (starts ? starts[b] : 0) + lengths[b])
+            std::memset(&cache_.inputs[0][((size_t)t * batch + b) * I_], 0, sizeof(T) * I_);
   }
 
   std::vector<T>& xproj = ws.xproj;
@@ -303,9 +306,9 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
     for (int d = 0; d < D_; ++d) {
       const int si = k * D_ + d;
       Slot& s = slots_[si];
-      // Step order equals time order in the forward direction; only GRU's W_ih
-      // gradients differ from W_hh's.
-      const bool alias = d == 0 && cell_ != GRU;
+      // Step order equals time order in the forward direction unless rows start late;
+      // only GRU's W_ih gradients differ from W_hh's.
+      const bool alias = d == 0 && cell_ != GRU && !cache_.shifted;
       T* da_i = da_hh.data();
       if (!alias) {
         // Time positions past a sequence's end are never written: zero them first.

@@ -40,11 +40,12 @@ class Engine {
   void assign_params(const T* src);
   void zero_grad();
 
-  // x (T,B,I); h0/c0 (L*D,B,H) or null; lengths (B) or null, 1 <= len <= T.
+  // x (T,B,I); h0/c0 (L*D,B,H) or null; lengths (B) or null, 1 <= len <= T; starts (B) or
+  // null: row b's valid steps are [start, start + len) (0 <= start <= T - len), else [0, len).
   // y (T,B,D*H), hn/cn (L*D,B,H) are written (hn/cn may be h0/c0: each layer reads its
   // initial state before it writes its final one). training keeps what backward needs.
   void forward(const T* x, int steps, int batch, const T* h0, const T* c0, const int32_t* lengths,
-               bool training, double dropout, uint64_t seed, int nthreads, T* y, T* hn, T* cn);
+               const int32_t* starts, bool training, double dropout, uint64_t seed, int nthreads, T* y, T* hn, T* cn);
   // dy (T,B,D*H), dhn/dcn or null. Writes dx (T,B,I), dh0/dc0; adds into grads().
   void backward(const T* dy, const T* dhn, const T* dcn, int nthreads, T* dx, T* dh0, T* dc0);
   bool has_cache() const { return cache_.valid; }
@@ -62,6 +63,7 @@ class Engine {
     int steps = 0, batch = 0;
     double dropout = 0;
     bool padded = false;                 // some sequence shorter than steps
+    bool shifted = false;                // some sequence starts after step 0
     std::vector<int32_t> tidx[2];
     std::vector<std::vector<T>> inputs;  // per layer: its input (after dropout)
     std::vector<std::vector<T>> masks;   // per layer k >= 1: dropout mask of its input
@@ -70,7 +72,8 @@ class Engine {
 
   void ensure_packed();
   void repack_locked();
-  void build_tidx(int steps, int batch, const int32_t* lengths, std::vector<int32_t>* tidx) const;
+  void build_tidx(int steps, int batch, const int32_t* lengths, const int32_t* starts,
+                  std::vector<int32_t>* tidx) const;
 
   int cell_, I_, H_, L_, D_, G_;
   bool bias_;
@@ -103,7 +106,8 @@ class Stream {
   // x (B, I) -> y (B, D*H); the state moves one step.
   void step(const T* x, T* y) {
     std::lock_guard<std::mutex> lock(mutex_);
-    engine_.forward(x, 1, batch_, h(), c(), nullptr, false, 0.0, 0, nthreads_, y, h(), c());
+    engine_.forward(x, 1, batch_, h(), c(), nullptr, nullptr, false, 0.0, 0, nthreads_, y, h(),
+                    c());
   }
 
  private:

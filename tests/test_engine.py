@@ -296,3 +296,51 @@ def test_denormals_flushed_inside_kernels_only(isa, dtype):
     assert np.array(tiny, dtype) * dtype(1) == tiny  # the caller's mode is untouched
     y, _ = m(np.full((3, 2, 4), 1e-3, dtype))
     np.testing.assert_allclose(y, np.tanh(np.full((3, 2, 4), 1e-3)), rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_starts_match_reference_and_shifted_sequences(isa, mode):
+    # Rows with valid steps [start, start + len): the engine against the reference (forward,
+    # dx, dstate0, every gradient), and against the same rows shifted to start at step 0.
+    T, B, I, H, L = 7, 5, 4, 6, 2
+    rng = np.random.default_rng(11)
+    fast, ref = make_pair(mode, I, H, L, bidirectional=True, seed=2)
+    lengths = np.array([7, 3, 5, 1, 4])
+    starts = np.array([0, 4, 1, 6, 2])
+    x = rng.standard_normal((T, B, I))
+    state = state_like(mode, (2 * L, B, H), rng, np.float64)
+    outs = []
+    for model in (fast, ref):
+        y, st = model.forward(x, state, lengths, training=True, starts=starts)
+        outs.append((y, st))
+    dy = rng.standard_normal(outs[0][0].shape)
+    grads = []
+    for model in (fast, ref):
+        dx, dst = model.backward(dy, None)
+        grads.append((dx, dst, {k: v.copy() for k, v in model.grads.items()}))
+    assert_match(outs, grads, rtol=1e-9, atol=1e-10)
+    # shifted: each row moved to start at 0 gives the same outputs there and the same state
+    xs = np.zeros_like(x)
+    for b in range(B):
+        xs[:lengths[b], b] = x[starts[b]:starts[b] + lengths[b], b]
+    ys, sts = fast(xs, state, lengths)
+    y0, st0 = outs[0]
+    for b in range(B):
+        np.testing.assert_allclose(y0[starts[b]:starts[b] + lengths[b], b], ys[:lengths[b], b],
+                                   rtol=1e-12)
+        assert not y0[:starts[b], b].any() and not y0[starts[b] + lengths[b]:, b].any()
+    for a, b in zip(flat_state(st0), flat_state(sts)):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_starts_bad_input():
+    m = rf.GRU(3, 4)
+    x = np.zeros((5, 2, 3))
+    with pytest.raises(ValueError, match="starts needs lengths"):
+        m(x, starts=[0, 1])
+    with pytest.raises(ValueError, match="start \\+ length"):
+        m(x, lengths=[3, 3], starts=[0, 3])
+    with pytest.raises(ValueError, match="shape \\(2,\\)"):
+        m(x, lengths=[3, 3], starts=[0])
+    with pytest.raises(TypeError, match="starts"):
+        m(x, lengths=[3, 3], starts=["a", "b"])

@@ -47,6 +47,28 @@ const T* optional_state(const py::object& o, std::initializer_list<long> shape, 
   return holder.data();
 }
 
+// None, or one integer per batch row in [lo, hi] -> int32 values in `out` (null for None).
+// Range-checked before narrowing (as double: exact for every value in range, and no integer
+// type wraps), so 2**32 + 1 cannot become 1.
+const int32_t* step_counts(const py::object& o, long batch, long lo, long hi, const char* what,
+                           std::vector<int32_t>& out) {
+  if (o.is_none()) return nullptr;
+  py::array raw = py::array::ensure(o);
+  if (!raw || (raw.dtype().kind() != 'i' && raw.dtype().kind() != 'u'))
+    throw py::type_error(std::string(what) + " must be an integer array");
+  Arr<double> v = Arr<double>::ensure(raw);
+  check_shape(v, {batch}, what);
+  out.resize(batch);
+  for (long b = 0; b < batch; ++b) {
+    const double x = v.data()[b];
+    if (x < lo || x > hi)
+      throw py::value_error(std::string(what) + " must lie in [" + std::to_string(lo) + ", " +
+                            std::to_string(hi) + "]");
+    out[b] = (int32_t)x;
+  }
+  return out.data();
+}
+
 template <typename T>
 void bind_engine(py::module_& m, const char* name) {
   typedef Engine<T> E;
@@ -92,7 +114,7 @@ void bind_engine(py::module_& m, const char* name) {
       .def(
           "forward",
           [](E& e, Arr<T> x, py::object h0, py::object c0, py::object lengths, bool training,
-             double dropout, uint64_t seed, int nthreads) {
+             double dropout, uint64_t seed, int nthreads, py::object starts) {
             if (x.ndim() != 3 || x.shape(2) != e.input_size())
               throw py::value_error("x must have shape (T, B, " + std::to_string(e.input_size()) +
                                     ")");
@@ -105,24 +127,13 @@ void bind_engine(py::module_& m, const char* name) {
             const T* h0p = optional_state<T>(h0, {LD, batch, H}, "h0", h0a);
             const T* c0p = nullptr;
             if (e.cell() == LSTM) c0p = optional_state<T>(c0, {LD, batch, H}, "c0", c0a);
-            std::vector<int32_t> lens;
-            const int32_t* lp = nullptr;
-            if (!lengths.is_none()) {
-              // Range-check before narrowing (as double: exact for every length in range, and
-              // no integer type wraps), so 2**32 + 1 cannot become 1.
-              py::array raw = py::array::ensure(lengths);
-              if (!raw || (raw.dtype().kind() != 'i' && raw.dtype().kind() != 'u'))
-                throw py::type_error("lengths must be an integer array");
-              Arr<double> lv = Arr<double>::ensure(raw);
-              check_shape(lv, {batch}, "lengths");
-              lens.resize(batch);
-              for (long b = 0; b < batch; ++b) {
-                const double v = lv.data()[b];
-                if (v < 1 || v > steps) throw py::value_error("lengths must lie in [1, T]");
-                lens[b] = (int32_t)v;
-              }
-              lp = lens.data();
-            }
+            std::vector<int32_t> lens, firsts;
+            const int32_t* lp = step_counts(lengths, batch, 1, steps, "lengths", lens);
+            const int32_t* sp = step_counts(starts, batch, 0, steps - 1, "starts", firsts);
+            if (sp && !lp) throw py::value_error("starts needs lengths");
+            for (long b = 0; sp && b < batch; ++b)
+              if (sp[b] + lp[b] > steps)
+                throw py::value_error("starts + lengths must not exceed T");
             py::array_t<T> y({steps, batch, (long)e.directions() * H});
             py::array_t<T> hn({LD, batch, H});
             py::object cn_obj = py::none();
@@ -136,14 +147,15 @@ void bind_engine(py::module_& m, const char* name) {
             T* hnp = hn.mutable_data();
             {
               py::gil_scoped_release release;
-              e.forward(x.data(), (int)steps, (int)batch, h0p, c0p, lp, training, dropout, seed,
-                        nthreads, yp, hnp, cnp);
+              e.forward(x.data(), (int)steps, (int)batch, h0p, c0p, lp, sp, training, dropout,
+                        seed, nthreads, yp, hnp, cnp);
             }
             return py::make_tuple(y, hn, cn_obj);
           },
           py::arg("x"), py::arg("h0") = py::none(), py::arg("c0") = py::none(),
           py::arg("lengths") = py::none(), py::arg("training") = false,
-          py::arg("dropout") = 0.0, py::arg("seed") = 0, py::arg("nthreads") = 0)
+          py::arg("dropout") = 0.0, py::arg("seed") = 0, py::arg("nthreads") = 0,
+          py::arg("starts") = py::none())
       .def(
           "backward",
           [](E& e, Arr<T> dy, py::object dhn, py::object dcn, int nthreads) {

@@ -1,7 +1,7 @@
 """Argument checking and layout shared by the C++-backed layers and the NumPy reference.
 
 A subclass provides the arithmetic on time-major, batched arrays of the model's dtype:
-``_compute_forward(x, h0, c0, lengths, training, seed) -> (y, h_n, c_n)`` and
+``_compute_forward(x, h0, c0, lengths, training, seed, starts) -> (y, h_n, c_n)`` and
 ``_compute_backward(dy, dh_n, dc_n) -> (dx, dh0, dc0)``, plus parameter storage through
 ``_param_views()`` / ``_grad_views()`` (name -> live array) and ``_params_changed()``.
 """
@@ -215,8 +215,8 @@ class RecurrentBase(_ThreadsSetting):
         return [(p, grads[k]) for k, p in self._param_views().items()]
 
     # ------------------------------------------------------------------ forward / backward
-    def __call__(self, x, state=None, lengths=None):
-        return self.forward(x, state, lengths, training=False)
+    def __call__(self, x, state=None, lengths=None, *, starts=None):
+        return self.forward(x, state, lengths, training=False, starts=starts)
 
     def _check_state(self, state, batch, unbatched, name):
         """-> (h0, c0) time-major batched arrays or None."""
@@ -270,8 +270,24 @@ class RecurrentBase(_ThreadsSetting):
                              f"{arr.min()} and max {arr.max()}")
         return np.ascontiguousarray(arr, dtype=np.int32)
 
-    def forward(self, x, state=None, lengths=None, training=False):
-        """-> (y, state). x is (T, B, I), (B, T, I) with batch_first, or (T, I) unbatched."""
+    def _check_starts(self, starts, lengths, steps, batch):
+        if starts is None:
+            return None
+        if lengths is None:
+            raise ValueError("starts needs lengths: row b's valid steps are "
+                             "[starts[b], starts[b] + lengths[b])")
+        arr = _as_int_array(starts, "starts")
+        if arr.shape != (batch,):
+            raise ValueError(f"starts must have shape ({batch},) (one per batch element), got "
+                             f"{_shape_str(arr.shape)}")
+        if arr.size and (arr.min() < 0 or np.max(arr + lengths) > steps):
+            raise ValueError(f"starts must satisfy 0 <= start and start + length <= {steps} (T)")
+        return np.ascontiguousarray(arr, dtype=np.int32)
+
+    def forward(self, x, state=None, lengths=None, training=False, *, starts=None):
+        """-> (y, state). x is (T, B, I), (B, T, I) with batch_first, or (T, I) unbatched.
+        lengths: valid steps per sequence (PyTorch's packed-sequence semantics); starts: the
+        first valid step of each (for sequences padded in front, starts = T - lengths)."""
         x = _as_float_array(x, "x", self.dtype)
         ndim = x.ndim
         if ndim not in (2, 3):
@@ -296,10 +312,11 @@ class RecurrentBase(_ThreadsSetting):
                                  f"of {carried_batch}, got a batch of {batch}: keep the batch "
                                  f"size or call reset_states()")
         lens = self._check_lengths(lengths, steps, batch, unbatched)
+        firsts = self._check_starts(starts, lens, steps, batch)
         seed = 0
         if training and self.dropout > 0 and self.num_layers > 1:
             seed = int(self._rng.integers(0, 2**63))
-        y, hn, cn = self._compute_forward(xt, h0, c0, lens, bool(training), seed)
+        y, hn, cn = self._compute_forward(xt, h0, c0, lens, bool(training), seed, firsts)
         if self.stateful:  # the next call starts here; gradients stop at the boundary
             self._carried = (hn.copy(), None if cn is None else cn.copy(), batch)
         self._train_info = (unbatched, steps, batch) if training else None

@@ -109,7 +109,7 @@ def _param_name(kind: str, layer: int, direction: int) -> str:
     return f"{kind}_l{layer}" + ("_reverse" if direction == 1 else "")
 
 
-def _valid_mask(lengths, T: int, B: int) -> np.ndarray:
+def _valid_mask(lengths, T: int, B: int, starts=None) -> np.ndarray:
     """(T, B) boolean array: True where step t is inside sequence b."""
     if lengths is None:
         return np.ones((T, B), dtype=bool)
@@ -122,7 +122,13 @@ def _valid_mask(lengths, T: int, B: int) -> np.ndarray:
     lengths = lengths.astype(np.int64)
     if np.any(lengths < 1) or np.any(lengths > T):
         raise ValueError(f"lengths must satisfy 1 <= len <= T={T}, got {lengths.tolist()}")
-    return np.arange(T)[:, None] < lengths[None, :]
+    if starts is None:
+        return np.arange(T)[:, None] < lengths[None, :]
+    starts = np.asarray(starts).astype(np.int64)
+    if starts.shape != (B,) or np.any(starts < 0) or np.any(starts + lengths > T):
+        raise ValueError(f"starts must have shape ({B},) with 0 <= start <= T - len")
+    t = np.arange(T)[:, None]
+    return (t >= starts[None, :]) & (t < (starts + lengths)[None, :])
 
 
 def _state(value, shape, dtype, name):
@@ -325,7 +331,7 @@ def _direction_backward(mode, dc, valid, dys, dh_last, dc_last):
 
 
 def forward(mode, params, x, h0=None, c0=None, lengths=None, num_layers=1, bidirectional=False,
-            dropout=0.0, training=False, seed=0):
+            dropout=0.0, training=False, seed=0, starts=None):
     """Forward pass of a (multi-layer, optionally bidirectional) RNN / LSTM / GRU.
 
     Parameters
@@ -337,6 +343,8 @@ def forward(mode, params, x, h0=None, c0=None, lengths=None, num_layers=1, bidir
     x : (T, B, I) time-major input; its dtype is the computation dtype.
     h0, c0 : (L*D, B, H) initial states or None (zeros).  ``c0`` is used by LSTM only.
     lengths : None or (B,) ints with 1 <= len <= T (any order): packed-sequence semantics.
+    starts : None or (B,) ints: row b's valid steps are [start, start + len) instead of
+        [0, len) (sequences padded in front); the steps outside stay frozen as padding is.
     dropout, training, seed : dropout between layers, applied only when ``training`` and
         ``dropout > 0``; layer k >= 1 reads ``y_{k-1} * dropout_mask(seed, k-1, y_{k-1}.shape, ...)``.
 
@@ -363,7 +371,7 @@ def forward(mode, params, x, h0=None, c0=None, lengths=None, num_layers=1, bidir
         raise KeyError("missing parameter 'weight_hh_l0'")
     H = int(np.shape(params["weight_hh_l0"])[1])
     has_bias = "bias_ih_l0" in params
-    valid = _valid_mask(lengths, T, B)
+    valid = _valid_mask(lengths, T, B, starts)
     p = float(dropout)
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"dropout must be in [0, 1], got {dropout}")

@@ -32,14 +32,14 @@ class _ReferenceLayer(RecurrentBase):
     def _params_changed(self):
         pass
 
-    def _compute_forward(self, x, h0, c0, lengths, training, seed):
+    def _compute_forward(self, x, h0, c0, lengths, training, seed, starts=None):
         if training:  # the cache must not alias the caller's arrays
             x = x.copy()
             h0 = None if h0 is None else h0.copy()
             c0 = None if c0 is None else c0.copy()
         y, hn, cn, cache = _math.forward(
             self._mode, self._params, x, h0, c0, lengths, self.num_layers, self.bidirectional,
-            self.dropout, training, seed)
+            self.dropout, training, seed, starts)
         if training:
             self._cache = cache
         return y, hn, cn
