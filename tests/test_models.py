@@ -256,14 +256,48 @@ def test_truncated_bptt_training_with_stream_batches():
     assert last < 0.3 * first
 
 
-def test_mask_zero_refuses_pre_padding():
+def test_mask_zero_pre_and_post_padding():
+    rng = np.random.default_rng(4)
+    kw = dict(dtype=np.float64)
+    model = rf.Sequential([rf.Embedding(12, 4, mask_zero=True, seed=0, **kw),
+                           rf.GRU(4, 6, batch_first=True, bidirectional=True, seed=1, **kw),
+                           rf.LastStep(), rf.Dense(12, 2, seed=2, **kw)])
+    seqs = [rng.integers(1, 12, n) for n in (5, 2, 4)]
+    alone = [model.predict(s[None, :])[0] for s in seqs]
+    for padding in ("pre", "post"):
+        z = model.predict(rf.data.pad_sequences(seqs, padding=padding))
+        for i in range(3):
+            np.testing.assert_allclose(z[i], alone[i], rtol=1e-12, err_msg=padding)
     emb = rf.Embedding(5, 2, mask_zero=True)
-    with pytest.raises(ValueError, match="padding='post'"):
-        emb.forward(rf.data.pad_sequences([[1, 2], [3]]))  # Keras' default pads in front
+    with pytest.raises(ValueError, match="between tokens"):
+        emb.forward(np.array([[1, 0, 2]]))
     with pytest.raises(ValueError, match="no token"):
         emb.forward(np.array([[1, 2], [0, 0]]))
-    _, lengths = emb.forward(rf.data.pad_sequences([[1, 2], [3]], padding="post"))
+    _, steps = emb.forward(rf.data.pad_sequences([[1, 2], [3]], padding="post"))
+    np.testing.assert_array_equal(steps, [2, 1])
+    _, (starts, lengths) = emb.forward(rf.data.pad_sequences([[1, 2], [3]]))
+    np.testing.assert_array_equal(starts, [0, 1])
     np.testing.assert_array_equal(lengths, [2, 1])
+
+
+def test_sequence_targets_padded_in_front():
+    # seq-to-seq with pre-padding: the loss counts each sequence's own steps only
+    rng = np.random.default_rng(6)
+    kw = dict(dtype=np.float64)
+    model = rf.Sequential([rf.Embedding(9, 3, mask_zero=True, seed=0, **kw),
+                           rf.LSTM(3, 5, batch_first=True, seed=1, **kw), rf.Dense(5, 4, seed=2, **kw)])
+    model.compile("sparse_categorical_crossentropy", "sgd", metrics=["accuracy"])
+    seqs = [rng.integers(1, 9, n) for n in (6, 3)]
+    labels = [rng.integers(0, 4, len(s)) for s in seqs]
+    x = rf.data.pad_sequences(seqs)
+    y = rf.data.pad_sequences(labels)
+    got = model.evaluate(x, y)
+    total = rows = 0.0
+    for s, lab in zip(seqs, labels):
+        one = model.evaluate(s[None, :], lab[None, :])
+        total += one["loss"] * len(s)
+        rows += len(s)
+    assert got["loss"] == pytest.approx(total / rows, rel=1e-12)
 
 
 def test_set_seed_makes_training_reproducible():

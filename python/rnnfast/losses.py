@@ -16,12 +16,17 @@ __all__ = ["get_loss", "SparseCategoricalCrossentropy", "CategoricalCrossentropy
 
 
 def _step_weights(shape, lengths, dtype):
-    """Row weights over the flattened leading axes: 1 on valid steps, 0 past lengths."""
+    """Row weights over the flattened leading axes: 1 on valid steps, 0 on padding. lengths:
+    None, valid steps per sample, or (starts, lengths)."""
+    from .nn import split_steps
+    starts, lengths = split_steps(lengths)
     if lengths is None or len(shape) < 2:
         return None
     N, T = shape[0], shape[1]
     lengths = np.asarray(lengths)
-    w = (np.arange(T)[None, :] < lengths[:, None]).astype(dtype)
+    t = np.arange(T)[None, :]
+    first = np.zeros((N, 1), np.int64) if starts is None else np.asarray(starts)[:, None]
+    w = ((t >= first) & (t < first + lengths[:, None])).astype(dtype)
     return np.ascontiguousarray(np.broadcast_to(w.reshape((N, T) + (1,) * (len(shape) - 2)),
                                                 shape).reshape(-1))
 

@@ -16,6 +16,7 @@ from . import _seeding
 from . import optim as _optim
 from ._base import RecurrentBase
 from .losses import get_loss, get_metric
+from .nn import split_steps
 
 __all__ = ["Sequential"]
 
@@ -25,7 +26,8 @@ def _forward(layer, x, training, lengths):
         if np.ndim(x) != 3:  # a 2-D array would pass as one unbatched sequence
             raise ValueError(f"{layer!r} in a Sequential needs input of shape (samples, steps, "
                              f"features), got shape {np.shape(x)}")
-        y, _ = layer.forward(x, None, lengths, training=training)
+        starts, lens = split_steps(lengths)
+        y, _ = layer.forward(x, None, lens, training=training, starts=starts)
         return y, lengths
     return layer.forward(x, training=training, lengths=lengths)
 

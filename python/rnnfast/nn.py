@@ -105,12 +105,42 @@ class Layer:
         return self._saved
 
 
+def split_steps(valid):
+    """The valid-step spec that flows between layers -> (starts or None, lengths or None):
+    None, an array of lengths (steps [0, len)), or a pair (starts, lengths)."""
+    if valid is None:
+        return None, None
+    if isinstance(valid, tuple):
+        return valid
+    return None, valid
+
+
+def _token_span(idx):
+    """(N, T) ids with 0 as padding -> lengths, or (starts, lengths) when some row is padded in
+    front; each row's tokens must be contiguous (padding before and/or after them only)."""
+    nz = idx != 0
+    T = idx.shape[1]
+    count = nz.sum(axis=1)
+    if np.any(count == 0):
+        raise ValueError(f"mask_zero: sequence {int(np.argmin(count))} holds no token (only the "
+                         f"padding id 0)")
+    first = np.argmax(nz, axis=1)
+    last = T - 1 - np.argmax(nz[:, ::-1], axis=1)
+    span = last - first + 1
+    holes = count != span
+    if np.any(holes):
+        raise ValueError(f"mask_zero: sequence {int(np.argmax(holes))} has id 0 between tokens; "
+                         f"id 0 is reserved for padding (before or after a sequence)")
+    span = span.astype(np.int64)
+    return span if not first.any() else (first.astype(np.int64), span)
+
+
 class Embedding(Layer):
     """Rows of ``weight`` (num_embeddings, embedding_dim) looked up by integer ids.
 
-    ``mask_zero=True`` treats id 0 as padding after each sequence's last token (post-padding,
-    e.g. ``pad_sequences(..., padding="post")``): ``lengths`` becomes the count up to the last
-    non-zero id of each row, and the steps after it are skipped downstream."""
+    ``mask_zero=True`` treats id 0 as padding before and/or after each sequence (as
+    ``pad_sequences`` makes, "pre" or "post"): the padded steps are skipped downstream by
+    recurrent layers, ``LastStep``, losses and metrics."""
 
     def __init__(self, num_embeddings, embedding_dim, mask_zero=False, *, dtype=np.float32,
                  seed=None, num_threads=None):
@@ -128,18 +158,7 @@ class Embedding(Layer):
         if self.mask_zero:
             if idx.ndim != 2:
                 raise ValueError(f"mask_zero needs x of shape (N, T), got {_shape_str(idx.shape)}")
-            nz = idx != 0
-            last = np.where(nz.any(axis=1), idx.shape[1] - np.argmax(nz[:, ::-1], axis=1), 0)
-            if np.any(last == 0):
-                raise ValueError(f"mask_zero: sequence {int(np.argmin(last))} holds no token "
-                                 f"(only the padding id 0)")
-            gaps = nz.sum(axis=1) != last  # a 0 before the last token: pre-padding or a hole
-            if np.any(gaps):
-                raise ValueError(f"mask_zero needs sequences padded at the end: sequence "
-                                 f"{int(np.argmax(gaps))} has id 0 before its last token (use "
-                                 f"pad_sequences(..., padding='post'); id 0 is reserved for "
-                                 f"padding)")
-            lengths = last.astype(np.int64)
+            lengths = _token_span(idx)
         self._saved = idx if training else None
         return y, lengths
 
@@ -264,7 +283,10 @@ class LastStep(Layer):
         if x.ndim != 3:
             raise ValueError(f"LastStep needs x of shape (N, T, F), got {_shape_str(x.shape)}")
         N, T = x.shape[:2]
-        last = np.full(N, T - 1) if lengths is None else np.asarray(lengths) - 1
+        starts, lens = split_steps(lengths)
+        last = np.full(N, T - 1) if lens is None else np.asarray(lens) - 1
+        if starts is not None:
+            last = last + np.asarray(starts)
         self._saved = (x.shape, last, x.dtype) if training else None
         return x[np.arange(N), last], None
 
