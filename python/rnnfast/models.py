@@ -269,7 +269,7 @@ class Sequential:
                     bar.close({"loss": exc.loss}, 0.0)
                     return
                 losses.append(mean)
-                bar.update(len(idx), np.mean(losses), self.metrics)
+                bar.update(len(idx), losses, self.metrics)
                 for cb in callbacks:
                     _call(cb, "on_batch_end", self, b, {"loss": mean})
             logs = {"loss": float(np.mean(losses))}
@@ -392,11 +392,11 @@ class _Progress:
             except ImportError:
                 self.bar = None
 
-    def update(self, k, loss, metrics):
+    def update(self, k, losses, metrics):
         self.done += k
         if self.verbose != 1:
             return
-        info = {"loss": f"{loss:.4f}"}
+        info = {"loss": f"{sum(losses) / len(losses):.4f}"}
         info.update({m.name: f"{m.result():.4f}" for m in metrics})
         if self.bar is not None:
             self.bar.update(k)
