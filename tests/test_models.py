@@ -316,3 +316,18 @@ def test_set_seed_makes_training_reproducible():
     rf.set_seed(None)
     c = run()
     assert a == b and a != c
+
+
+def test_progress_output(capsys):
+    m = rf.Sequential([rf.Dense(3, 1)])
+    m.compile("mse", "sgd", metrics=[])
+    x, y = np.ones((40, 3)), np.ones((40, 1))
+    m.fit(x, y, epochs=2, batch_size=10, verbose=0)
+    assert capsys.readouterr().out == ""
+    m.fit(x, y, epochs=2, batch_size=10, verbose=2)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[1].startswith("Epoch 2/2 - loss: ")
+    assert lines[0].endswith("samples/s")
+    m.fit(x, y, epochs=1, batch_size=10, verbose=1)
+    out = capsys.readouterr().out
+    assert "Epoch 1/1" in out and "40/40" in out and out.endswith("samples/s\n")

@@ -385,6 +385,8 @@ class _Progress:
         self.verbose, self.n, self.done = verbose, n, 0
         self.prefix = f"Epoch {epoch + 1}/{epochs}"
         self.bar = None
+        self._shown = -1.0
+        self._width = 0
         if verbose == 1:
             try:
                 from tqdm import tqdm
@@ -402,12 +404,20 @@ class _Progress:
             self.bar.update(k)
             self.bar.set_postfix(info, refresh=False)
         else:
+            now = time.perf_counter()
+            if now - self._shown < 0.1 and self.done < self.n:  # at most ~10 lines a second
+                return
+            self._shown = now
             width = 30
             filled = int(width * self.done / self.n)
-            sys.stdout.write(f"\r{self.prefix} [{'=' * filled}{'.' * (width - filled)}] "
-                             f"{self.done}/{self.n} " + " ".join(f"{k}: {v}"
-                                                                  for k, v in info.items()))
-            sys.stdout.flush()
+            self._write(f"{self.prefix} [{'=' * filled}{'.' * (width - filled)}] "
+                        f"{self.done}/{self.n} " + " ".join(f"{k}: {v}" for k, v in info.items()))
+
+    def _write(self, line, end=""):
+        pad = max(0, self._width - len(line))  # cover what the last line left
+        sys.stdout.write("\r" + line + " " * pad + end)
+        sys.stdout.flush()
+        self._width = 0 if end else len(line)
 
     def close(self, logs, rate):
         if not self.verbose:
@@ -417,6 +427,6 @@ class _Progress:
             self.bar.set_postfix_str(text)
             self.bar.close()
         elif self.verbose == 1:
-            sys.stdout.write(f"\r{self.prefix} {self.done}/{self.n} - {text}\n")
+            self._write(f"{self.prefix} {self.done}/{self.n} - {text}", "\n")
         else:
             sys.stdout.write(f"{self.prefix} - {text}\n")
