@@ -331,3 +331,27 @@ def test_progress_output(capsys):
     m.fit(x, y, epochs=1, batch_size=10, verbose=1)
     out = capsys.readouterr().out
     assert "Epoch 1/1" in out and "40/40" in out and out.rstrip(" \n").endswith("samples/s")
+
+
+def test_last_step_after_a_bidirectional_layer():
+    # The reverse half comes from the first valid step (the reverse direction's final state),
+    # so LastStep's output equals the layer's final states h_n (forward | reverse).
+    rng = np.random.default_rng(8)
+    gru = rf.GRU(3, 4, batch_first=True, bidirectional=True, dtype=np.float64, seed=0)
+    model = rf.Sequential([gru, rf.LastStep()])
+    assert model.layers[1].bidirectional
+    x = rng.standard_normal((3, 6, 3))
+    lengths, starts = np.array([6, 2, 4]), np.array([0, 3, 1])
+    z = model.predict(x, lengths=lengths)
+    _, hn = gru(x, lengths=lengths)
+    np.testing.assert_allclose(z, np.concatenate([hn[0], hn[1]], axis=1), rtol=1e-12)
+    last = rf.LastStep(bidirectional=True)
+    y, _ = gru(x, lengths=lengths, starts=starts)
+    _, hn = gru(x, lengths=lengths, starts=starts)
+    out, _ = last.forward(y, training=True, lengths=(starts, lengths))
+    np.testing.assert_allclose(out, np.concatenate([hn[0], hn[1]], axis=1), rtol=1e-12)
+    # backward is the transpose of the gather
+    dy = rng.standard_normal(out.shape)
+    dx = last.backward(dy)
+    assert np.sum(dx * y) == pytest.approx(np.sum(dy * out), rel=1e-12)
+    assert not rf.Sequential([rf.GRU(3, 4, batch_first=True), rf.LastStep()]).layers[1].bidirectional

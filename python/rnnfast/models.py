@@ -16,7 +16,7 @@ from . import _seeding
 from . import optim as _optim
 from ._base import RecurrentBase
 from .losses import get_loss, get_metric
-from .nn import split_steps
+from .nn import LastStep, split_steps
 
 __all__ = ["Sequential"]
 
@@ -79,6 +79,9 @@ class Sequential:
         if isinstance(layer, RecurrentBase) and not layer.batch_first:
             raise ValueError(f"{layer!r}: recurrent layers in a Sequential take samples along the "
                              f"first axis; create them with batch_first=True")
+        if isinstance(layer, LastStep) and layer.bidirectional is None:
+            prev = self.layers[-1] if self.layers else None
+            layer.bidirectional = isinstance(prev, RecurrentBase) and prev.bidirectional
         self.layers.append(layer)
 
     # --------------------------------------------------------------------------- parameters

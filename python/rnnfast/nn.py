@@ -276,31 +276,54 @@ class Dropout(Layer):
 
 class LastStep(Layer):
     """(N, T, F) -> (N, F): each sample's output at its last valid step (T - 1 without
-    lengths), for sequence classification and regression."""
+    lengths), for sequence classification and regression.
+
+    After a bidirectional layer the second half of the features is the reverse direction's,
+    whose final state is its output at the *first* valid step; ``bidirectional=True`` takes that
+    half there (as Keras' Bidirectional(return_sequences=False) does). None (the default)
+    decides from the layer before it in a Sequential, else False."""
+
+    def __init__(self, bidirectional=None):
+        super().__init__()
+        self.bidirectional = None if bidirectional is None else bool(bidirectional)
 
     def forward(self, x, training=False, lengths=None):
         x = np.asarray(x)
         if x.ndim != 3:
             raise ValueError(f"LastStep needs x of shape (N, T, F), got {_shape_str(x.shape)}")
-        N, T = x.shape[:2]
+        N, T, F = x.shape
         starts, lens = split_steps(lengths)
-        last = np.full(N, T - 1) if lens is None else np.asarray(lens) - 1
-        if starts is not None:
-            last = last + np.asarray(starts)
-        self._saved = (x.shape, last, x.dtype) if training else None
-        return x[np.arange(N), last], None
+        first = np.zeros(N, np.int64) if starts is None else np.asarray(starts)
+        last = first + (T if lens is None else np.asarray(lens)) - 1
+        rows = np.arange(N)
+        y = x[rows, last]
+        if self.bidirectional:
+            if F % 2:
+                raise ValueError(f"LastStep(bidirectional=True) needs an even number of "
+                                 f"features (forward | reverse), got {F}")
+            y[:, F // 2:] = x[rows, first, F // 2:]
+        self._saved = (x.shape, first, last, x.dtype) if training else None
+        return y, None
 
     def backward(self, dy):
-        shape, last, dtype = self._need_saved()
+        shape, first, last, dtype = self._need_saved()
         dx = np.zeros(shape, dtype)
-        dx[np.arange(shape[0]), last] = dy
+        rows = np.arange(shape[0])
+        dy = np.asarray(dy)
+        if self.bidirectional:
+            half = shape[2] // 2
+            dx[rows, last, :half] = dy[:, :half]
+            dx[rows, first, half:] += dy[:, half:]
+        else:
+            dx[rows, last] = dy
         return dx
 
     def output_shape(self, input_shape):
         return (input_shape[0], input_shape[2])
 
     def get_config(self):
-        return {}
+        return {"bidirectional": self.bidirectional}
 
     def __repr__(self):
-        return "LastStep()"
+        return "LastStep()" if self.bidirectional is None else \
+            f"LastStep(bidirectional={self.bidirectional})"
