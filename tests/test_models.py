@@ -178,6 +178,8 @@ def test_bad_input_to_fit_and_predict():
         model.predict(np.full((2, 3), 0.5))
     with pytest.raises(ValueError, match="batch_size"):
         model.fit(x, y, batch_size=0, verbose=0)
+    with pytest.raises(ValueError, match="pad_sequences"):
+        model.predict([[1, 2, 3], [4]])
     with pytest.raises(ValueError, match="batch_first"):
         rf.Sequential([rf.LSTM(3, 4)])
     seq = rf.Sequential([rf.LSTM(3, 4, batch_first=True)])

@@ -50,6 +50,14 @@ def _num_params(layer):
     return layer.num_params
 
 
+def _as_array(a, name):
+    try:
+        return np.asarray(a)
+    except ValueError:  # ragged nested lists
+        raise ValueError(f"{name} must be a rectangular array; pad variable-length sequences "
+                         f"with rf.data.pad_sequences") from None
+
+
 def _n_samples(a, name):
     try:
         return len(a)
@@ -222,8 +230,7 @@ class Sequential:
         batch_size = self._check_batch_size(batch_size)
         if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
-        x = np.asarray(x)
-        y = np.asarray(y)
+        x, y = _as_array(x, "x"), _as_array(y, "y")
         n = self._check_xy(x, y, lengths)
         if validation_data is None and validation_split:
             if not 0.0 < validation_split < 1.0:
@@ -295,7 +302,7 @@ class Sequential:
         """-> {"loss": mean over samples' rows, metric: value, ...} without updating."""
         self._need_compiled()
         batch_size = self._check_batch_size(batch_size)
-        x, y = np.asarray(x), np.asarray(y)
+        x, y = _as_array(x, "x"), _as_array(y, "y")
         n = self._check_xy(x, y, lengths)
         metrics = [get_metric(m.name) for m in self.metrics]  # fresh accumulators
         total = rows_total = 0.0
@@ -318,7 +325,7 @@ class Sequential:
     def predict(self, x, batch_size=32, lengths=None):
         """Model outputs (logits for classification losses) for every sample, in order."""
         batch_size = self._check_batch_size(batch_size)
-        x = np.asarray(x)
+        x = _as_array(x, "x")
         n = self._check_xy(x, None, lengths)
         outs = []
         for i in range(0, n, batch_size):
