@@ -5,6 +5,7 @@
 // Cells provide (see lstm.cpp): NV, kSplitInput (a one-step product keeps the x and h
 // parts apart), units(), column(), forward_epilogue(), backward_row().
 #pragma once
+#include <type_traits>
 #include <vector>
 #include "cell_common.h"
 #include "common.h"
@@ -80,8 +81,8 @@ constexpr int kPanelBlockBytes = 16384;
 // panel outgrows L1 and several row blocks share it, the panel times all row blocks,
 // K block by K block with partial sums kept per row block (LSTM inference: mid 69.6 ->
 // 67.4 ms, charrnn 42.4 -> 40.7 ms on 2 cores).
-template <typename T, class Cell, int MR, int NVK>
-void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, int mblocks) {
+template <typename T, class Cell, int MR, int NVK, int MRR>
+void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels) {
   typedef typename Simd<T>::V V;
   constexpr int NV = Cell::NV, NR = NV * Simd<T>::W;
   constexpr int KC = kPanelBlockBytes / (NR * (int)sizeof(T));
@@ -89,11 +90,22 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, int mblo
   const long BH = (long)B * H, panel_stride = (long)(I + H) * NR;
   const bool fused = a.x != nullptr;
   const bool split = fused && Cell::kSplitInput;
+  // Row blocks: nfull tiles of MR rows, then the rest in tiles of MRR rows (MRR 0: the last
+  // MR tile covers the rest, computing rows it does not store).
+  const int nfull = MRR ? B / MR : (B + MR - 1) / MR;
+  const int mblocks = nfull + (MRR ? (B - nfull * MR + MRR - 1) / (MRR ? MRR : 1) : 0);
   const bool kblocked = MR > 1 && mblocks > 1 && (H > KC || (fused && I > KC));
   const int ntasks = kblocked ? npanels : npanels * mblocks;
+  const size_t tile = (size_t)MR * NV;  // partial sums per row block (MRR <= MR)
+  // f(rows-per-tile constant, first row) for row block ib
+  auto with_block = [&](int ib, auto&& f) {
+    if (ib < nfull)
+      f(std::integral_constant<int, MR>(), ib * MR);
+    else if constexpr (MRR > 0)
+      f(std::integral_constant<int, MRR>(), nfull * MR + (ib - nfull) * MRR);
+  };
   rf_parallel(nt, [&] {
     RF_FLUSH_DENORMALS_SCOPE;
-    const size_t tile = (size_t)MR * NV;
     std::vector<V> partial(kblocked ? mblocks * tile : 0);
     std::vector<V> xpartial(kblocked && split ? mblocks * tile : 0);
     for (int s = 0; s < a.steps; ++s) {
@@ -103,26 +115,38 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, int mblo
       const T* c_prev = a.cs ? a.cs + in * BH : nullptr;
       T* c_new = a.cs ? a.cs + out * BH : nullptr;
       const int32_t* tid = a.tidx + (long)s * B;
-      auto h_rows = [&](int ib, const T* (&rows)[MR]) {  // -> valid rows
-        const int i0 = ib * MR, mr = B - i0 < MR ? B - i0 : MR;
-        for (int r = 0; r < MR; ++r) rows[r] = h_prev + (long)(i0 + (r < mr ? r : 0)) * H;
+      // Row pointers of a tile at i0 (rows past B repeat the first); -> valid rows.
+      auto h_rows = [&](int i0, auto& rows) {
+        constexpr int R = std::extent<std::remove_reference_t<decltype(rows)>>::value;
+        const int mr = B - i0 < R ? B - i0 : R;
+        for (int r = 0; r < R; ++r) rows[r] = h_prev + (long)(i0 + (r < mr ? r : 0)) * H;
         return mr;
       };
-      auto x_rows = [&](int ib, const T* (&rows)[MR]) {
-        const int i0 = ib * MR, mr = B - i0 < MR ? B - i0 : MR;
-        for (int r = 0; r < MR; ++r) {
+      auto x_rows = [&](int i0, auto& rows) {
+        constexpr int R = std::extent<std::remove_reference_t<decltype(rows)>>::value;
+        const int mr = B - i0 < R ? B - i0 : R;
+        for (int r = 0; r < R; ++r) {
           const int b = i0 + (r < mr ? r : 0);
           const long t = tid[b] < 0 ? 0 : tid[b];  // a frozen row computes, unstored
           rows[r] = a.x + (t * B + b) * I;
         }
       };
+      // acc += rows (R x k) times k rows of a panel: R-row tiles in NVK- or NV-vector passes.
+      auto product = [&](int k, auto& rows, const T* bp, auto& acc) {
+        constexpr int R = std::extent<std::remove_reference_t<decltype(rows)>>::value;
+        if constexpr (R == 1)
+          row_kernel_add<T, NV>(k, rows[0], bp, acc);
+        else
+          tile_product_add<T, R, NV, R == MR ? NVK : NV>(k, rows, bp, acc);
+      };
       // keep (one tile in memory) += rows times a K block of the panel; fresh: from zero
-      auto block = [&](V* keep, bool fresh, int kc, const T* (&rows)[MR], const T* bp) {
-        V acc[MR][NV];  // in registers; partial sums go through memory between blocks
-        for (int r = 0; r < MR; ++r)
+      auto block = [&](V* keep, bool fresh, int kc, auto& rows, const T* bp) {
+        constexpr int R = std::extent<std::remove_reference_t<decltype(rows)>>::value;
+        V acc[R][NV];  // in registers; partial sums go through memory between blocks
+        for (int r = 0; r < R; ++r)
           for (int v = 0; v < NV; ++v) acc[r][v] = fresh ? V{} : keep[r * NV + v];
-        tile_product_add<T, MR, NV, NVK>(kc, rows, bp, acc);
-        for (int r = 0; r < MR; ++r)
+        product(kc, rows, bp, acc);
+        for (int r = 0; r < R; ++r)
           for (int v = 0; v < NV; ++v) keep[r * NV + v] = acc[r][v];
       };
 #pragma omp for schedule(static)
@@ -136,89 +160,91 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, int mblo
           if (fused) {
             V* xkeep = split ? xpartial.data() : partial.data();
             for (int kx = 0; kx < I; kx += KC)
-              for (int ib = 0; ib < mblocks; ++ib) {
-                const T* rows[MR];
-                x_rows(ib, rows);
-                for (int r = 0; r < MR; ++r) rows[r] += kx;
-                block(xkeep + ib * tile, kx == 0, I - kx < KC ? I - kx : KC, rows,
-                      panel + (long)kx * NR);
-              }
+              for (int ib = 0; ib < mblocks; ++ib)
+                with_block(ib, [&](auto R_c, int i0) {
+                  const T* rows[decltype(R_c)::value];
+                  x_rows(i0, rows);
+                  for (const T*& r : rows) r += kx;
+                  block(xkeep + ib * tile, kx == 0, I - kx < KC ? I - kx : KC, rows,
+                        panel + (long)kx * NR);
+                });
             xdone = true;
           }
           const bool hfresh = !xdone || split;
           for (; k0 + KC < H; k0 += KC)
-            for (int ib = 0; ib < mblocks; ++ib) {
-              const T* rows[MR];
-              h_rows(ib, rows);
-              for (int r = 0; r < MR; ++r) rows[r] += k0;
-              block(partial.data() + ib * tile, k0 == 0 && hfresh, KC, rows,
-                    hpanel + (long)k0 * NR);
-            }
+            for (int ib = 0; ib < mblocks; ++ib)
+              with_block(ib, [&](auto R_c, int i0) {
+                const T* rows[decltype(R_c)::value];
+                h_rows(i0, rows);
+                for (const T*& r : rows) r += k0;
+                block(partial.data() + ib * tile, k0 == 0 && hfresh, KC, rows,
+                      hpanel + (long)k0 * NR);
+              });
         }
         const int ib0 = kblocked ? 0 : task % mblocks, ib1 = kblocked ? mblocks : ib0 + 1;
-        for (int ib = ib0; ib < ib1; ++ib) {
-          const T* rows[MR];
-          const int i0 = ib * MR, mr = h_rows(ib, rows);
-          V acc[MR][NV], xacc[MR][NV];
-          if (k0 > 0 || (xdone && !split)) {  // the last K block onto the partial sums
-            for (int r = 0; r < MR; ++r)
-              for (int v = 0; v < NV; ++v) acc[r][v] = partial[ib * tile + r * NV + v];
-          } else {
-            zero_tile<T, MR, NV>(acc);
-          }
-          for (int r = 0; r < MR; ++r) rows[r] += k0;
-          if (fused && xdone && split) {
-            for (int r = 0; r < MR; ++r)
-              for (int v = 0; v < NV; ++v) xacc[r][v] = xpartial[ib * tile + r * NV + v];
-          } else if (fused && !xdone) {  // x_t W_ih^T: into acc, or apart in xacc (GRU)
-            const T* xrows[MR];
-            x_rows(ib, xrows);
-            if (split) zero_tile<T, MR, NV>(xacc);
-            if constexpr (MR == 1)
-              row_kernel_add<T, NV>(I, xrows[0], panel, split ? xacc : acc);
-            else
-              tile_product_add<T, MR, NV, NVK>(I, xrows, panel, split ? xacc : acc);
-          }
-          if constexpr (MR == 1)
-            row_kernel_add<T, NV>(H - k0, rows[0], hpanel + (long)k0 * NR, acc);
-          else
-            tile_product_add<T, MR, NV, NVK>(H - k0, rows, hpanel + (long)k0 * NR, acc);
-          FwdRows<T> io[MR];
-          int live = -1;  // a row that steps; rows that don't get no stores
-          for (int r = 0; r < MR; ++r) {
-            io[r] = FwdRows<T>();
-            if (r >= mr) continue;
-            const int b = i0 + r;
-            const long t = tid[b];
-            const long row = b * (long)H;
-            if (t < 0) {  // past this sequence's end: state frozen
-              const int u0 = p * Cell::template units<T>();
-              const int n = H - u0 < Cell::template units<T>() ? H - u0 : Cell::template units<T>();
-              freeze_units(u0, n, h_prev + row, h_new + row, c_prev ? c_prev + row : nullptr,
-                           c_new ? c_new + row : nullptr);
-              continue;
+        for (int ib = ib0; ib < ib1; ++ib)
+          with_block(ib, [&](auto R_c, int i0) {
+            constexpr int R = decltype(R_c)::value;
+            const T* rows[R];
+            const int mr = h_rows(i0, rows);
+            V acc[R][NV], xacc[R][NV];
+            if (k0 > 0 || (xdone && !split)) {  // the last K block onto the partial sums
+              for (int r = 0; r < R; ++r)
+                for (int v = 0; v < NV; ++v) acc[r][v] = partial[ib * tile + r * NV + v];
+            } else {
+              zero_tile<T, R, NV>(acc);
             }
-            live = r;
-            io[r].x = a.xproj + (t * B + b) * a.ldx;
-            io[r].h_prev = h_prev + row;
-            io[r].h_new = h_new + row;
-            io[r].c_prev = c_prev ? c_prev + row : nullptr;
-            io[r].c_new = c_new ? c_new + row : nullptr;
-            io[r].y = a.y ? a.y + t * B * a.ldy + b * a.ldy : nullptr;
-            io[r].cache =
-                a.cache ? a.cache + ((long)s * B + b) * cell_cache_width(a.cell) * H : nullptr;
-            io[r].b_hn = a.b_hn;
-          }
-          if (live < 0) continue;
-          for (int r = 0; r < MR; ++r)
-            if (!io[r].h_new) {  // computed alongside from a live row's inputs, not stored
-              io[r].x = io[live].x;
-              io[r].h_prev = io[live].h_prev;
-              io[r].c_prev = io[live].c_prev;
+            for (const T*& r : rows) r += k0;
+            if (fused && xdone && split) {
+              for (int r = 0; r < R; ++r)
+                for (int v = 0; v < NV; ++v) xacc[r][v] = xpartial[ib * tile + r * NV + v];
+            } else if (fused && !xdone) {  // x_t W_ih^T: into acc, or apart in xacc (GRU)
+              const T* xrows[R];
+              x_rows(i0, xrows);
+              if (split) zero_tile<T, R, NV>(xacc);
+              if (split)
+                product(I, xrows, panel, xacc);
+              else
+                product(I, xrows, panel, acc);
+            }
+            product(H - k0, rows, hpanel + (long)k0 * NR, acc);
+            FwdRows<T> io[R];
+            int live = -1;  // a row that steps; rows that don't get no stores
+            for (int r = 0; r < R; ++r) {
+              io[r] = FwdRows<T>();
+              if (r >= mr) continue;
+              const int b = i0 + r;
+              const long t = tid[b];
+              const long row = b * (long)H;
+              if (t < 0) {  // past this sequence's end: state frozen
+                const int u0 = p * Cell::template units<T>();
+                const int n =
+                    H - u0 < Cell::template units<T>() ? H - u0 : Cell::template units<T>();
+                freeze_units(u0, n, h_prev + row, h_new + row, c_prev ? c_prev + row : nullptr,
+                             c_new ? c_new + row : nullptr);
+                continue;
+              }
+              live = r;
+              io[r].x = a.xproj + (t * B + b) * a.ldx;
+              io[r].h_prev = h_prev + row;
+              io[r].h_new = h_new + row;
+              io[r].c_prev = c_prev ? c_prev + row : nullptr;
+              io[r].c_new = c_new ? c_new + row : nullptr;
+              io[r].y = a.y ? a.y + t * B * a.ldy + b * a.ldy : nullptr;
+              io[r].cache =
+                  a.cache ? a.cache + ((long)s * B + b) * cell_cache_width(a.cell) * H : nullptr;
               io[r].b_hn = a.b_hn;
             }
-          Cell::template forward_epilogue<T, MR>(a.cell, p, H, acc, split ? xacc : nullptr, io);
-        }
+            if (live < 0) return;
+            for (int r = 0; r < R; ++r)
+              if (!io[r].h_new) {  // computed alongside from a live row's inputs, not stored
+                io[r].x = io[live].x;
+                io[r].h_prev = io[live].h_prev;
+                io[r].c_prev = io[live].c_prev;
+                io[r].b_hn = a.b_hn;
+              }
+            Cell::template forward_epilogue<T, R>(a.cell, p, H, acc, split ? xacc : nullptr, io);
+          });
       }
     }
   });
@@ -234,16 +260,24 @@ void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
   const int K = a.x ? a.in_size + H : H;
   int nt = rf_threads_for(nthreads, rf_step_work(B, (long)G * H, K));
   if (nt > npanels * mblocks) nt = npanels * mblocks;
-  // Two-pass tiles waste more rows on a small batch (8 rows take 12 in 6-row tiles, 9
-  // in 3-row ones); they are ~1.13x faster per row than 3 x 4 (measured, mid LSTM).
+  // Cost per computed row (measured on AVX2, LSTM): two-pass 6-row tiles 1, one-pass 3-row
+  // tiles 1.13, 2-row tiles 2.4 (few rows to share each loaded weight vector). Of: 6-row
+  // tiles padding the last one, 6-row tiles and the rest in 2-row tiles, 3-row tiles, the
+  // cheapest runs (B = 8: 3-row; B = 32: 6 + 2; B = 64: 6, padded).
   constexpr int MR1 = MicroRows<NV>::MR;
-  const int rows1 = (B + MR1 - 1) / MR1 * MR1, rows2 = mblocks * MR;
+  const double padded = (B + MR - 1) / MR * MR;
+  const double mixed = B / MR * MR + 2.4 * ((B % MR + 1) / 2 * 2);
+  const double small = 1.13 * ((B + MR1 - 1) / MR1 * MR1);
   if (B == 1)
-    recurrent_forward_tasks<T, Cell, 1, NV>(a, nt, npanels, 1);
-  else if (NVK == NV || rows2 <= 1.13 * rows1)
-    recurrent_forward_tasks<T, Cell, MR, NVK>(a, nt, npanels, mblocks);
+    recurrent_forward_tasks<T, Cell, 1, NV, 0>(a, nt, npanels);
+  else if (NVK == NV)
+    recurrent_forward_tasks<T, Cell, MR, NVK, 0>(a, nt, npanels);
+  else if (small < padded && small < mixed)
+    recurrent_forward_tasks<T, Cell, MR1, NV, 0>(a, nt, npanels);
+  else if (mixed < padded)
+    recurrent_forward_tasks<T, Cell, MR, NVK, 2>(a, nt, npanels);
   else
-    recurrent_forward_tasks<T, Cell, MR1, NV>(a, nt, npanels, (B + MR1 - 1) / MR1);
+    recurrent_forward_tasks<T, Cell, MR, NVK, 0>(a, nt, npanels);
 }
 
 template <typename T, class Cell>
