@@ -23,8 +23,7 @@ def main(n_steps=4000, window=24, epochs=24, hidden=32, seed=0, verbose=1):
     model.compile("mse", opt)
     schedule = rf.optim.CosineAnnealingLR(opt, T_max=epochs, eta_min=1e-4)  # per epoch
     model.fit(x_tr, y_tr, epochs=epochs, batch_size=32, validation_data=(x_va, y_va),
-              verbose=verbose,
-              callbacks=[rf.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: schedule.step())])
+              verbose=verbose, callbacks=[rf.callbacks.LearningRateScheduler(schedule)])
     mse = model.evaluate(x_va, y_va)["loss"]
     ratio = mse / float(np.var(y_va))
     if verbose:

@@ -66,9 +66,30 @@ def test_reduce_lr_on_plateau():
     r = cbs.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=2, cooldown=1, min_lr=0.02)
     lrs = []
     for epoch, loss in enumerate([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]):
-        r.on_epoch_end(m, epoch, {"loss": loss})
+        logs = {"loss": loss}
+        r.on_epoch_end(m, epoch, logs)
         lrs.append(m.optimizer.lr)
+        assert logs["lr"] == m.optimizer.lr
     # Keras' rule: count epochs without improvement outside cooldown, reduce at `patience`
     np.testing.assert_allclose(lrs, [0.1, 0.1, 0.05, 0.05, 0.025, 0.025, 0.02, 0.02])
     with pytest.raises(ValueError, match="factor"):
         cbs.ReduceLROnPlateau(factor=1.5)
+
+
+def test_learning_rate_scheduler():
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((32, 3)), rng.standard_normal((32, 1))
+    m = small_model()
+    seen = []
+    spy = cbs.LambdaCallback(on_batch_end=lambda b, logs: seen.append(m.optimizer.lr))
+    h = m.fit(x, y, epochs=3, batch_size=32, verbose=0,
+              callbacks=[cbs.LearningRateScheduler(lambda epoch, lr: 0.1 * 0.5 ** epoch), spy])
+    np.testing.assert_allclose(seen, [0.1, 0.05, 0.025])  # the rate each epoch trained with
+    assert h["lr"] == [0.05, 0.025, 0.0125]  # logged after each epoch: the next epoch's rate
+    m2 = small_model()
+    sched = rf.optim.StepLR(m2.optimizer, step_size=2, gamma=0.1)
+    seen.clear()
+    spy2 = cbs.LambdaCallback(on_batch_end=lambda b, logs: seen.append(m2.optimizer.lr))
+    m2.fit(x, y, epochs=4, batch_size=32, verbose=0,
+           callbacks=[cbs.LearningRateScheduler(sched), spy2])
+    np.testing.assert_allclose(seen, [0.1, 0.1, 0.01, 0.01])

@@ -10,7 +10,7 @@ import math
 import os
 
 __all__ = ["Callback", "EarlyStopping", "ModelCheckpoint", "ReduceLROnPlateau", "CSVLogger",
-           "LambdaCallback"]
+           "LambdaCallback", "LearningRateScheduler"]
 
 
 class Callback:
@@ -104,7 +104,7 @@ class ModelCheckpoint(Callback):
 
 class ReduceLROnPlateau(Callback):
     """Multiplies the learning rate by ``factor`` after ``patience`` epochs without improvement
-    of ``monitor``, then waits ``cooldown`` epochs; never below ``min_lr``."""
+    of ``monitor``, then waits ``cooldown`` epochs; never below ``min_lr``. Logs "lr"."""
 
     def __init__(self, monitor="val_loss", factor=0.1, patience=10, mode="auto", min_delta=1e-4,
                  cooldown=0, min_lr=0.0):
@@ -116,7 +116,10 @@ class ReduceLROnPlateau(Callback):
         self.wait = self.cooldown_left = 0
 
     def on_epoch_end(self, model, epoch, logs):
-        value = self._m.value(logs)
+        self._update(model, self._m.value(logs))
+        logs["lr"] = model.optimizer.lr
+
+    def _update(self, model, value):
         if self.cooldown_left > 0:
             self.cooldown_left -= 1
             self.wait = 0
@@ -189,3 +192,32 @@ class LambdaCallback(Callback):
     def on_train_end(self, model):
         if self._fns["on_train_end"]:
             self._fns["on_train_end"]()
+
+
+class LearningRateScheduler(Callback):
+    """Sets the learning rate at the start of each epoch: ``schedule`` is an ``rf.optim``
+    schedule (stepped once per epoch) or, as in Keras, a function (epoch, lr) -> lr."""
+
+    def __init__(self, schedule):
+        from .optim import LRScheduler
+        if not (isinstance(schedule, LRScheduler) or callable(schedule)):
+            raise TypeError("schedule must be an rf.optim schedule or a function (epoch, lr) -> lr")
+        self.schedule = schedule
+        self._epoch = 0
+
+    def on_train_begin(self, model):
+        self._epoch = 0
+        self._apply(model)
+
+    def on_epoch_end(self, model, epoch, logs):
+        self._epoch = epoch + 1
+        self._apply(model)
+        logs["lr"] = model.optimizer.lr
+
+    def _apply(self, model):
+        from .optim import LRScheduler
+        if isinstance(self.schedule, LRScheduler):
+            if self._epoch:  # the schedule set epoch 0's rate when it was made
+                self.schedule.step()
+        else:
+            model.optimizer.lr = float(self.schedule(self._epoch, model.optimizer.lr))

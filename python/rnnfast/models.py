@@ -290,11 +290,11 @@ class Sequential:
                                     lengths=validation_data[2] if len(validation_data) > 2
                                     else None)
                 logs.update({"val_" + k: v for k, v in val.items()})
+            bar.close(logs, n / max(time.perf_counter() - t0, 1e-9))
+            for cb in callbacks:  # before the history takes the logs: callbacks may add to them
+                _call(cb, "on_epoch_end", self, epoch, logs)
             for k, v in logs.items():
                 history.setdefault(k, []).append(v)
-            bar.close(logs, n / max(time.perf_counter() - t0, 1e-9))
-            for cb in callbacks:
-                _call(cb, "on_epoch_end", self, epoch, logs)
             if self.stop_training:
                 break
 
