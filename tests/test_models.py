@@ -357,3 +357,14 @@ def test_last_step_after_a_bidirectional_layer():
     dx = last.backward(dy)
     assert np.sum(dx * y) == pytest.approx(np.sum(dy * out), rel=1e-12)
     assert not rf.Sequential([rf.GRU(3, 4, batch_first=True), rf.LastStep()]).layers[1].bidirectional
+
+
+def test_losses_stay_finite_for_extreme_logits():
+    z = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, 1e4]], np.float32)
+    cases = {"sparse_categorical_crossentropy": (np.array([1, 2]), 1e4),
+             "categorical_crossentropy": (np.eye(3, dtype=np.float32)[[1, 2]], 1e4),
+             "binary_crossentropy": (np.ones((2, 3), np.float32), (3e4 + np.log(2)) / 6)}
+    for name, (y, want) in cases.items():
+        loss, grad, _, _ = rf.losses.get_loss(name)(z, y)
+        assert loss == pytest.approx(want, rel=1e-6), name
+        assert np.isfinite(grad).all() and np.abs(grad).max() <= 1.0, name
