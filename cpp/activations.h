@@ -85,6 +85,19 @@ static inline void vtanh_n(vd (&x)[N]) {
 }
 #undef RF_EACH
 
+// x[i] = f(x[i]) for i < n, a vector at a time (f takes and returns V (&)[1] in place).
+template <typename T, class F>
+static inline void map_vectors(T* x, long n, F&& f) {
+  typedef typename Simd<T>::V V;
+  constexpr int W = Simd<T>::W;
+  for (long i = 0; i < n; i += W) {
+    const int m = n - i < W ? (int)(n - i) : W;
+    V v[1] = {vload_part<V>(x + i, m)};
+    f(v);
+    vstore_part(x + i, v[0], m);
+  }
+}
+
 template <typename V>
 static inline V vrelu(V x) {
   return x < 0 ? V{} : x;   // NaN stays NaN

@@ -56,19 +56,14 @@ void dropout(T* x, T* mask, long n, double p, uint64_t seed, int layer, int nthr
 
 template <typename T>
 void activation(int kind, T* x, long n) {
-  typedef typename Simd<T>::V V;
-  constexpr int W = Simd<T>::W;
-  for (long i = 0; i < n; i += W) {
-    const int m = n - i < W ? (int)(n - i) : W;
-    V v[1] = {vload_part<V>(x + i, m)};
+  map_vectors(x, n, [kind](auto& v) {
     if (kind == 0)
       vexp_n(v);
     else if (kind == 1)
       vsigmoid_n(v);
     else
       vtanh_n(v);
-    vstore_part(x + i, v[0], m);
-  }
+  });
 }
 
 template <typename T>

@@ -64,22 +64,17 @@ void embedding_backward(const int64_t* idx, long n, const T* dout, long dim, T* 
 template <typename T>
 void dense_activation(int act, T* y, long n, int nthreads) {
   if (act == 0) return;
-  typedef typename Simd<T>::V V;
-  constexpr int W = Simd<T>::W;
   constexpr long R = 1024;  // elements per work item
   parallel_rows((n + R - 1) / R, nthreads, 20.0 * R, [&](long blk) {
-    const long i1 = (blk + 1) * R < n ? (blk + 1) * R : n;
-    for (long i = blk * R; i < i1; i += W) {
-      const int m = i1 - i < W ? (int)(i1 - i) : W;
-      V v[1] = {vload_part<V>(y + i, m)};
+    const long i0 = blk * R, len = n - i0 < R ? n - i0 : R;
+    map_vectors(y + i0, len, [act](auto& v) {
       if (act == 1)
         v[0] = vrelu(v[0]);
       else if (act == 2)
         vtanh_n(v);
       else
         vsigmoid_n(v);
-      vstore_part(y + i, v[0], m);
-    }
+    });
   });
 }
 
