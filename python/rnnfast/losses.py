@@ -1,5 +1,6 @@
 """Losses computed from logits in one fused C++ pass (value, gradient, correct count), and the
-metrics models report. Padded steps (beyond ``lengths``) take no part in either."""
+metrics models report. Padded steps (outside each sequence's valid steps) take no part in
+either."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from . import _core
 from ._base import _as_float_array, _as_int_array, _shape_str
+from .nn import split_steps
 
 __all__ = ["get_loss", "SparseCategoricalCrossentropy", "CategoricalCrossentropy",
            "BinaryCrossentropy", "MeanSquaredError"]
@@ -18,7 +20,6 @@ __all__ = ["get_loss", "SparseCategoricalCrossentropy", "CategoricalCrossentropy
 def _step_weights(shape, lengths, dtype):
     """Row weights over the flattened leading axes: 1 on valid steps, 0 on padding. lengths:
     None, valid steps per sample, or (starts, lengths)."""
-    from .nn import split_steps
     starts, lengths = split_steps(lengths)
     if lengths is None or len(shape) < 2:
         return None
