@@ -89,11 +89,13 @@ void Engine<T>::repack_locked() {
   for (Slot& s : slots_) {
     const T* whh = params_.data() + s.w_hh;
     const T* wih = params_.data() + s.w_ih;
-    s.packed_cat.assign(kt.packed_size[cell_](s.in_size, H_), T(0));
+    // The packers write every element, padding included: no zero fill first (this runs
+    // after every optimizer step).
+    s.packed_cat.resize(kt.packed_size[cell_](s.in_size, H_));
     kt.pack[cell_](s.packed_cat.data(), wih, s.in_size, whh, H_);
-    s.packed_bwd.assign(kt.prepacked_size((int)GH, H_), T(0));
+    s.packed_bwd.resize(kt.prepacked_size((int)GH, H_));
     kt.prepack(s.packed_bwd.data(), (int)GH, H_, whh, H_, 1);
-    s.packed_ih.assign(kt.prepacked_size(s.in_size, (int)GH), T(0));
+    s.packed_ih.resize(kt.prepacked_size(s.in_size, (int)GH));
     kt.prepack(s.packed_ih.data(), s.in_size, (int)GH, wih, 1, s.in_size);
     s.bias_sum.assign(GH, T(0));
     if (bias_) {
@@ -171,11 +173,12 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
     cache_.inputs[0].assign(x, x + TB * I_);
     // Padding past a sequence's end takes no part; zero it so that weight
     // gradients (dA^T X with dA = 0 there) cannot pick up NaN or inf from it.
-    if (lengths)
+    for (int b = 0; lengths && b < batch; ++b) {
+      const int t0 = starts ? starts[b] : 0, t1 = t0 + lengths[b];
       for (int t = 0; t < steps; ++t)
-        for (int b = 0; b < batch; ++b)
-          if (t < (starts ? starts[b] : 0) || t >= (starts ? starts[b] : 0) + lengths[b])
-            std::memset(&cache_.inputs[0][((size_t)t * batch + b) * I_], 0, sizeof(T) * I_);
+        if (t < t0 || t >= t1)
+          std::memset(&cache_.inputs[0][((size_t)t * batch + b) * I_], 0, sizeof(T) * I_);
+    }
   }
 
   std::vector<T>& xproj = ws.xproj;
@@ -207,15 +210,14 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
       // runs (GRU keeps the two sums apart: its reset gate multiplies the h part of n). For
       // one step, and for narrow inputs, whose projection GEMM is bound by writing xproj.
       const bool fused = steps == 1 || fuse_input(s.in_size, H_);
-      if (!fused) xproj.resize(TB * GH);
-      if (fused) {
-        // nothing to project: the bias row stands for xproj in every batch row (ldx = 0)
-      } else if (TB <= kFewRows) {  // weights packed at load time, nothing packed per call
-        kt.gemm_prepacked((int)TB, (int)GH, s.in_size, layer_in, s.in_size, s.packed_ih.data(),
-                          xproj.data(), GH, bias_row, nt);
-      } else {
-        kt.gemm((int)TB, (int)GH, s.in_size, layer_in, s.in_size, 1, wih, 1, s.in_size,
-                xproj.data(), GH, false, bias_row, nt);
+      if (!fused) {  // fused: the bias row stands for xproj in every batch row (ldx = 0)
+        xproj.resize(TB * GH);
+        if (TB <= kFewRows)  // weights packed at load time, nothing packed per call
+          kt.gemm_prepacked((int)TB, (int)GH, s.in_size, layer_in, s.in_size,
+                            s.packed_ih.data(), xproj.data(), GH, bias_row, nt);
+        else
+          kt.gemm((int)TB, (int)GH, s.in_size, layer_in, s.in_size, 1, wih, 1, s.in_size,
+                  xproj.data(), GH, false, bias_row, nt);
       }
 
       std::vector<T>& hs = training ? cache_.hs[si] : hs_local;

@@ -40,6 +40,12 @@ void embedding_backward(const int64_t* idx, long n, const T* dout, long dim, T* 
 }
 
 template <typename T>
+void dropout(T* x, T* mask, long n, double p, uint64_t seed, int nthreads) {
+  const ThreadBudget budget(nthreads);
+  kernels<T>().dropout(x, mask, n, p, seed, 0, budget.threads());
+}
+
+template <typename T>
 double loss(int kind, const T* z, long N, long C, const int64_t* labels, const T* targets,
             const T* weights, double scale, T* grad, long* correct, int nthreads) {
   const ThreadBudget budget(nthreads);
@@ -53,6 +59,7 @@ double loss(int kind, const T* z, long N, long C, const int64_t* labels, const T
                                   T*, T*, T*, T*, int);                                         \
   template long embedding_forward<T>(const int64_t*, long, const T*, long, long, T*, int);     \
   template void embedding_backward<T>(const int64_t*, long, const T*, long, T*, int);          \
+  template void dropout<T>(T*, T*, long, double, uint64_t, int);                                \
   template double loss<T>(int, const T*, long, long, const int64_t*, const T*, const T*, double, \
                           T*, long*, int);
 RF_INSTANTIATE_NN(float)

@@ -1,9 +1,10 @@
 // The time loop shared by every cell. Per step, one fused kernel: the recurrent
-// product h_{s-1} W_hh^T on weights packed once (one panel = the gate columns of
-// a block of hidden units), then the cell's epilogue in registers. Backward runs
-// the cell's elementwise step, then dh_{s-1} = dA W_hh on pre-packed weights.
-// Cells provide (see lstm.cpp): NV, kSplitInput (a one-step product keeps the x and h
-// parts apart), units(), column(), forward_epilogue(), backward_row().
+// product h_{s-1} W_hh^T (plus x_t W_ih^T for layers whose input product runs in the
+// loop) on weights packed once (one panel = the gate columns of a block of hidden
+// units), then the cell's epilogue in registers. Backward runs the cell's elementwise
+// step, then dh_{s-1} = dA W_hh on pre-packed weights.
+// Cells provide (see lstm.cpp): NV, kSplitInput (a product with x_t keeps the x and h
+// sums apart), units(), column(), forward_epilogue(), backward_row().
 #pragma once
 #include <type_traits>
 #include <vector>

@@ -41,6 +41,16 @@ def run_python(code, timeout=60, env=None):
                           env=None if env is None else {**os.environ, **env})
 
 
+def assert_ok_with_address_space(limit, code):
+    """Runs `code` in a fresh interpreter whose address space is capped at `limit` bytes (so a
+    huge allocation fails instead of swapping); it must exit cleanly printing OK."""
+    proc = run_python("import resource\n"
+                      f"resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))\n"
+                      + textwrap.dedent(code))
+    assert_clean_exit(proc)
+    assert proc.stdout.strip() == "OK"
+
+
 def assert_clean_exit(proc):
     assert proc.returncode == 0, (f"subprocess exited with {proc.returncode} "
                                   f"(negative = killed by that signal)\nstdout:\n{proc.stdout}"
@@ -468,9 +478,7 @@ def test_set_num_threads_wrong_type():
 def test_model_too_large_raises_memory_error():
     # A limit on the address space turns any attempt to really allocate into a failure
     # instead of swapping; the layers must refuse before trying.
-    proc = run_python("""
-        import resource
-        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+    assert_ok_with_address_space(8 << 30, """
         import numpy as np, rnnfast as rf
         for backend in (rf, rf.reference):
             for cls, kw in [(backend.LSTM, {}), (backend.GRU, {}), (backend.RNN, {}),
@@ -488,16 +496,12 @@ def test_model_too_large_raises_memory_error():
         assert y.shape == (2, 1, 4)
         print("OK")
     """)
-    assert_clean_exit(proc)
-    assert proc.stdout.strip() == "OK"
 
 
 def test_huge_num_layers_raises_memory_error_before_allocating():
     # The size check must not itself need memory in proportion to the model (e.g. by
     # listing 4 * num_layers parameter names before checking).
-    proc = run_python("""
-        import resource
-        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+    assert_ok_with_address_space(1 << 30, """
         import rnnfast as rf
         for backend in (rf, rf.reference):
             for cls in (backend.LSTM, backend.GRU, backend.RNN):
@@ -509,14 +513,10 @@ def test_huge_num_layers_raises_memory_error_before_allocating():
                     raise AssertionError(f"{cls}: no MemoryError")
         print("OK")
     """)
-    assert_clean_exit(proc)
-    assert proc.stdout.strip() == "OK"
 
 
 def test_engine_too_large_raises_memory_error():
-    proc = run_python("""
-        import resource
-        resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))
+    assert_ok_with_address_space(8 << 30, """
         from rnnfast import _core
         for E in (_core.EngineF32, _core.EngineF64):
             for cell in (_core.LSTM, _core.GRU, _core.RNN_TANH):
@@ -529,8 +529,6 @@ def test_engine_too_large_raises_memory_error():
                         raise AssertionError(f"{E} {cell} {I} {H}: no MemoryError")
         print("OK")
     """)
-    assert_clean_exit(proc)
-    assert proc.stdout.strip() == "OK"
 
 
 # ---------------------------------------------------------------------------- low-level engine

@@ -368,3 +368,18 @@ def test_losses_stay_finite_for_extreme_logits():
         loss, grad, _, _ = rf.losses.get_loss(name)(z, y)
         assert loss == pytest.approx(want, rel=1e-6), name
         assert np.isfinite(grad).all() and np.abs(grad).max() <= 1.0, name
+
+
+def test_dropout_layer():
+    drop = rf.Dropout(0.3, seed=0)
+    x = np.random.default_rng(0).standard_normal((200, 50)).astype(np.float32) + 5.0
+    np.testing.assert_array_equal(drop.forward(x)[0], x)  # inference: the identity
+    y, _ = drop.forward(x, training=True)
+    scale = y / x
+    kept = scale != 0
+    np.testing.assert_allclose(scale[kept], 1 / 0.7, rtol=1e-6)
+    assert abs(kept.mean() - 0.7) < 0.02
+    dy = np.ones_like(x)
+    np.testing.assert_allclose(drop.backward(dy), scale, rtol=1e-6)
+    y2, _ = drop.forward(x, training=True)
+    assert not np.array_equal(y, y2)  # a new mask each call

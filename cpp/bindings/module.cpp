@@ -259,7 +259,7 @@ void bind_stream(py::module_& m, const char* name) {
 // A 1-D, C-contiguous, writeable array of exactly dtype T (n elements when n >= 0): the
 // optimizer updates it in place, so no converted copy may stand in for it.
 template <typename T>
-T* flat_buffer(const py::object& o, const char* what, long n, bool optional) {
+T* flat_buffer(const py::object& o, const char* what, long n, bool optional, long* size = nullptr) {
   if (optional && o.is_none()) return nullptr;
   if (!py::isinstance<py::array_t<T>>(o))
     throw py::type_error(std::string(what) + " must be a " + (sizeof(T) == 4 ? "float32" : "float64") +
@@ -270,6 +270,7 @@ T* flat_buffer(const py::object& o, const char* what, long n, bool optional) {
   if (n >= 0 && a.shape(0) != n)
     throw py::value_error(std::string(what) + " must have " + std::to_string(n) + " elements, got " +
                           std::to_string(a.shape(0)));
+  if (size) *size = a.shape(0);
   return a.mutable_data();
 }
 
@@ -286,14 +287,20 @@ T* inplace_buffer(const py::object& o, const char* what, long n) {
   return a.mutable_data();
 }
 
+// f(T{}) with T the float type of the array x (float64 or else float32).
+template <class F>
+auto by_dtype(const py::object& x, F&& f) {
+  if (py::isinstance<py::array_t<double>>(x)) return f(double{});
+  return f(float{});
+}
+
 template <typename T>
 void optim_step_impl(const py::dict& h, const py::object& p, const py::object& g,
                      const py::object& s1, const py::object& s2, const py::object& s3, int nthreads) {
   OptimStep<T> a;
   a.algo = h["algo"].cast<int>();
   if (a.algo < OPT_SGD || a.algo > OPT_ADAGRAD) throw py::value_error("unknown optimizer");
-  a.p = flat_buffer<T>(p, "params", -1, false);
-  a.n = py::reinterpret_borrow<py::array>(p).shape(0);
+  a.p = flat_buffer<T>(p, "params", -1, false, &a.n);
   a.g = flat_buffer<T>(g, "grads", a.n, false);
   const bool need1 = a.algo != OPT_SGD, need2 = a.algo == OPT_ADAM;
   a.s1 = flat_buffer<T>(s1, "state 1", a.n, !need1);
@@ -400,6 +407,22 @@ void nn_embedding_backward(py::array_t<int64_t, py::array::c_style | py::array::
 }
 
 template <typename T>
+py::tuple nn_dropout(Arr<T> x, double p, uint64_t seed, int nthreads) {
+  if (!(p >= 0.0 && p < 1.0)) throw py::value_error("p must be in [0, 1)");
+  std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+  py::array_t<T> y(shape), mask(shape);
+  T* yp = y.mutable_data();
+  T* mp = mask.mutable_data();
+  const long n = (long)x.size();
+  std::copy(x.data(), x.data() + n, yp);
+  {
+    py::gil_scoped_release release;
+    dropout<T>(yp, mp, n, p, seed, nthreads);
+  }
+  return py::make_tuple(y, mask);
+}
+
+template <typename T>
 py::tuple nn_loss(int kind, Arr<T> z, py::object target, py::object weights, double scale,
                   bool want_grad, int nthreads) {
   if (z.ndim() != 2) throw py::value_error("logits must be 2-D (N, C)");
@@ -451,6 +474,8 @@ void bind_nn(py::module_& m, const char* suffix) {
         py::arg("W"), py::arg("nthreads") = 0);
   m.def(("embedding_backward" + s).c_str(), &nn_embedding_backward<T>, py::arg("idx"),
         py::arg("dout"), py::arg("dW"), py::arg("nthreads") = 0);
+  m.def(("dropout" + s).c_str(), &nn_dropout<T>, py::arg("x"), py::arg("p"), py::arg("seed"),
+        py::arg("nthreads") = 0);
   m.def(("loss" + s).c_str(), &nn_loss<T>, py::arg("kind"), py::arg("z"), py::arg("target"),
         py::arg("weights"), py::arg("scale"), py::arg("want_grad"), py::arg("nthreads") = 0);
 }
@@ -473,10 +498,9 @@ PYBIND11_MODULE(_core, m) {
       "optim_step",
       [](py::dict h, py::object p, py::object g, py::object s1, py::object s2, py::object s3,
          int nthreads) {
-        if (py::isinstance<py::array_t<double>>(p))
-          optim_step_impl<double>(h, p, g, s1, s2, s3, nthreads);
-        else
-          optim_step_impl<float>(h, p, g, s1, s2, s3, nthreads);
+        by_dtype(p, [&](auto t) {
+          optim_step_impl<decltype(t)>(h, p, g, s1, s2, s3, nthreads);
+        });
       },
       py::arg("hyper"), py::arg("params"), py::arg("grads"), py::arg("s1") = py::none(),
       py::arg("s2") = py::none(), py::arg("s3") = py::none(), py::arg("nthreads") = 0,
@@ -484,32 +508,25 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "sum_squares",
       [](py::object x, int nthreads) {
-        if (py::isinstance<py::array_t<double>>(x)) {
-          const double* d = flat_buffer<double>(x, "x", -1, false);
-          const long n = py::reinterpret_borrow<py::array>(x).shape(0);
+        return by_dtype(x, [&](auto t) {
+          typedef decltype(t) T;
+          long n;
+          const T* d = flat_buffer<T>(x, "x", -1, false, &n);
           py::gil_scoped_release release;
-          return kernels<double>().sum_squares(d, n, ThreadBudget(nthreads).threads());
-        }
-        const float* d = flat_buffer<float>(x, "x", -1, false);
-        const long n = py::reinterpret_borrow<py::array>(x).shape(0);
-        py::gil_scoped_release release;
-        return kernels<float>().sum_squares(d, n, ThreadBudget(nthreads).threads());
+          return kernels<T>().sum_squares(d, n, ThreadBudget(nthreads).threads());
+        });
       },
       py::arg("x"), py::arg("nthreads") = 0);
   m.def(
       "scale_clip",
       [](py::object x, double scale, double clip, int nthreads) {
-        if (py::isinstance<py::array_t<double>>(x)) {
-          double* d = flat_buffer<double>(x, "x", -1, false);
-          const long n = py::reinterpret_borrow<py::array>(x).shape(0);
+        by_dtype(x, [&](auto t) {
+          typedef decltype(t) T;
+          long n;
+          T* d = flat_buffer<T>(x, "x", -1, false, &n);
           py::gil_scoped_release release;
-          kernels<double>().scale_clip(d, n, scale, clip, ThreadBudget(nthreads).threads());
-          return;
-        }
-        float* d = flat_buffer<float>(x, "x", -1, false);
-        const long n = py::reinterpret_borrow<py::array>(x).shape(0);
-        py::gil_scoped_release release;
-        kernels<float>().scale_clip(d, n, scale, clip, ThreadBudget(nthreads).threads());
+          kernels<T>().scale_clip(d, n, scale, clip, ThreadBudget(nthreads).threads());
+        });
       },
       py::arg("x"), py::arg("scale"), py::arg("clip") = -1.0, py::arg("nthreads") = 0);
   m.def("set_num_threads", &set_max_threads, py::arg("n"));

@@ -46,10 +46,10 @@ def _as_int_array(value, what):
         arr = np.asarray(value)
     except Exception:
         raise TypeError(f"{what} must be an array of integers") from None
-    if arr.dtype.kind == "f" and arr.size and np.all(arr == np.round(arr)):
+    if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
         arr = arr.astype(np.int64)
     if arr.dtype.kind not in "iu":
-        raise TypeError(f"{what} must hold integers, got dtype {arr.dtype}")
+        raise TypeError(f"{what} must be integers, got dtype {arr.dtype}")
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
@@ -253,15 +253,7 @@ class RecurrentBase(_ThreadsSetting):
             return None
         if unbatched:
             raise ValueError("lengths cannot be used with unbatched (T, input_size) input")
-        try:
-            arr = np.asarray(lengths)
-        except (ValueError, TypeError):
-            raise TypeError("lengths must be a 1-D sequence of integers, one per batch "
-                            "element") from None
-        if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
-            arr = arr.astype(np.int64)
-        if arr.dtype.kind not in "iu":
-            raise TypeError(f"lengths must be integers, got dtype {arr.dtype}")
+        arr = _as_int_array(lengths, "lengths")
         if arr.shape != (batch,):
             raise ValueError(f"lengths must have shape ({batch},) (one per batch element), "
                              f"got {_shape_str(arr.shape)}")
@@ -437,8 +429,8 @@ class Stream(_ThreadsSetting):
         self.model = model
         self.unbatched = batch_size is None
         self.batch_size = 1 if batch_size is None else _check_size(batch_size, "batch_size")
-        self.num_threads = num_threads
         self._open()
+        self.num_threads = num_threads
         self.reset(state)
 
     # A backend keeps the state in _h (and _c for LSTM), arrays of shape (L*D, B, H).

@@ -20,14 +20,12 @@ class _EngineStream(Stream):
         cls = _core.StreamF32 if m.dtype == np.float32 else _core.StreamF64
         self._core = cls(m._engine, self.batch_size)
         self._h, self._c = self._core.h, self._core.c  # live views of the C++ state
-        self._core.num_threads = self._num_threads
         self.step = self._core.step
 
     @Stream.num_threads.setter
     def num_threads(self, value):
         Stream.num_threads.fset(self, value)
-        if hasattr(self, "_core"):  # None before _open()
-            self._core.num_threads = self._num_threads
+        self._core.num_threads = self._num_threads
 
     def __call__(self, x, out=None):
         return self.step(x, out)

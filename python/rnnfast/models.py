@@ -181,10 +181,10 @@ class Sequential:
         d = grad
         for layer in reversed(self.layers):
             d = _backward(layer, d)
-        if self.clip_value is not None:
-            _optim.clip_grad_value(self, self.clip_value)
+        if self.clip_value is not None:  # the gradients the optimizer applies, as Keras clips
+            _optim.clip_grad_value(self.optimizer, self.clip_value)
         if self.clip_norm is not None:
-            _optim.clip_grad_norm(self, self.clip_norm)
+            _optim.clip_grad_norm(self.optimizer, self.clip_norm)
         self.optimizer.step()
         for m in self.metrics:
             m.update(self.loss, z, y, out_lengths if np.ndim(z) >= 3 else None, mean, correct,

@@ -248,8 +248,8 @@ class Dropout(Layer):
     """Inverted dropout: in training, zeroes each element with probability p and scales the rest
     by 1/(1-p); the identity at inference."""
 
-    def __init__(self, p=0.5, *, seed=None):
-        super().__init__()
+    def __init__(self, p=0.5, *, seed=None, num_threads=None):
+        super().__init__(num_threads=num_threads)
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
             raise ValueError(f"p must be a number in [0, 1), got {p!r}")
         self.p = float(p)
@@ -258,11 +258,13 @@ class Dropout(Layer):
     def forward(self, x, training=False, lengths=None):
         x = np.asarray(x)
         if not training or self.p == 0.0:
-            self._saved = None if not training else np.ones((), x.dtype)
+            self._saved = np.ones((), x.dtype) if training else None
             return x, lengths
-        keep = (self._rng.random(x.shape) >= self.p).astype(x.dtype) / (1.0 - self.p)
-        self._saved = keep
-        return x * keep, lengths
+        x = _as_float_array(x, "x", np.float64 if x.dtype == np.float64 else np.float32)
+        sfx = "_f32" if x.dtype == np.float32 else "_f64"
+        seed = int(self._rng.integers(0, 2**63))  # the engine's dropout hash draws the mask
+        y, self._saved = getattr(_core, "dropout" + sfx)(x, self.p, seed, self._num_threads)
+        return y, lengths
 
     def backward(self, dy):
         return np.asarray(dy) * self._need_saved()

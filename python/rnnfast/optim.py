@@ -50,7 +50,10 @@ class _Buffer:
 
 
 def _buffers(params) -> list[_Buffer]:
-    """A model, a list of models or (param, grad) pairs -> flat buffers, each array once."""
+    """A model, a list of models or (param, grad) pairs -> flat buffers, each array once; an
+    optimizer -> the buffers it updates."""
+    if isinstance(params, Optimizer):
+        return params._buffers
     if hasattr(params, "_param_buffers"):
         params = [params]
     try:
@@ -294,7 +297,8 @@ class Adagrad(Optimizer):
 
 # ------------------------------------------------------------------------ gradient clipping
 def clip_grad_norm(params, max_norm, num_threads=None):
-    """Scales all gradients together so that their global L2 norm is at most ``max_norm``
+    """``params`` as for an optimizer, or an optimizer (the gradients it applies).
+    Scales all gradients together so that their global L2 norm is at most ``max_norm``
     (PyTorch's ``clip_grad_norm_``: factor max_norm / (norm + 1e-6) when below 1). Returns the
     norm before clipping (inf or nan when a gradient is not finite; nothing is scaled then)."""
     max_norm = _number(max_norm, "max_norm")
