@@ -29,17 +29,20 @@ static inline __attribute__((always_inline)) void zero_tile(typename Simd<T>::V 
     for (int v = 0; v < NV; ++v) acc[r][v] = typename Simd<T>::V{};
 }
 
-// acc[r][v] += sum_k a[r][k*cs] * Bp[k*LDV*W + v*W ...]; Bp is one packed panel of LDV
-// vectors per k (LDV > NV: the kernel covers the first NV of them).
-template <typename T, int MR, int NV, int LDV = NV>
+// acc[r][v] += sum_k a[r][k*cs] * B(k, v), where Bp holds B in slices of NVS vectors per
+// k, ss elements apart: vector v of row k at Bp + (v/NVS)*ss + k*NVS*W + (v%NVS)*W (one
+// slice, the usual panel, when NVS = NV).
+template <typename T, int MR, int NV, int NVS = NV>
 static inline __attribute__((always_inline)) void micro_kernel_add(
-    int K, const T* const* a, long cs, const T* Bp, typename Simd<T>::V (&acc)[MR][NV]) {
+    int K, const T* const* a, long cs, const T* Bp, typename Simd<T>::V (&acc)[MR][NV],
+    long ss = 0) {
   typedef typename Simd<T>::V V;
   constexpr int W = Simd<T>::W;
   for (int k = 0; k < K; ++k) {
     V b[NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) b[v] = vload<V>(Bp + (long)k * LDV * W + v * W);
+    for (int v = 0; v < NV; ++v)
+      b[v] = vload<V>(Bp + (v / NVS) * ss + (long)k * NVS * W + (v % NVS) * W);
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
       V ar = vbcast<V>(a[r][k * cs]);
@@ -61,9 +64,10 @@ static inline __attribute__((always_inline)) void micro_kernel(
 // once, so the product is bound by reading Bp; S partial sums per vector keep S*NV
 // independent FMA chains (>= 8 cover the FMA latency) instead of the rows of
 // micro_kernel, which would redo the same row.
-template <typename T, int NV>
+// Bp in slices as for micro_kernel_add.
+template <typename T, int NV, int NVS = NV>
 static inline __attribute__((always_inline)) void row_kernel_add(
-    int K, const T* a, const T* Bp, typename Simd<T>::V (&acc)[1][NV]) {
+    int K, const T* a, const T* Bp, typename Simd<T>::V (&acc)[1][NV], long ss = 0) {
   typedef typename Simd<T>::V V;
   constexpr int W = Simd<T>::W, S = NV >= 4 ? 2 : (NV == 3 ? 3 : 4);
   V part[S][NV];
@@ -79,12 +83,14 @@ static inline __attribute__((always_inline)) void row_kernel_add(
     for (int s = 0; s < S; ++s) {
       const V ak = vbcast<V>(a[k + s]);
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) part[s][v] += ak * vload<V>(Bp + (long)(k + s) * NV * W + v * W);
+      for (int v = 0; v < NV; ++v)
+        part[s][v] += ak * vload<V>(Bp + (v / NVS) * ss + (long)(k + s) * NVS * W + (v % NVS) * W);
     }
   for (; k < K; ++k) {
     const V ak = vbcast<V>(a[k]);
 #pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) part[0][v] += ak * vload<V>(Bp + (long)k * NV * W + v * W);
+    for (int v = 0; v < NV; ++v)
+      part[0][v] += ak * vload<V>(Bp + (v / NVS) * ss + (long)k * NVS * W + (v % NVS) * W);
   }
 #pragma GCC unroll 4
   for (int v = 0; v < NV; ++v) {

@@ -23,25 +23,6 @@ long recurrent_packed_size(int in_size, int H) {
   return np * (long)(in_size + H) * NR;
 }
 
-// [W_ih | W_hh]^T ((in+H) x G*H) packed into panels of K = in + H rows; panel p, vector v,
-// lane u holds the column Cell::column(p, v, u, H) (zero past H). A step with an input
-// projection already done multiplies h by the last H rows of each panel only.
-template <typename T, class Cell>
-void recurrent_pack(T* dst, const T* w_ih, int in_size, const T* w_hh, int H) {
-  constexpr int W = Simd<T>::W, NV = Cell::NV, NR = NV * W;
-  const long np = (H + Cell::template units<T>() - 1) / Cell::template units<T>();
-  const long K = in_size + H;
-  for (long p = 0; p < np; ++p)
-    for (long k = 0; k < K; ++k)
-      for (int v = 0; v < NV; ++v)
-        for (int u = 0; u < W; ++u) {
-          const long col = Cell::template column<T>(p, v, u, H);
-          T val = T(0);
-          if (col >= 0) val = k < in_size ? w_ih[col * in_size + k] : w_hh[col * H + k - in_size];
-          dst[(p * K + k) * NR + v * W + u] = val;
-        }
-}
-
 // Register tiles of the recurrent product: MR rows times NVK vectors per pass. A
 // 4-vector panel on 16 registers goes in two passes of 6 x 2 (12 accumulators, 8 loads
 // per 12 FMAs) rather than one of 3 x 4 (12 accumulators but 17 registers, so 3
@@ -56,59 +37,104 @@ struct RecurrentTile {
   static constexpr int MR = MicroRows<NVK>::MR;
 };
 
-// acc += rows (MR x K) times the panel (K x NV vectors), NVK vectors per pass.
-template <typename T, int MR, int NV, int NVK>
-static inline void tile_product_add(int K, const T* const* rows, const T* panel,
-                                    typename Simd<T>::V (&acc)[MR][NV]) {
-  typedef typename Simd<T>::V V;
-  if constexpr (NVK == NV) {
-    micro_kernel_add<T, MR, NV>(K, rows, 1, panel, acc);
-  } else {
-    for (int h = 0; h < NV; h += NVK) {
-      V part[MR][NVK];
-      for (int r = 0; r < MR; ++r)
-        for (int v = 0; v < NVK; ++v) part[r][v] = acc[r][h + v];
-      micro_kernel_add<T, MR, NVK, NV>(K, rows, 1, panel + h * Simd<T>::W, part);
-      for (int r = 0; r < MR; ++r)
-        for (int v = 0; v < NVK; ++v) acc[r][h + v] = part[r][v];
-    }
-  }
+// [W_ih | W_hh]^T ((in+H) x G*H) packed into panels of K = in + H rows, each panel in
+// slices of NVK vectors (one slice per pass of the tile, K x NVK vectors contiguous);
+// vector v, lane u of panel p holds the column Cell::column(p, v, u, H) (zero past H).
+// A step with an input projection already done uses the last H rows of each slice only.
+template <typename T, class Cell>
+void recurrent_pack(T* dst, const T* w_ih, int in_size, const T* w_hh, int H) {
+  constexpr int W = Simd<T>::W, NV = Cell::NV, NR = NV * W;
+  constexpr int LV = RecurrentTile<NV>::NVK;
+  const long np = (H + Cell::template units<T>() - 1) / Cell::template units<T>();
+  const long K = in_size + H;
+  for (long p = 0; p < np; ++p)
+    for (int v = 0; v < NV; ++v)
+      for (long k = 0; k < K; ++k)
+        for (int u = 0; u < W; ++u) {
+          const long col = Cell::template column<T>(p, v, u, H);
+          T val = T(0);
+          if (col >= 0) val = k < in_size ? w_ih[col * in_size + k] : w_hh[col * H + k - in_size];
+          dst[p * K * NR + (v / LV) * K * LV * W + (k * LV + v % LV) * W + u] = val;
+        }
 }
 
-// Bytes of a panel's K block that stay in L1 while every row block passes over it.
+// acc += rows (R x n) times the panel rows at bp, then rows2 (R x n2) times those at bp2
+// (NV vectors in slices of NVS, ss apart). slice_pass_call is the same not inlined: inside
+// the time loop GCC can run out of registers for the row pointers and reload one from the
+// stack per broadcast.
+template <typename T, int R, int NV, int NVS>
+static inline __attribute__((always_inline)) void slice_pass(typename Simd<T>::V (&acc)[R][NV], long ss, int n,
+                                          const T* const* rows, const T* bp, int n2,
+                                          const T* const* rows2, const T* bp2) {
+  typedef typename Simd<T>::V V;
+  V part[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) part[r][v] = acc[r][v];
+  if constexpr (R == 1) {
+    row_kernel_add<T, NV, NVS>(n, rows[0], bp, part, ss);
+    if (n2) row_kernel_add<T, NV, NVS>(n2, rows2[0], bp2, part, ss);
+  } else {
+    micro_kernel_add<T, R, NV, NVS>(n, rows, 1, bp, part, ss);
+    if (n2) micro_kernel_add<T, R, NV, NVS>(n2, rows2, 1, bp2, part, ss);
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = part[r][v];
+}
+template <typename T, int R, int NV, int NVS>
+__attribute__((noinline)) void slice_pass_call(typename Simd<T>::V (&acc)[R][NV], long ss, int n,
+                                               const T* const* rows, const T* bp, int n2,
+                                               const T* const* rows2, const T* bp2) {
+  slice_pass<T, R, NV, NVS>(acc, ss, n, rows, bp, n2, rows2, bp2);
+}
+
+// Bytes of a slice's K block that stay in L1 while every row block passes over it.
 constexpr int kPanelBlockBytes = 16384;
 
-// The time loop. A task is one panel times one block of MR batch rows, or, when the
-// panel outgrows L1 and several row blocks share it, the panel times all row blocks,
-// K block by K block with partial sums kept per row block (LSTM inference: mid 69.6 ->
-// 67.4 ms, charrnn 42.4 -> 40.7 ms on 2 cores).
-template <typename T, class Cell, int MR, int NVK, int MRR>
+// Row tiles: the most tiles of MR rows that leave a multiple of MR2 rows for tiles of
+// MR2 (no padded rows), else B / MR of them and a padded MR2 tile last; MR2 = 0: tiles of
+// MR only, the last one padded. Returns the number of MR tiles.
+static inline int full_tiles(int B, int MR, int MR2) {
+  if (!MR2) return (B + MR - 1) / MR;
+  for (int n = B / MR; n >= 0; --n)
+    if ((B - n * MR) % MR2 == 0) return n;
+  return B / MR;
+}
+static inline int tile_count(int B, int MR, int MR2) {
+  const int n = full_tiles(B, MR, MR2);
+  return n + (MR2 ? (B - n * MR + MR2 - 1) / MR2 : 0);
+}
+
+// The time loop. A task is one panel times one tile of batch rows, or, when the panel
+// outgrows L1 and several row tiles share it, the panel times all row tiles, K block by
+// K block with partial sums in memory (LSTM inference: mid 69.6 -> 67.4 ms, charrnn 42.4
+// -> 40.7 ms on 2 cores). A pass covers PV vectors of a panel (one slice, or all slices
+// at once when PV = NV); a block is the x rows (fused layers) or the h rows of one K
+// block for one pass. The last block runs in registers into the cell's epilogue.
+template <typename T, class Cell, int MR, int PV, int MR2>
 void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels) {
   typedef typename Simd<T>::V V;
-  constexpr int NV = Cell::NV, NR = NV * Simd<T>::W;
-  constexpr int KC = kPanelBlockBytes / (NR * (int)sizeof(T));
+  constexpr int NV = Cell::NV, W = Simd<T>::W, LV = RecurrentTile<NV>::NVK, NP = NV / PV;
+  constexpr int KC = kPanelBlockBytes / (PV * W * (int)sizeof(T));
   const int B = a.batch, H = a.hidden, I = a.in_size;
-  const long BH = (long)B * H, panel_stride = (long)(I + H) * NR;
+  const long BH = (long)B * H, ss = (long)(I + H) * LV * W, panel_stride = ss * (NV / LV);
   const bool fused = a.x != nullptr;
   const bool split = fused && Cell::kSplitInput;
-  // Row blocks: nfull tiles of MR rows, then the rest in tiles of MRR rows (MRR 0: the last
-  // MR tile covers the rest, computing rows it does not store).
-  const int nfull = MRR ? B / MR : (B + MR - 1) / MR;
-  const int mblocks = nfull + (MRR ? (B - nfull * MR + MRR - 1) / (MRR ? MRR : 1) : 0);
+  const int nfull = full_tiles(B, MR, MR2), mblocks = tile_count(B, MR, MR2);
   const bool kblocked = MR > 1 && mblocks > 1 && (H > KC || (fused && I > KC));
   const int ntasks = kblocked ? npanels : npanels * mblocks;
-  const size_t tile = (size_t)MR * NV;  // partial sums per row block (MRR <= MR)
-  // f(rows-per-tile constant, first row) for row block ib
+  const size_t tile = (size_t)MR * NV;  // partial sums per row tile (MR2 < MR)
+  // f(rows-per-tile constant, first row) for row tile ib
   auto with_block = [&](int ib, auto&& f) {
     if (ib < nfull)
       f(std::integral_constant<int, MR>(), ib * MR);
-    else if constexpr (MRR > 0)
-      f(std::integral_constant<int, MRR>(), nfull * MR + (ib - nfull) * MRR);
+    else if constexpr (MR2 > 0)
+      f(std::integral_constant<int, MR2>(), nfull * MR + (ib - nfull) * MR2);
   };
   rf_parallel(nt, [&] {
     RF_FLUSH_DENORMALS_SCOPE;
-    std::vector<V> partial(kblocked ? mblocks * tile : 0);
-    std::vector<V> xpartial(kblocked && split ? mblocks * tile : 0);
+    std::vector<V> heap(kblocked ? (split ? 2 : 1) * mblocks * tile : 0);
+    V* partial = heap.data();
+    V* xpartial = partial + mblocks * tile;
     for (int s = 0; s < a.steps; ++s) {
       const long in = a.keep_all ? s : (s & 1), out = a.keep_all ? s + 1 : ((s + 1) & 1);
       const T* h_prev = a.hs + in * BH;
@@ -116,135 +142,154 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels) {
       const T* c_prev = a.cs ? a.cs + in * BH : nullptr;
       T* c_new = a.cs ? a.cs + out * BH : nullptr;
       const int32_t* tid = a.tidx + (long)s * B;
-      // Row pointers of a tile at i0 (rows past B repeat the first); -> valid rows.
-      auto h_rows = [&](int i0, auto& rows) {
-        constexpr int R = std::extent<std::remove_reference_t<decltype(rows)>>::value;
-        const int mr = B - i0 < R ? B - i0 : R;
-        for (int r = 0; r < R; ++r) rows[r] = h_prev + (long)(i0 + (r < mr ? r : 0)) * H;
-        return mr;
-      };
-      auto x_rows = [&](int i0, auto& rows) {
+      // Row pointers of a tile at i0, from column k0 of x (xsrc) or h (rows past B repeat
+      // the first); -> valid rows.
+      auto tile_rows = [&](bool xsrc, int i0, int k0, auto& rows) {
         constexpr int R = std::extent<std::remove_reference_t<decltype(rows)>>::value;
         const int mr = B - i0 < R ? B - i0 : R;
         for (int r = 0; r < R; ++r) {
           const int b = i0 + (r < mr ? r : 0);
-          const long t = tid[b] < 0 ? 0 : tid[b];  // a frozen row computes, unstored
-          rows[r] = a.x + (t * B + b) * I;
+          if (xsrc) {
+            const long t = tid[b] < 0 ? 0 : tid[b];  // a frozen row computes, unstored
+            rows[r] = a.x + (t * B + b) * I + k0;
+          } else {
+            rows[r] = h_prev + (long)b * H + k0;
+          }
         }
+        return mr;
       };
-      // acc += rows (R x k) times k rows of a panel: R-row tiles in NVK- or NV-vector passes.
-      auto product = [&](int k, auto& rows, const T* bp, auto& acc) {
-        constexpr int R = std::extent<std::remove_reference_t<decltype(rows)>>::value;
-        if constexpr (R == 1)
-          row_kernel_add<T, NV>(k, rows[0], bp, acc);
+      // acc's vectors [h*PV, h*PV + PV) += rows (R x n) times rows [k, k + n) of the
+      // panel (the x rows, then the h rows), then the same for rows2 and [k2, k2 + n2).
+      auto pass = [&](auto call, const T* panel, int h, auto& acc, int n, const T* const* rows,
+                      long k, int n2 = 0, const T* const* rows2 = nullptr, long k2 = 0) {
+        constexpr bool kCall = decltype(call)::value;
+        constexpr int R = std::extent<std::remove_reference_t<decltype(acc)>>::value;
+        const T* bp = panel + h * ss;
+        V part[R][PV];
+        for (int r = 0; r < R; ++r)
+          for (int v = 0; v < PV; ++v) part[r][v] = acc[r][h * PV + v];
+        if constexpr (kCall && R > 1)
+          slice_pass_call<T, R, PV, LV>(part, ss, n, rows, bp + k * LV * W, n2, rows2,
+                                        bp + k2 * LV * W);
         else
-          tile_product_add<T, R, NV, R == MR ? NVK : NV>(k, rows, bp, acc);
+          slice_pass<T, R, PV, LV>(part, ss, n, rows, bp + k * LV * W, n2, rows2,
+                                   bp + k2 * LV * W);
+        for (int r = 0; r < R; ++r)
+          for (int v = 0; v < PV; ++v) acc[r][h * PV + v] = part[r][v];
       };
-      // keep (one tile in memory) += rows times a K block of the panel; fresh: from zero
-      auto block = [&](V* keep, bool fresh, int kc, auto& rows, const T* bp) {
-        constexpr int R = std::extent<std::remove_reference_t<decltype(rows)>>::value;
-        V acc[R][NV];  // in registers; partial sums go through memory between blocks
+      // The epilogue of tile ib (R rows at i0) from its sums.
+      auto finish = [&](int p, int i0, auto& acc, auto& xacc) {
+        constexpr int R = std::extent<std::remove_reference_t<decltype(acc)>>::value;
+        const int mr = B - i0 < R ? B - i0 : R;
+        FwdRows<T> io[R];
+        int live = -1;  // a row that steps; rows that don't get no stores
+        for (int r = 0; r < R; ++r) {
+          io[r] = FwdRows<T>();
+          if (r >= mr) continue;
+          const int b = i0 + r;
+          const long t = tid[b];
+          const long row = b * (long)H;
+          if (t < 0) {  // past this sequence's end: state frozen
+            const int u0 = p * Cell::template units<T>();
+            const int n = H - u0 < Cell::template units<T>() ? H - u0 : Cell::template units<T>();
+            freeze_units(u0, n, h_prev + row, h_new + row, c_prev ? c_prev + row : nullptr,
+                         c_new ? c_new + row : nullptr);
+            continue;
+          }
+          live = r;
+          io[r].x = a.xproj + (t * B + b) * a.ldx;
+          io[r].h_prev = h_prev + row;
+          io[r].h_new = h_new + row;
+          io[r].c_prev = c_prev ? c_prev + row : nullptr;
+          io[r].c_new = c_new ? c_new + row : nullptr;
+          io[r].y = a.y ? a.y + t * B * a.ldy + b * a.ldy : nullptr;
+          io[r].cache =
+              a.cache ? a.cache + ((long)s * B + b) * cell_cache_width(a.cell) * H : nullptr;
+          io[r].b_hn = a.b_hn;
+        }
+        if (live < 0) return;
         for (int r = 0; r < R; ++r)
-          for (int v = 0; v < NV; ++v) acc[r][v] = fresh ? V{} : keep[r * NV + v];
-        product(kc, rows, bp, acc);
-        for (int r = 0; r < R; ++r)
-          for (int v = 0; v < NV; ++v) keep[r * NV + v] = acc[r][v];
+          if (!io[r].h_new) {  // computed alongside from a live row's inputs, not stored
+            io[r].x = io[live].x;
+            io[r].h_prev = io[live].h_prev;
+            io[r].c_prev = io[live].c_prev;
+            io[r].b_hn = a.b_hn;
+          }
+        Cell::template forward_epilogue<T, R>(a.cell, p, H, acc, split ? xacc : nullptr, io);
       };
 #pragma omp for schedule(static)
       for (int task = 0; task < ntasks; ++task) {
         const int p = kblocked ? task : task / mblocks;
-        const T* panel = a.packed + p * panel_stride;  // x rows, then h rows
-        const T* hpanel = panel + (long)I * NR;
-        int k0 = 0;          // the K block of the h rows the epilogue pass starts at
-        bool xdone = false;  // the x part is summed in partial (xpartial for GRU)
-        if (kblocked) {
-          if (fused) {
-            V* xkeep = split ? xpartial.data() : partial.data();
-            for (int kx = 0; kx < I; kx += KC)
-              for (int ib = 0; ib < mblocks; ++ib)
-                with_block(ib, [&](auto R_c, int i0) {
-                  const T* rows[decltype(R_c)::value];
-                  x_rows(i0, rows);
-                  for (const T*& r : rows) r += kx;
-                  block(xkeep + ib * tile, kx == 0, I - kx < KC ? I - kx : KC, rows,
-                        panel + (long)kx * NR);
-                });
-            xdone = true;
-          }
-          const bool hfresh = !xdone || split;
-          for (; k0 + KC < H; k0 += KC)
-            for (int ib = 0; ib < mblocks; ++ib)
-              with_block(ib, [&](auto R_c, int i0) {
-                const T* rows[decltype(R_c)::value];
-                h_rows(i0, rows);
-                for (const T*& r : rows) r += k0;
-                block(partial.data() + ib * tile, k0 == 0 && hfresh, KC, rows,
-                      hpanel + (long)k0 * NR);
-              });
+        const T* panel = a.packed + p * panel_stride;  // per slice: x rows, then h rows
+        // Where the passes run as calls (see slice_pass): measured per path, LSTM on one
+        // AVX2 thread: unblocked two-pass tiles, charrnn 72 -> 76 GFLOP/s; as calls, the
+        // blocked mid (87 -> 85), GRU mid (91 -> 86) and one-pass small (55 -> 52) lose.
+        const std::integral_constant<bool, (PV < NV)> two_pass;
+        const std::false_type inlined;
+        if (!kblocked) {  // one tile, all of K in registers
+          with_block(task % mblocks, [&](auto R_c, int i0) {
+            constexpr int R = decltype(R_c)::value;
+            const T *xr[R], *hr[R];
+            tile_rows(false, i0, 0, hr);
+            V acc[R][NV], xacc[R][NV];
+            zero_tile<T, R, NV>(acc);
+            if (split) zero_tile<T, R, NV>(xacc);
+            if (fused) tile_rows(true, i0, 0, xr);
+            for (int h = 0; h < NP; ++h) {
+              if (split) pass(two_pass, panel, h, xacc, I, xr, 0);
+              if (fused && !split)
+                pass(two_pass, panel, h, acc, I, xr, 0, H, hr, I);
+              else
+                pass(two_pass, panel, h, acc, H, hr, I);
+            }
+            finish(p, i0, acc, xacc);
+          });
+          continue;
         }
-        const int ib0 = kblocked ? 0 : task % mblocks, ib1 = kblocked ? mblocks : ib0 + 1;
-        for (int ib = ib0; ib < ib1; ++ib)
+        // Blocks: x rows (fused layers), then h rows, K block by K block, each for every
+        // pass, into partial (x into xpartial when split), all but the last for every tile.
+        const int hlast = (H - 1) / KC * KC;
+        auto block = [&](bool xsrc, int k0, int n, int h) {
+          const bool fresh = k0 == 0 && (xsrc || !fused || split);
+          V* keep = xsrc && split ? xpartial : partial;
+          for (int ib = 0; ib < mblocks; ++ib)
+            with_block(ib, [&](auto R_c, int i0) {
+              constexpr int R = decltype(R_c)::value;
+              const T* rows[R];
+              tile_rows(xsrc, i0, k0, rows);
+              V* kp = keep + ib * tile;
+              V acc[R][NV];
+              for (int r = 0; r < R; ++r)
+                for (int v = 0; v < PV; ++v)
+                  acc[r][h * PV + v] = fresh ? V{} : kp[r * NV + h * PV + v];
+              pass(inlined, panel, h, acc, n, rows, xsrc ? k0 : I + k0);
+              for (int r = 0; r < R; ++r)
+                for (int v = 0; v < PV; ++v) kp[r * NV + h * PV + v] = acc[r][h * PV + v];
+            });
+        };
+        if (fused)
+          for (int k0 = 0; k0 < I; k0 += KC)
+            for (int h = 0; h < NP; ++h) block(true, k0, I - k0 < KC ? I - k0 : KC, h);
+        for (int k0 = 0; k0 < H; k0 += KC)
+          for (int h = 0; h < NP; ++h)
+            if (k0 < hlast || h < NP - 1) block(false, k0, H - k0 < KC ? H - k0 : KC, h);
+        // The last block from partial (its own vectors from zero when it is the first
+        // into partial), then the epilogue.
+        const bool last_fresh = hlast == 0 && (!fused || split);
+        for (int ib = 0; ib < mblocks; ++ib)
           with_block(ib, [&](auto R_c, int i0) {
             constexpr int R = decltype(R_c)::value;
             const T* rows[R];
-            const int mr = h_rows(i0, rows);
+            tile_rows(false, i0, hlast, rows);
             V acc[R][NV], xacc[R][NV];
-            if (k0 > 0 || (xdone && !split)) {  // the last K block onto the partial sums
-              for (int r = 0; r < R; ++r)
-                for (int v = 0; v < NV; ++v) acc[r][v] = partial[ib * tile + r * NV + v];
-            } else {
-              zero_tile<T, R, NV>(acc);
-            }
-            for (const T*& r : rows) r += k0;
-            if (fused && xdone && split) {
+            for (int r = 0; r < R; ++r)
+              for (int v = 0; v < NV; ++v)
+                acc[r][v] = last_fresh && v >= (NP - 1) * PV ? V{} : partial[ib * tile + r * NV + v];
+            if (split)
               for (int r = 0; r < R; ++r)
                 for (int v = 0; v < NV; ++v) xacc[r][v] = xpartial[ib * tile + r * NV + v];
-            } else if (fused && !xdone) {  // x_t W_ih^T: into acc, or apart in xacc (GRU)
-              const T* xrows[R];
-              x_rows(i0, xrows);
-              if (split) zero_tile<T, R, NV>(xacc);
-              if (split)
-                product(I, xrows, panel, xacc);
-              else
-                product(I, xrows, panel, acc);
-            }
-            product(H - k0, rows, hpanel + (long)k0 * NR, acc);
-            FwdRows<T> io[R];
-            int live = -1;  // a row that steps; rows that don't get no stores
-            for (int r = 0; r < R; ++r) {
-              io[r] = FwdRows<T>();
-              if (r >= mr) continue;
-              const int b = i0 + r;
-              const long t = tid[b];
-              const long row = b * (long)H;
-              if (t < 0) {  // past this sequence's end: state frozen
-                const int u0 = p * Cell::template units<T>();
-                const int n =
-                    H - u0 < Cell::template units<T>() ? H - u0 : Cell::template units<T>();
-                freeze_units(u0, n, h_prev + row, h_new + row, c_prev ? c_prev + row : nullptr,
-                             c_new ? c_new + row : nullptr);
-                continue;
-              }
-              live = r;
-              io[r].x = a.xproj + (t * B + b) * a.ldx;
-              io[r].h_prev = h_prev + row;
-              io[r].h_new = h_new + row;
-              io[r].c_prev = c_prev ? c_prev + row : nullptr;
-              io[r].c_new = c_new ? c_new + row : nullptr;
-              io[r].y = a.y ? a.y + t * B * a.ldy + b * a.ldy : nullptr;
-              io[r].cache =
-                  a.cache ? a.cache + ((long)s * B + b) * cell_cache_width(a.cell) * H : nullptr;
-              io[r].b_hn = a.b_hn;
-            }
-            if (live < 0) return;
-            for (int r = 0; r < R; ++r)
-              if (!io[r].h_new) {  // computed alongside from a live row's inputs, not stored
-                io[r].x = io[live].x;
-                io[r].h_prev = io[live].h_prev;
-                io[r].c_prev = io[live].c_prev;
-                io[r].b_hn = a.b_hn;
-              }
-            Cell::template forward_epilogue<T, R>(a.cell, p, H, acc, split ? xacc : nullptr, io);
+            pass(inlined, panel, NP - 1, acc, H - hlast, rows, I + hlast);
+            finish(p, i0, acc, xacc);
           });
       }
     }
@@ -255,30 +300,29 @@ template <typename T, class Cell>
 void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
   constexpr int NV = Cell::NV;
   constexpr int MR = RecurrentTile<NV>::MR, NVK = RecurrentTile<NV>::NVK;
+  // A second tile height one row less where that keeps enough accumulators (>= 10 FMA
+  // chains cover the FMA latency): 6 and 5 rows cover every B >= 20 without padding.
+  constexpr int MR2 = MR * NVK >= 12 && (MR - 1) * NVK >= 10 ? MR - 1 : 0;
   const int B = a.batch, H = a.hidden, G = cell_gates(a.cell);
   const int npanels = (H + Cell::template units<T>() - 1) / Cell::template units<T>();
-  const int mblocks = (B + MR - 1) / MR;
   const int K = a.x ? a.in_size + H : H;
   int nt = rf_threads_for(nthreads, rf_step_work(B, (long)G * H, K));
-  if (nt > npanels * mblocks) nt = npanels * mblocks;
-  // Cost per computed row (measured on AVX2, LSTM): two-pass 6-row tiles 1, one-pass 3-row
-  // tiles 1.13, 2-row tiles 2.4 (few rows to share each loaded weight vector). Of: 6-row
-  // tiles padding the last one, 6-row tiles and the rest in 2-row tiles, 3-row tiles, the
-  // cheapest runs (B = 8: 3-row; B = 32: 6 + 2; B = 64: 6, padded).
+  // Rows computed (padding included) by MR/MR2 tiles against one-pass tiles of MR1 rows
+  // over all NV vectors, which cost 5% more per row (measured on AVX2: 3 x 4 against two
+  // passes of 6 x 2 or 5 x 2): B = 8 takes 3-row tiles, B = 32 and 64 6- and 5-row ones.
   constexpr int MR1 = MicroRows<NV>::MR;
-  const double padded = (B + MR - 1) / MR * MR;
-  const double mixed = B / MR * MR + 2.4 * ((B % MR + 1) / 2 * 2);
-  const double small = 1.13 * ((B + MR1 - 1) / MR1 * MR1);
-  if (B == 1)
+  const int mixed = tile_count(B, MR, MR2), nfull = full_tiles(B, MR, MR2);
+  const double rows = nfull * MR + (mixed - nfull) * MR2;
+  const double onepass = 1.05 * ((B + MR1 - 1) / MR1 * MR1);
+  if (B == 1) {
     recurrent_forward_tasks<T, Cell, 1, NV, 0>(a, nt, npanels);
-  else if (NVK == NV)
-    recurrent_forward_tasks<T, Cell, MR, NVK, 0>(a, nt, npanels);
-  else if (small < padded && small < mixed)
-    recurrent_forward_tasks<T, Cell, MR1, NV, 0>(a, nt, npanels);
-  else if (mixed < padded)
-    recurrent_forward_tasks<T, Cell, MR, NVK, 2>(a, nt, npanels);
-  else
-    recurrent_forward_tasks<T, Cell, MR, NVK, 0>(a, nt, npanels);
+  } else if (NVK < NV && onepass < rows) {
+    const int mb = (B + MR1 - 1) / MR1;
+    recurrent_forward_tasks<T, Cell, MR1, NV, 0>(a, nt < npanels * mb ? nt : npanels * mb, npanels);
+  } else {
+    recurrent_forward_tasks<T, Cell, MR, NVK, MR2>(a, nt < npanels * mixed ? nt : npanels * mixed,
+                                                   npanels);
+  }
 }
 
 template <typename T, class Cell>
