@@ -58,33 +58,28 @@ void recurrent_pack(T* dst, const T* w_ih, int in_size, const T* w_hh, int H) {
         }
 }
 
-// acc += rows (R x n) times the panel rows at bp, then rows2 (R x n2) times those at bp2
-// (NV vectors in slices of NVS, ss apart). slice_pass_call is the same not inlined: inside
-// the time loop GCC can run out of registers for the row pointers and reload one from the
-// stack per broadcast.
+// sums (R rows of ld vectors; the first NV of each) = (fresh ? 0 : sums) + rows (R x n)
+// times the panel rows at bp, then + rows2 (R x n2) times those at bp2 (NV vectors in
+// slices of NVS, ss apart). The sums go through memory between passes: kept in registers
+// from pass to pass (x rows, then h rows) they left GCC short of registers for the row
+// pointers, reloaded from the stack per broadcast (charrnn LSTM layer 1 ran 5% slower).
 template <typename T, int R, int NV, int NVS>
-static inline __attribute__((always_inline)) void slice_pass(typename Simd<T>::V (&acc)[R][NV], long ss, int n,
-                                          const T* const* rows, const T* bp, int n2,
-                                          const T* const* rows2, const T* bp2) {
+static inline __attribute__((always_inline)) void tile_pass(
+    typename Simd<T>::V* sums, int ld, bool fresh, long ss, int n, const T* const* rows,
+    const T* bp, int n2, const T* const* rows2, const T* bp2) {
   typedef typename Simd<T>::V V;
-  V part[R][NV];
+  V acc[R][NV];
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) part[r][v] = acc[r][v];
+    for (int v = 0; v < NV; ++v) acc[r][v] = fresh ? V{} : sums[r * ld + v];
   if constexpr (R == 1) {
-    row_kernel_add<T, NV, NVS>(n, rows[0], bp, part, ss);
-    if (n2) row_kernel_add<T, NV, NVS>(n2, rows2[0], bp2, part, ss);
+    row_kernel_add<T, NV, NVS>(n, rows[0], bp, acc, ss);
+    if (n2) row_kernel_add<T, NV, NVS>(n2, rows2[0], bp2, acc, ss);
   } else {
-    micro_kernel_add<T, R, NV, NVS>(n, rows, 1, bp, part, ss);
-    if (n2) micro_kernel_add<T, R, NV, NVS>(n2, rows2, 1, bp2, part, ss);
+    micro_kernel_add<T, R, NV, NVS>(n, rows, 1, bp, acc, ss);
+    if (n2) micro_kernel_add<T, R, NV, NVS>(n2, rows2, 1, bp2, acc, ss);
   }
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = part[r][v];
-}
-template <typename T, int R, int NV, int NVS>
-__attribute__((noinline)) void slice_pass_call(typename Simd<T>::V (&acc)[R][NV], long ss, int n,
-                                               const T* const* rows, const T* bp, int n2,
-                                               const T* const* rows2, const T* bp2) {
-  slice_pass<T, R, NV, NVS>(acc, ss, n, rows, bp, n2, rows2, bp2);
+    for (int v = 0; v < NV; ++v) sums[r * ld + v] = acc[r][v];
 }
 
 // Bytes of a slice's K block that stay in L1 while every row block passes over it.
@@ -107,9 +102,8 @@ static inline int tile_count(int B, int MR, int MR2) {
 // The time loop. A task is one panel times one tile of batch rows, or, when the panel
 // outgrows L1 and several row tiles share it, the panel times all row tiles, K block by
 // K block with partial sums in memory (LSTM inference: mid 69.6 -> 67.4 ms, charrnn 42.4
-// -> 40.7 ms on 2 cores). A pass covers PV vectors of a panel (one slice, or all slices
-// at once when PV = NV); a block is the x rows (fused layers) or the h rows of one K
-// block for one pass. The last block runs in registers into the cell's epilogue.
+// -> 40.7 ms on 2 cores). A pass covers PV vectors of a panel: one slice, or all slices at
+// once when PV = NV. The cell's epilogue follows a tile's last pass.
 template <typename T, class Cell, int MR, int PV, int MR2>
 void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels) {
   typedef typename Simd<T>::V V;
@@ -120,7 +114,10 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels) {
   const bool fused = a.x != nullptr;
   const bool split = fused && Cell::kSplitInput;
   const int nfull = full_tiles(B, MR, MR2), mblocks = tile_count(B, MR, MR2);
-  const bool kblocked = MR > 1 && mblocks > 1 && (H > KC || (fused && I > KC));
+  // Blocked when several tiles share a panel (all passes) of more than 1.5 kPanelBlockBytes
+  // (small LSTM, 20 KiB panels, one thread: 1.23 ms blocked, 1.16 not).
+  const long panel_bytes = (long)((fused ? I : 0) + H) * NV * W * sizeof(T);
+  const bool kblocked = MR > 1 && mblocks > 1 && panel_bytes > kPanelBlockBytes * 3 / 2;
   const int ntasks = kblocked ? npanels : npanels * mblocks;
   const size_t tile = (size_t)MR * NV;  // partial sums per row tile (MR2 < MR)
   // f(rows-per-tile constant, first row) for row tile ib
@@ -158,29 +155,27 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels) {
         }
         return mr;
       };
-      // acc's vectors [h*PV, h*PV + PV) += rows (R x n) times rows [k, k + n) of the
-      // panel (the x rows, then the h rows), then the same for rows2 and [k2, k2 + n2).
-      auto pass = [&](auto call, const T* panel, int h, auto& acc, int n, const T* const* rows,
-                      long k, int n2 = 0, const T* const* rows2 = nullptr, long k2 = 0) {
-        constexpr bool kCall = decltype(call)::value;
-        constexpr int R = std::extent<std::remove_reference_t<decltype(acc)>>::value;
+      // Pass h of the tile with sums at `sums` (R x NV): its PV vectors (from zero when
+      // fresh) += rows (R x n) times slice rows [k, k + n) (x rows, then h rows), then
+      // rows2 times slice rows [k2, k2 + n2).
+      auto pass = [&](auto R_c, V* sums, bool fresh, const T* panel, int h, int n,
+                      const T* const* rows, long k, int n2 = 0, const T* const* rows2 = nullptr,
+                      long k2 = 0) {
+        constexpr int R = decltype(R_c)::value;
         const T* bp = panel + h * ss;
-        V part[R][PV];
-        for (int r = 0; r < R; ++r)
-          for (int v = 0; v < PV; ++v) part[r][v] = acc[r][h * PV + v];
-        if constexpr (kCall && R > 1)
-          slice_pass_call<T, R, PV, LV>(part, ss, n, rows, bp + k * LV * W, n2, rows2,
-                                        bp + k2 * LV * W);
-        else
-          slice_pass<T, R, PV, LV>(part, ss, n, rows, bp + k * LV * W, n2, rows2,
-                                   bp + k2 * LV * W);
-        for (int r = 0; r < R; ++r)
-          for (int v = 0; v < PV; ++v) acc[r][h * PV + v] = part[r][v];
+        tile_pass<T, R, PV, LV>(sums + h * PV, NV, fresh, ss, n, rows, bp + k * LV * W, n2,
+                                rows2, bp + k2 * LV * W);
       };
       // The epilogue of tile ib (R rows at i0) from its sums.
-      auto finish = [&](int p, int i0, auto& acc, auto& xacc) {
-        constexpr int R = std::extent<std::remove_reference_t<decltype(acc)>>::value;
+      auto finish = [&](auto R_c, int p, int i0, const V* sums, const V* xsums) {
+        constexpr int R = decltype(R_c)::value;
         const int mr = B - i0 < R ? B - i0 : R;
+        V acc[R][NV], xacc[R][NV];
+        for (int r = 0; r < R; ++r)
+          for (int v = 0; v < NV; ++v) {
+            acc[r][v] = sums[r * NV + v];
+            xacc[r][v] = split ? xsums[r * NV + v] : V{};
+          }
         FwdRows<T> io[R];
         int live = -1;  // a row that steps; rows that don't get no stores
         for (int r = 0; r < R; ++r) {
@@ -221,76 +216,53 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels) {
       for (int task = 0; task < ntasks; ++task) {
         const int p = kblocked ? task : task / mblocks;
         const T* panel = a.packed + p * panel_stride;  // per slice: x rows, then h rows
-        // Where the passes run as calls (see slice_pass): measured per path, LSTM on one
-        // AVX2 thread: unblocked two-pass tiles, charrnn 72 -> 76 GFLOP/s; as calls, the
-        // blocked mid (87 -> 85), GRU mid (91 -> 86) and one-pass small (55 -> 52) lose.
-        const std::integral_constant<bool, (PV < NV)> two_pass;
-        const std::false_type inlined;
-        if (!kblocked) {  // one tile, all of K in registers
+        if (!kblocked) {  // one tile, all of K per pass
           with_block(task % mblocks, [&](auto R_c, int i0) {
             constexpr int R = decltype(R_c)::value;
+            V sums[R * NV], xsums[R * NV];
             const T *xr[R], *hr[R];
             tile_rows(false, i0, 0, hr);
-            V acc[R][NV], xacc[R][NV];
-            zero_tile<T, R, NV>(acc);
-            if (split) zero_tile<T, R, NV>(xacc);
             if (fused) tile_rows(true, i0, 0, xr);
             for (int h = 0; h < NP; ++h) {
-              if (split) pass(two_pass, panel, h, xacc, I, xr, 0);
+              if (split) pass(R_c, xsums, true, panel, h, I, xr, 0);
               if (fused && !split)
-                pass(two_pass, panel, h, acc, I, xr, 0, H, hr, I);
+                pass(R_c, sums, true, panel, h, I, xr, 0, H, hr, I);
               else
-                pass(two_pass, panel, h, acc, H, hr, I);
+                pass(R_c, sums, true, panel, h, H, hr, I);
             }
-            finish(p, i0, acc, xacc);
+            finish(R_c, p, i0, sums, xsums);
           });
           continue;
         }
-        // Blocks: x rows (fused layers), then h rows, K block by K block, each for every
-        // pass, into partial (x into xpartial when split), all but the last for every tile.
-        const int hlast = (H - 1) / KC * KC;
-        auto block = [&](bool xsrc, int k0, int n, int h) {
-          const bool fresh = k0 == 0 && (xsrc || !fused || split);
-          V* keep = xsrc && split ? xpartial : partial;
-          for (int ib = 0; ib < mblocks; ++ib)
-            with_block(ib, [&](auto R_c, int i0) {
-              constexpr int R = decltype(R_c)::value;
-              const T* rows[R];
-              tile_rows(xsrc, i0, k0, rows);
-              V* kp = keep + ib * tile;
-              V acc[R][NV];
-              for (int r = 0; r < R; ++r)
-                for (int v = 0; v < PV; ++v)
-                  acc[r][h * PV + v] = fresh ? V{} : kp[r * NV + h * PV + v];
-              pass(inlined, panel, h, acc, n, rows, xsrc ? k0 : I + k0);
-              for (int r = 0; r < R; ++r)
-                for (int v = 0; v < PV; ++v) kp[r * NV + h * PV + v] = acc[r][h * PV + v];
-            });
+        // Blocks of the slice rows [k0, k1): over [x | h] (x only for fused layers; GRU
+        // sums x and h apart, so its blocks do not straddle them), split evenly into
+        // blocks of at most KC rows, each for every pass and every tile, into partial (x
+        // into xpartial when split); the epilogue follows the last.
+        auto range = [&](int lo, int hi, bool xp) {
+          const int nb = (hi - lo + KC - 1) / KC, kc = (hi - lo + nb - 1) / nb;
+          for (int k0 = lo; k0 < hi; k0 += kc) {
+            const int k1 = k0 + kc < hi ? k0 + kc : hi;
+            for (int h = 0; h < NP; ++h)
+              for (int ib = 0; ib < mblocks; ++ib)
+                with_block(ib, [&](auto R_c, int i0) {
+                  constexpr int R = decltype(R_c)::value;
+                  V* sums = (xp ? xpartial : partial) + ib * tile;
+                  const T *xr[R], *hr[R];
+                  if (k1 <= I || k0 >= I) {
+                    tile_rows(k0 < I, i0, k0 < I ? k0 : k0 - I, k0 < I ? xr : hr);
+                    pass(R_c, sums, k0 == lo, panel, h, k1 - k0, k0 < I ? xr : hr, k0);
+                  } else {  // straddles x and h
+                    tile_rows(true, i0, k0, xr);
+                    tile_rows(false, i0, 0, hr);
+                    pass(R_c, sums, k0 == lo, panel, h, I - k0, xr, k0, k1 - I, hr, I);
+                  }
+                  if (!xp && k1 == hi && h == NP - 1)
+                    finish(R_c, p, i0, sums, xpartial + ib * tile);
+                });
+          }
         };
-        if (fused)
-          for (int k0 = 0; k0 < I; k0 += KC)
-            for (int h = 0; h < NP; ++h) block(true, k0, I - k0 < KC ? I - k0 : KC, h);
-        for (int k0 = 0; k0 < H; k0 += KC)
-          for (int h = 0; h < NP; ++h)
-            if (k0 < hlast || h < NP - 1) block(false, k0, H - k0 < KC ? H - k0 : KC, h);
-        // The last block from partial (its own vectors from zero when it is the first
-        // into partial), then the epilogue.
-        const bool last_fresh = hlast == 0 && (!fused || split);
-        for (int ib = 0; ib < mblocks; ++ib)
-          with_block(ib, [&](auto R_c, int i0) {
-            constexpr int R = decltype(R_c)::value;
-            const T* rows[R];
-            tile_rows(false, i0, hlast, rows);
-            V acc[R][NV], xacc[R][NV];
-            for (int r = 0; r < R; ++r)
-              for (int v = 0; v < NV; ++v)
-                acc[r][v] = last_fresh && v >= (NP - 1) * PV ? V{} : partial[ib * tile + r * NV + v];
-            if (split)
-              for (int r = 0; r < R; ++r)
-                for (int v = 0; v < NV; ++v) xacc[r][v] = xpartial[ib * tile + r * NV + v];
-            pass(inlined, panel, NP - 1, acc, H - hlast, rows, I + hlast);
-            finish(p, i0, acc, xacc);
-          });
+        if (split) range(0, I, true);
+        range(fused && !split ? 0 : I, I + H, false);
       }
     }
   });
