@@ -13,11 +13,11 @@ struct GruCell : GatePanels {
   static constexpr bool kSplitInput = true;  // r multiplies the h part of n alone
   // x holds x W_ih^T + b_ih, plus b_hh for r and z (not n: b_hn is added inside r*(.)).
   // A fused step passes x W_ih^T in xacc, and x holds the biases alone.
-  template <typename T, int MR>
+  template <typename T, int MR, bool Full>
   static void forward_epilogue(int, int p, int H, typename Simd<T>::V (&acc)[MR][NV],
                                const typename Simd<T>::V (*xacc)[NV], const FwdRows<T> (&io)[MR]) {
     typedef typename Simd<T>::V V;
-    const int u0 = p * Simd<T>::W, n = H - u0;
+    const int u0 = p * Simd<T>::W, n = Full ? Simd<T>::W : H - u0;
     const V bhn = io[0].b_hn ? load_units<T>(io[0].b_hn + u0, n) : V{};
     V rz[2 * MR], hn[MR], nn[MR];
     V xn[MR];

@@ -4,7 +4,8 @@
 // units), then the cell's epilogue in registers. Backward runs the cell's elementwise
 // step, then dh_{s-1} = dA W_hh on pre-packed weights.
 // Cells provide (see lstm.cpp): NV, kSplitInput (a product with x_t keeps the x and h
-// sums apart), units(), column(), forward_epilogue(), backward_row().
+// sums apart), units(), column(), forward_epilogue<T, R, Full>() (Full: every unit of the
+// panel is below H), backward_row().
 #pragma once
 #include <type_traits>
 #include <vector>
@@ -210,7 +211,11 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels) {
             io[r].c_prev = io[live].c_prev;
             io[r].b_hn = a.b_hn;
           }
-        Cell::template forward_epilogue<T, R>(a.cell, p, H, acc, split ? xacc : nullptr, io);
+        // Full panels (all but maybe the last) load and store whole vectors, no lane checks.
+        if ((p + 1) * Cell::template units<T>() <= H)
+          Cell::template forward_epilogue<T, R, true>(a.cell, p, H, acc, split ? xacc : nullptr, io);
+        else
+          Cell::template forward_epilogue<T, R, false>(a.cell, p, H, acc, split ? xacc : nullptr, io);
       };
 #pragma omp for schedule(static)
       for (int task = 0; task < ntasks; ++task) {

@@ -16,7 +16,7 @@ struct RnnCell {
     long unit = (p * NV + v) * Simd<T>::W + u;
     return unit < H ? unit : -1;
   }
-  template <typename T, int MR>
+  template <typename T, int MR, bool Full>
   static void forward_epilogue(int cell, int p, int H, typename Simd<T>::V (&acc)[MR][NV],
                                const typename Simd<T>::V (*)[NV], const FwdRows<T> (&io)[MR]) {
     typedef typename Simd<T>::V V;
@@ -25,7 +25,7 @@ struct RnnCell {
     for (int r = 0; r < MR; ++r)
       for (int v = 0; v < NV; ++v) {
         const int u0 = (p * NV + v) * W;
-        pre[r * NV + v] = acc[r][v] + load_units<T>(io[r].x + u0, H - u0);  // none past H
+        pre[r * NV + v] = acc[r][v] + load_units<T>(io[r].x + u0, Full ? W : H - u0);
       }
     if (cell == RNN_RELU)
       for (int j = 0; j < MR * NV; ++j) pre[j] = vrelu(pre[j]);
@@ -34,7 +34,7 @@ struct RnnCell {
     for (int r = 0; r < MR; ++r) {
       if (!io[r].h_new) continue;
       for (int v = 0; v < NV; ++v) {
-        const int u0 = (p * NV + v) * W, n = H - u0;
+        const int u0 = (p * NV + v) * W, n = Full ? W : H - u0;
         if (n <= 0) break;
         store_units<T>(io[r].h_new + u0, pre[r * NV + v], n);
         if (io[r].y) store_units<T>(io[r].y + u0, pre[r * NV + v], n);
