@@ -4,23 +4,52 @@
 #pragma once
 #include <cmath>
 #include "simd.h"
+#if defined(__SSE__)
+#include <immintrin.h>
+#endif
 
 namespace rnnfast {
 namespace RF_NS {
 
-// Every function works in place on N vectors, one stage for all N before the next:
-// the chains are ~90 cycles long, and interleaving independent ones (the rows and
+// Every function works in place on N vectors, one stage for several vectors before the
+// next: the chains are ~90 cycles long, and interleaving independent ones (the rows and
 // gates of a panel) lets the core overlap them instead of waiting on each in turn.
 #define RF_EACH _Pragma("GCC unroll 32") for (int j = 0; j < N; ++j)
+
+// min(c, x) and max(c, x), a NaN x staying NaN: x86's min/max return their second operand
+// when either is NaN, one instruction where the compare-and-select takes two.
+static inline vf vmin_c(vf c, vf x) {
+#if defined(RF_ISA_avx512)
+  return (vf)_mm512_min_ps((__m512)c, (__m512)x);
+#elif defined(RF_ISA_avx2)
+  return (vf)_mm256_min_ps((__m256)c, (__m256)x);
+#elif defined(__SSE__)
+  return (vf)_mm_min_ps((__m128)c, (__m128)x);
+#else
+  return c < x ? c : x;
+#endif
+}
+static inline vf vmax_c(vf c, vf x) {
+#if defined(RF_ISA_avx512)
+  return (vf)_mm512_max_ps((__m512)c, (__m512)x);
+#elif defined(RF_ISA_avx2)
+  return (vf)_mm256_max_ps((__m256)c, (__m256)x);
+#elif defined(__SSE__)
+  return (vf)_mm_max_ps((__m128)c, (__m128)x);
+#else
+  return c > x ? c : x;
+#endif
+}
 
 // e^x = 2^n e^r with x = n ln2 + r, |r| <= ln2/2: q = e^r - 1 by a degree-7 polynomial
 // (Cephes' expf coefficients), 2^n assembled in the exponent bits. x must lie in
 // [-87.3, 88.3]; on return x holds 2^n.
 template <int N>
 static inline void vexp_parts(vf (&x)[N], vf (&q)[N]) {
-  vf n[N], r[N];
+  vf n[N], r[N], t[N];
   RF_EACH {
-    n[j] = (x[j] * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round via 1.5*2^23
+    t[j] = x[j] * 1.44269504088896341f + 12582912.0f;  // 1.5*2^23 + round(x log2 e)
+    n[j] = t[j] - 12582912.0f;
     r[j] = x[j] - n[j] * 0.693359375f;
   }
   RF_EACH r[j] = r[j] - n[j] * -2.12194440e-4f;
@@ -30,38 +59,61 @@ static inline void vexp_parts(vf (&x)[N], vf (&q)[N]) {
   RF_EACH q[j] = q[j] * r[j] + 1.6666665459e-1f;
   RF_EACH q[j] = q[j] * r[j] + 5.0000001201e-1f;
   RF_EACH q[j] = q[j] * (r[j] * r[j]) + r[j];
-  RF_EACH x[j] = (vf)((__builtin_convertvector(n[j], vi32) + 127) << 23);
+  // t's bits are those of 1.5*2^23 (0x4B400000) plus n
+  RF_EACH x[j] = (vf)(((vi32)t[j] + (127 - 0x4B400000)) << 23);
 }
 
 template <int N>
 static inline void vexp_n(vf (&x)[N]) {
   vf q[N];
-  RF_EACH {
-    x[j] = x[j] > 88.3f ? vbcast<vf>(88.3f) : x[j];  // NaN fails both tests and stays NaN
-    x[j] = x[j] < -87.3f ? vbcast<vf>(-87.3f) : x[j];
-  }
+  RF_EACH x[j] = vmax_c(vbcast<vf>(-87.3f), vmin_c(vbcast<vf>(88.3f), x[j]));
   vexp_parts(x, q);
   RF_EACH x[j] = x[j] * q[j] + x[j];
 }
 
+// f on x[0, N) in chunks of 4 vectors, each stage for a chunk before the next: enough
+// independent chains to overlap, few enough temporaries to stay in registers (all N at
+// once spilled them: an LSTM tile's activations, 6 rows, 160 -> 141 ns).
+template <int N, class F>
+static inline __attribute__((always_inline)) void in_chunks(vf (&x)[N], F&& f) {
+  constexpr int M = N < 4 ? N : 4;
+#pragma GCC unroll 16
+  for (int j0 = 0; j0 + M <= N; j0 += M) {
+    vf c[M];
+    for (int j = 0; j < M; ++j) c[j] = x[j0 + j];
+    f(c);
+    for (int j = 0; j < M; ++j) x[j0 + j] = c[j];
+  }
+  if constexpr (N % M != 0) {
+    vf c[N % M];
+    for (int j = 0; j < N % M; ++j) c[j] = x[N - N % M + j];
+    f(c);
+    for (int j = 0; j < N % M; ++j) x[N - N % M + j] = c[j];
+  }
+}
+
 template <int N>
-static inline void vsigmoid_n(vf (&x)[N]) {
+static inline void vsigmoid_chunk(vf (&x)[N]) {
   RF_EACH x[j] = -x[j];
   vexp_n(x);
   RF_EACH x[j] = 1.0f / (1.0f + x[j]);
+}
+template <int N>
+static inline void vsigmoid_n(vf (&x)[N]) {
+  in_chunks(x, [](auto& c) { vsigmoid_chunk(c); });
 }
 
 // tanh |x| = m / (m + 2) with m = e^(2|x|) - 1 = 2^n q + (2^n - 1), which keeps its
 // relative accuracy down to tiny x (no 1 - 2/(e + 1) cancellation, so no second
 // branch); |x| is clamped at 10, where tanh is 1 in float. The sign comes from x.
 template <int N>
-static inline void vtanh_n(vf (&x)[N]) {
+static inline void vtanh_chunk(vf (&x)[N]) {
   vi32 sign[N];
   vf y[N], q[N];
   RF_EACH {
     sign[j] = (vi32)x[j] & (int32_t)0x80000000;
     vf a = (vf)((vi32)x[j] & 0x7fffffff);
-    a = a > 10.0f ? vbcast<vf>(10.0f) : a;  // NaN stays NaN
+    a = vmin_c(vbcast<vf>(10.0f), a);
     y[j] = a + a;
   }
   vexp_parts(y, q);
@@ -69,6 +121,10 @@ static inline void vtanh_n(vf (&x)[N]) {
     vf m = y[j] * q[j] + (y[j] - 1.0f);
     x[j] = (vf)((vi32)(m / (m + 2.0f)) | sign[j]);
   }
+}
+template <int N>
+static inline void vtanh_n(vf (&x)[N]) {
+  in_chunks(x, [](auto& c) { vtanh_chunk(c); });
 }
 
 template <int N>
