@@ -193,14 +193,11 @@ class Timer:
     # next measurement on a small machine.
     settle: float = 0.2
 
-    def measure(self, fn: Callable[[], object]) -> Timing:
-        """Median seconds per call of fn.
-
-        Warm-up first (one call, and for calls under a second more calls for about min_sample),
-        which also estimates the cost of one call. Each timed sample then loops fn enough times to
-        last at least min_sample. The number of samples is `repeats`, fewer (but at least one)
-        when they would not fit in what is left of max_time.
-        """
+    def warm_up(self, fn: Callable[[], object]) -> tuple[int, int]:
+        """Warm-up: one call, and for calls under a second more calls for about min_sample,
+        which also estimates the cost of one call. -> (calls per timed sample, so that a sample
+        lasts at least min_sample; samples: `repeats`, fewer (but at least one) when they would
+        not fit in what is left of max_time)."""
         time.sleep(self.settle)
         start = time.perf_counter()
         estimate = _time_call(fn)
@@ -213,15 +210,50 @@ class Timer:
         estimate = max(estimate, 1e-9)
         inner = max(1, math.ceil(self.min_sample / estimate))
         remaining = self.max_time - (time.perf_counter() - start)
-        samples = max(1, min(self.repeats, int(remaining / (inner * estimate))))
+        return inner, max(1, min(self.repeats, int(remaining / (inner * estimate))))
 
-        per_call = []
-        for _ in range(samples):
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            per_call.append((time.perf_counter() - t0) / inner)
+    @staticmethod
+    def sample(fn: Callable[[], object], inner: int) -> float:
+        """Seconds per call over one timed sample of `inner` calls."""
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        return (time.perf_counter() - t0) / inner
+
+    def measure(self, fn: Callable[[], object]) -> Timing:
+        """Median seconds per call of fn, its samples taken back to back."""
+        inner, samples = self.warm_up(fn)
+        per_call = [self.sample(fn, inner) for _ in range(samples)]
         return Timing(statistics.median(per_call), min(per_call), samples, inner)
+
+    def measure_interleaved(self, fns: list[Callable[[], object]]) -> list[Timing | BaseException]:
+        """Median seconds per call of each fn, their samples taken in rounds (one sample of
+        each fn per round, `settle` apart): a busy spell of the shared machine then slows every
+        peer of a row alike instead of the one measured during it. A fn that raises gets its
+        exception in place of a Timing."""
+        plans: list = []
+        for fn in fns:
+            try:
+                plans.append(self.warm_up(fn))
+            except Exception as exc:
+                plans.append(exc)
+        per_call: list[list[float]] = [[] for _ in fns]
+        rounds = max((p[1] for p in plans if not isinstance(p, BaseException)), default=0)
+        for r in range(rounds):
+            for i, fn in enumerate(fns):
+                plan = plans[i]
+                if isinstance(plan, BaseException) or r >= plan[1]:
+                    continue
+                time.sleep(self.settle)
+                try:
+                    per_call[i].append(self.sample(fn, plan[0]))
+                except Exception as exc:
+                    plans[i] = exc
+        return [
+            plan if isinstance(plan, BaseException)
+            else Timing(statistics.median(times), min(times), len(times), plan[0])
+            for plan, times in zip(plans, per_call)
+        ]
 
 
 def sgemm_ceiling(timer: Timer) -> float:
@@ -614,18 +646,14 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message[0][:200]}" if message else type(exc).__name__
 
 
-def run_peer(peer, workload: Workload, timer: Timer) -> tuple[PeerResult, Runnable | None]:
+def build_peer(peer, workload: Workload) -> tuple[PeerResult | None, Runnable | None]:
+    """The peer's runnable, or the result that says why there is none."""
     try:
-        runnable = peer.build(workload)
+        return None, peer.build(workload)
     except NotApplicable as exc:
         return PeerResult(not_applicable=str(exc)), None
     except Exception as exc:
         return PeerResult(error=_describe(exc)), None
-    try:
-        t = timer.measure(runnable.step)
-    except Exception as exc:
-        return PeerResult(error=_describe(exc)), None
-    return PeerResult(t.median, t.best, t.samples, t.inner), runnable
 
 
 def run_row(
@@ -640,9 +668,18 @@ def run_row(
         shape=dict(T=config.T, B=config.B, I=config.I, H=config.H, L=config.L),
         flops=mode_flops(cell, config, mode),
     )
+    built = {peer.name: build_peer(peer, workload) for peer in peers}
+    ready = [name for name, (_, runnable) in built.items() if runnable is not None]
+    timings = timer.measure_interleaved([built[name][1].step for name in ready])
+    for name, t in zip(ready, timings):
+        built[name] = (
+            PeerResult(error=_describe(t)) if isinstance(t, BaseException)
+            else PeerResult(t.median, t.best, t.samples, t.inner),
+            built[name][1],
+        )
     reference_y = None
     for peer in peers:
-        result, runnable = run_peer(peer, workload, timer)
+        result, runnable = built[peer.name]
         if result.ok and runnable is not None and runnable.output is not None:
             try:
                 y = runnable.output()
