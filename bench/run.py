@@ -909,8 +909,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-time", type=float, default=8.0,
                         help="seconds one measurement may take; slow peers get fewer samples")
     parser.add_argument("--settle", type=float, default=0.2,
-                        help="seconds of idling before each measurement, for spinning BLAS "
-                        "threads to go to sleep")
+                        help="seconds of idling before each warm-up and timed sample, for spinning "
+                        "BLAS and OpenMP threads to go to sleep")
     parser.add_argument("--seed", type=int, default=0, help="seed of inputs and gradients")
     parser.add_argument("--json", metavar="PATH", help="write every number to PATH")
     args = parser.parse_args(argv)
