@@ -18,28 +18,28 @@ namespace RF_NS {
 
 // min(c, x) and max(c, x), a NaN x staying NaN: x86's min/max return their second operand
 // when either is NaN, one instruction where the compare-and-select takes two.
+#if RF_VBYTES == 64 && defined(__AVX512F__)
+#define RF_MINMAX(op, c, x) (vf) _mm512_##op##_ps((__m512)(c), (__m512)(x))
+#elif RF_VBYTES == 32 && defined(__AVX__)
+#define RF_MINMAX(op, c, x) (vf) _mm256_##op##_ps((__m256)(c), (__m256)(x))
+#elif RF_VBYTES == 16 && defined(__SSE__)
+#define RF_MINMAX(op, c, x) (vf) _mm_##op##_ps((__m128)(c), (__m128)(x))
+#endif
 static inline vf vmin_c(vf c, vf x) {
-#if defined(RF_ISA_avx512)
-  return (vf)_mm512_min_ps((__m512)c, (__m512)x);
-#elif defined(RF_ISA_avx2)
-  return (vf)_mm256_min_ps((__m256)c, (__m256)x);
-#elif defined(__SSE__)
-  return (vf)_mm_min_ps((__m128)c, (__m128)x);
+#ifdef RF_MINMAX
+  return RF_MINMAX(min, c, x);
 #else
   return c < x ? c : x;
 #endif
 }
 static inline vf vmax_c(vf c, vf x) {
-#if defined(RF_ISA_avx512)
-  return (vf)_mm512_max_ps((__m512)c, (__m512)x);
-#elif defined(RF_ISA_avx2)
-  return (vf)_mm256_max_ps((__m256)c, (__m256)x);
-#elif defined(__SSE__)
-  return (vf)_mm_max_ps((__m128)c, (__m128)x);
+#ifdef RF_MINMAX
+  return RF_MINMAX(max, c, x);
 #else
   return c > x ? c : x;
 #endif
 }
+#undef RF_MINMAX
 
 // e^x = 2^n e^r with x = n ln2 + r, |r| <= ln2/2: q = e^r - 1 by a degree-7 polynomial
 // (Cephes' expf coefficients), 2^n assembled in the exponent bits. x must lie in

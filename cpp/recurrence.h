@@ -213,10 +213,11 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels) {
             io[r].b_hn = a.b_hn;
           }
         // Full panels (all but maybe the last) load and store whole vectors, no lane checks.
+        const V(*xa)[NV] = split ? xacc : nullptr;
         if ((p + 1) * Cell::template units<T>() <= H)
-          Cell::template forward_epilogue<T, R, true>(a.cell, p, H, acc, split ? xacc : nullptr, io);
+          Cell::template forward_epilogue<T, R, true>(a.cell, p, H, acc, xa, io);
         else
-          Cell::template forward_epilogue<T, R, false>(a.cell, p, H, acc, split ? xacc : nullptr, io);
+          Cell::template forward_epilogue<T, R, false>(a.cell, p, H, acc, xa, io);
       };
 #pragma omp for schedule(static)
       for (int task = 0; task < ntasks; ++task) {
@@ -311,7 +312,8 @@ void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
     recurrent_forward_tasks<T, Cell, 1, NV, 0>(a, nt, npanels);
   } else if (NVK < NV && onepass < rows) {
     const int mb = (B + MR1 - 1) / MR1;
-    recurrent_forward_tasks<T, Cell, MR1, NV, 0>(a, nt < npanels * mb ? nt : npanels * mb, npanels);
+    recurrent_forward_tasks<T, Cell, MR1, NV, 0>(a, nt < npanels * mb ? nt : npanels * mb,
+                                                 npanels);
   } else {
     recurrent_forward_tasks<T, Cell, MR, NVK, MR2>(a, nt < npanels * mixed ? nt : npanels * mixed,
                                                    npanels);
