@@ -115,6 +115,15 @@ static void pack_panels(T* dst, int K, int n, const T* B, long rs, long cs) {
   long np = panels_for<T, NV>(n);
   for (long p = 0; p < np; ++p) {
     T* d = dst + p * (long)K * NR;
+    if (cs == 1 && (p + 1) * NR <= n) {  // a full panel of a row-major B: whole vectors
+      const T* b = B + p * NR;
+      for (int k = 0; k < K; ++k)
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v)
+          vstore(d + (long)k * NR + v * Simd<T>::W,
+                 vload<typename Simd<T>::V>(b + k * rs + v * Simd<T>::W));
+      continue;
+    }
     for (int k = 0; k < K; ++k)
       for (int j = 0; j < NR; ++j) {
         long col = p * NR + j;
