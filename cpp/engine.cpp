@@ -270,7 +270,7 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
     if (!last) {
       if (use_dropout) {
         cache_.masks[k + 1].resize(TB * DH);
-        kt.dropout(layer_out, cache_.masks[k + 1].data(), TB * DH, dropout, seed, k, nt);
+        kt.dropout(layer_out, layer_out, cache_.masks[k + 1].data(), TB * DH, dropout, seed, k, nt);
       }
       layer_in = layer_out;
     }

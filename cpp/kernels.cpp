@@ -38,7 +38,8 @@ inline uint64_t mix64(uint64_t z) {  // splitmix64's finalizer
 }
 
 template <typename T>
-void dropout(T* x, T* mask, long n, double p, uint64_t seed, int layer, int nthreads) {
+void dropout(const T* x, T* y, T* mask, long n, double p, uint64_t seed, int layer,
+             int nthreads) {
   const uint64_t base = mix64(seed ^ ((uint64_t)(layer + 1) * 0xD1B54A32D192ED03ull));
   const T scale = T(1) / (T(1) - T(p));
   int nt = rf_threads_for(nthreads, 20.0 * n);
@@ -49,7 +50,7 @@ void dropout(T* x, T* mask, long n, double p, uint64_t seed, int layer, int nthr
       const double u = (double)(mix64(base + (uint64_t)e) >> 40) * (1.0 / 16777216.0);
       const T m = u < p ? T(0) : scale;
       mask[e] = m;
-      x[e] *= m;
+      y[e] = x[e] * m;
     }
   });
 }

@@ -26,8 +26,10 @@ struct KernelTable {
   // out (n) += column sums of a (rows, n).
   void (*col_sums)(T* out, const T* a, long rows, int n, int nthreads);
   // Inter-layer dropout: mask[e] = 0 or 1/(1-p) by the counter-based hash of
-  // (seed, layer, e) documented in python/rnnfast/_reference_math.py; x *= mask.
-  void (*dropout)(T* x, T* mask, long n, double p, uint64_t seed, int layer, int nthreads);
+  // (seed, layer, e) documented in python/rnnfast/_reference_math.py; y = x * mask
+  // (y may be x).
+  void (*dropout)(const T* x, T* y, T* mask, long n, double p, uint64_t seed, int layer,
+                  int nthreads);
   // Sums a (n) `reps` times with vector loads over up to nthreads threads: the bench's
   // read-bandwidth probe for the streaming floor.
   double (*read_sum)(const T* a, long n, int reps, int nthreads);

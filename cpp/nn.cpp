@@ -40,9 +40,9 @@ void embedding_backward(const int64_t* idx, long n, const T* dout, long dim, T* 
 }
 
 template <typename T>
-void dropout(T* x, T* mask, long n, double p, uint64_t seed, int nthreads) {
+void dropout(const T* x, T* y, T* mask, long n, double p, uint64_t seed, int nthreads) {
   const ThreadBudget budget(nthreads);
-  kernels<T>().dropout(x, mask, n, p, seed, 0, budget.threads());
+  kernels<T>().dropout(x, y, mask, n, p, seed, 0, budget.threads());
 }
 
 template <typename T>
@@ -59,7 +59,7 @@ double loss(int kind, const T* z, long N, long C, const int64_t* labels, const T
                                   T*, T*, T*, T*, int);                                         \
   template long embedding_forward<T>(const int64_t*, long, const T*, long, long, T*, int);     \
   template void embedding_backward<T>(const int64_t*, long, const T*, long, T*, int);          \
-  template void dropout<T>(T*, T*, long, double, uint64_t, int);                                \
+  template void dropout<T>(const T*, T*, T*, long, double, uint64_t, int);                      \
   template double loss<T>(int, const T*, long, long, const int64_t*, const T*, const T*, double, \
                           T*, long*, int);
 RF_INSTANTIATE_NN(float)

@@ -25,10 +25,10 @@ long embedding_forward(const int64_t* idx, long n, const T* W, long vocab, long 
 template <typename T>
 void embedding_backward(const int64_t* idx, long n, const T* dout, long dim, T* dW, int nthreads);
 
-// x *= mask with mask = 0 (probability p) or 1/(1-p), drawn by the engine's inter-layer
-// dropout hash of (seed, e); mask (n) is written.
+// y = x * mask with mask = 0 (probability p) or 1/(1-p), drawn by the engine's inter-layer
+// dropout hash of (seed, e); mask (n) is written; y may be x.
 template <typename T>
-void dropout(T* x, T* mask, long n, double p, uint64_t seed, int nthreads);
+void dropout(const T* x, T* y, T* mask, long n, double p, uint64_t seed, int nthreads);
 
 // See layers.cpp: sum of weighted row losses; grad = scale * d(loss)/dz when not null.
 template <typename T>

@@ -16,7 +16,7 @@ namespace {
 
 constexpr long kChunk = 8192;  // elements per work-shared chunk
 
-template <typename T, class F>
+template <class F>
 void for_chunks(long n, int nthreads, double bytes_per_elem, F&& f) {
   const long nchunks = (n + kChunk - 1) / kChunk;
   // Memory-bound: a thread is worth it from ~256 KiB of traffic on.
@@ -120,19 +120,11 @@ void adagrad(const OptimStep<T>& a, long i0, long i1) {
 template <typename T>
 void optim_step(const OptimStep<T>& a, int nthreads) {
   const double traffic = sizeof(T) * 5.0;
-  switch (a.algo) {
-    case OPT_SGD:
-      for_chunks<T>(a.n, nthreads, traffic, [&](long i0, long i1) { sgd(a, i0, i1); });
-      break;
-    case OPT_ADAM:
-      for_chunks<T>(a.n, nthreads, traffic, [&](long i0, long i1) { adam(a, i0, i1); });
-      break;
-    case OPT_RMSPROP:
-      for_chunks<T>(a.n, nthreads, traffic, [&](long i0, long i1) { rmsprop(a, i0, i1); });
-      break;
-    default:
-      for_chunks<T>(a.n, nthreads, traffic, [&](long i0, long i1) { adagrad(a, i0, i1); });
-  }
+  void (*update)(const OptimStep<T>&, long, long) = a.algo == OPT_SGD       ? sgd<T>
+                                                    : a.algo == OPT_ADAM    ? adam<T>
+                                                    : a.algo == OPT_RMSPROP ? rmsprop<T>
+                                                                            : adagrad<T>;
+  for_chunks(a.n, nthreads, traffic, [&](long i0, long i1) { update(a, i0, i1); });
 }
 
 template <typename T>
@@ -142,7 +134,7 @@ double sum_squares(const T* x, long n, int nthreads) {
   // Per-chunk partial sums in double, added in chunk order: the same result for any
   // thread count.
   std::vector<double> part(nchunks);
-  for_chunks<T>(n, nthreads, sizeof(T), [&](long i0, long i1) {
+  for_chunks(n, nthreads, sizeof(T), [&](long i0, long i1) {
     double s = 0;
     for (long i = i0; i < i1; ++i) s += (double)x[i] * (double)x[i];
     part[i0 / kChunk] = s;
@@ -154,7 +146,7 @@ double sum_squares(const T* x, long n, int nthreads) {
 template <typename T>
 void scale_clip(T* x, long n, double scale, double clip, int nthreads) {
   const T s = (T)scale, c = (T)clip;
-  for_chunks<T>(n, nthreads, 2.0 * sizeof(T), [&](long i0, long i1) {
+  for_chunks(n, nthreads, 2.0 * sizeof(T), [&](long i0, long i1) {
     for (long i = i0; i < i1; ++i) {
       T v = x[i] * s;
       if (clip >= 0) v = v > c ? c : (v < -c ? -c : v);  // NaN stays NaN

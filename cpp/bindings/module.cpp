@@ -190,6 +190,23 @@ void bind_engine(py::module_& m, const char* name) {
 }
 
 template <typename T>
+constexpr const char* dtype_name() {
+  return sizeof(T) == 4 ? "float32" : "float64";
+}
+
+// An array of exactly dtype T that is written in place, so no converted copy may stand in
+// for it: TypeError for another type, ValueError unless C-contiguous and writeable.
+template <typename T>
+py::array_t<T> inplace_array(const py::object& o, const char* what) {
+  if (!py::isinstance<py::array_t<T>>(o))
+    throw py::type_error(std::string(what) + " must be a " + dtype_name<T>() + " array");
+  auto a = py::reinterpret_borrow<py::array_t<T>>(o);
+  if (!(a.flags() & py::array::c_style) || !a.writeable())
+    throw py::value_error(std::string(what) + " must be C-contiguous and writeable");
+  return a;
+}
+
+template <typename T>
 py::object state_view(py::object self, Stream<T>& s, T* data) {
   if (!data) return py::none();
   const Engine<T>& e = s.engine();
@@ -235,12 +252,7 @@ void bind_stream(py::module_& m, const char* name) {
             if (out.is_none()) {
               y = row ? py::array_t<T>(DH) : py::array_t<T>({B, DH});
             } else {
-              if (!py::isinstance<py::array_t<T>>(out))
-                throw py::type_error(std::string("out must be a ") +
-                                     (sizeof(T) == 4 ? "float32" : "float64") + " array");
-              y = py::reinterpret_borrow<py::array_t<T>>(out);
-              if (!(y.flags() & py::array::c_style) || !y.writeable())
-                throw py::value_error("out must be C-contiguous and writeable");
+              y = inplace_array<T>(out, "out");
               if (row)
                 check_shape(y, {DH}, "out");
               else
@@ -256,17 +268,12 @@ void bind_stream(py::module_& m, const char* name) {
           py::arg("x"), py::arg("out") = py::none());
 }
 
-// A 1-D, C-contiguous, writeable array of exactly dtype T (n elements when n >= 0): the
-// optimizer updates it in place, so no converted copy may stand in for it.
+// A 1-D in-place array (n elements when n >= 0): the optimizer's buffers.
 template <typename T>
 T* flat_buffer(const py::object& o, const char* what, long n, bool optional, long* size = nullptr) {
   if (optional && o.is_none()) return nullptr;
-  if (!py::isinstance<py::array_t<T>>(o))
-    throw py::type_error(std::string(what) + " must be a " + (sizeof(T) == 4 ? "float32" : "float64") +
-                         " array");
-  auto a = py::reinterpret_borrow<py::array_t<T>>(o);
-  if (a.ndim() != 1 || !(a.flags() & py::array::c_style) || !a.writeable())
-    throw py::value_error(std::string(what) + " must be 1-D, C-contiguous and writeable");
+  auto a = inplace_array<T>(o, what);
+  if (a.ndim() != 1) throw py::value_error(std::string(what) + " must be 1-D");
   if (n >= 0 && a.shape(0) != n)
     throw py::value_error(std::string(what) + " must have " + std::to_string(n) + " elements, got " +
                           std::to_string(a.shape(0)));
@@ -274,16 +281,12 @@ T* flat_buffer(const py::object& o, const char* what, long n, bool optional, lon
   return a.mutable_data();
 }
 
-// The same for an array of any shape whose elements are updated in place (n in all).
+// An in-place array of any shape with n elements in all.
 template <typename T>
 T* inplace_buffer(const py::object& o, const char* what, long n) {
-  if (!py::isinstance<py::array_t<T>>(o))
-    throw py::type_error(std::string(what) + " must be a " + (sizeof(T) == 4 ? "float32" : "float64") +
-                         " array");
-  auto a = py::reinterpret_borrow<py::array_t<T>>(o);
-  if (!(a.flags() & py::array::c_style) || !a.writeable() || (long)a.size() != n)
-    throw py::value_error(std::string(what) + " must be C-contiguous, writeable, with " +
-                          std::to_string(n) + " elements");
+  auto a = inplace_array<T>(o, what);
+  if ((long)a.size() != n)
+    throw py::value_error(std::string(what) + " must have " + std::to_string(n) + " elements");
   return a.mutable_data();
 }
 
@@ -413,11 +416,9 @@ py::tuple nn_dropout(Arr<T> x, double p, uint64_t seed, int nthreads) {
   py::array_t<T> y(shape), mask(shape);
   T* yp = y.mutable_data();
   T* mp = mask.mutable_data();
-  const long n = (long)x.size();
-  std::copy(x.data(), x.data() + n, yp);
   {
     py::gil_scoped_release release;
-    dropout<T>(yp, mp, n, p, seed, nthreads);
+    dropout<T>(x.data(), yp, mp, (long)x.size(), p, seed, nthreads);
   }
   return py::make_tuple(y, mask);
 }

@@ -27,9 +27,6 @@ class _EngineStream(Stream):
         Stream.num_threads.fset(self, value)
         self._core.num_threads = self._num_threads
 
-    def __call__(self, x, out=None):
-        return self.step(x, out)
-
 
 class _EngineLayer(RecurrentBase):
     _stream_class = _EngineStream

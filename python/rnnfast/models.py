@@ -174,7 +174,8 @@ class Sequential:
         stops training with a RuntimeWarning instead)."""
         self._need_compiled()
         z, out_lengths = self._run_forward(x, True, lengths)
-        mean, grad, correct, rows = self.loss(z, y, out_lengths if np.ndim(z) >= 3 else None)
+        ol = out_lengths if np.ndim(z) >= 3 else None  # steps of per-step outputs
+        mean, grad, correct, rows = self.loss(z, y, ol)
         if not math.isfinite(mean):
             raise _NonFiniteLoss(mean)
         self.zero_grad()
@@ -187,18 +188,13 @@ class Sequential:
             _optim.clip_grad_norm(self.optimizer, self.clip_norm)
         self.optimizer.step()
         for m in self.metrics:
-            m.update(self.loss, z, y, out_lengths if np.ndim(z) >= 3 else None, mean, correct,
-                     rows)
+            m.update(self.loss, z, y, ol, mean, correct, rows)
         return mean, correct, rows
 
     def _batches(self, n, batch_size, shuffle):
         order = self._rng.permutation(n) if shuffle else np.arange(n)
         for i in range(0, n, batch_size):
             yield order[i:i + batch_size]
-
-    @staticmethod
-    def _take(a, idx):
-        return None if a is None else np.asarray(a)[idx]
 
     def _check_xy(self, x, y, lengths):
         n = _n_samples(x, "x")
@@ -211,6 +207,10 @@ class Sequential:
         if n == 0:
             raise ValueError("x holds no samples")
         return n
+
+    @staticmethod
+    def _as_lengths(lengths):
+        return None if lengths is None else np.asarray(lengths)
 
     @staticmethod
     def _check_batch_size(batch_size):
@@ -232,6 +232,7 @@ class Sequential:
             raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
         x, y = _as_array(x, "x"), _as_array(y, "y")
         n = self._check_xy(x, y, lengths)
+        lengths = self._as_lengths(lengths)
         if validation_data is None and validation_split:
             if not 0.0 < validation_split < 1.0:
                 raise ValueError(f"validation_split must lie in [0, 1), got {validation_split}")
@@ -241,9 +242,9 @@ class Sequential:
                                  f"validation samples out of {n}")
             cut = n - n_val  # Keras takes the last samples, before shuffling
             validation_data = (x[cut:], y[cut:]) if lengths is None else \
-                (x[cut:], y[cut:], np.asarray(lengths)[cut:])
+                (x[cut:], y[cut:], lengths[cut:])
             x, y = x[:cut], y[:cut]
-            lengths = None if lengths is None else np.asarray(lengths)[:cut]
+            lengths = None if lengths is None else lengths[:cut]
             n = cut
         callbacks = list(callbacks or [])
         history = {"loss": []}
@@ -270,7 +271,8 @@ class Sequential:
             bar = _Progress(n, epoch, epochs, verbose)
             for b, idx in enumerate(self._batches(n, batch_size, shuffle)):
                 try:
-                    mean, _, _ = self.train_on_batch(x[idx], y[idx], self._take(lengths, idx))
+                    mean, _, _ = self.train_on_batch(x[idx], y[idx],
+                                                     None if lengths is None else lengths[idx])
                 except _NonFiniteLoss as exc:  # stop here, weights as before this batch
                     warnings.warn(f"epoch {epoch + 1}, batch {b + 1}: {exc}; training stopped",
                                   RuntimeWarning, stacklevel=4)
@@ -304,11 +306,12 @@ class Sequential:
         batch_size = self._check_batch_size(batch_size)
         x, y = _as_array(x, "x"), _as_array(y, "y")
         n = self._check_xy(x, y, lengths)
+        lengths = self._as_lengths(lengths)
         metrics = [get_metric(m.name) for m in self.metrics]  # fresh accumulators
         total = rows_total = 0.0
         for i in range(0, n, batch_size):
             sl = slice(i, i + batch_size)
-            lb = None if lengths is None else np.asarray(lengths)[sl]
+            lb = None if lengths is None else lengths[sl]
             z, out_lengths = self._run_forward(x[sl], False, lb)
             ol = out_lengths if np.ndim(z) >= 3 else None
             mean, _, correct, rows = self.loss(z, y[sl], ol, want_grad=False)
@@ -327,9 +330,10 @@ class Sequential:
         batch_size = self._check_batch_size(batch_size)
         x = _as_array(x, "x")
         n = self._check_xy(x, None, lengths)
+        lengths = self._as_lengths(lengths)
         outs = []
         for i in range(0, n, batch_size):
-            lb = None if lengths is None else np.asarray(lengths)[i:i + batch_size]
+            lb = None if lengths is None else lengths[i:i + batch_size]
             outs.append(self._run_forward(x[i:i + batch_size], False, lb)[0])
         return np.concatenate(outs, axis=0)
 
