@@ -55,22 +55,29 @@ struct GruCell : GatePanels {
   // d(pre_n) = dn*(1-n^2) goes to W_in as is and to W_hn times r; dr = d(pre_n)*hn.
   template <typename T>
   static void backward_row(int, int H, const BwdRows<T>& io) {
+    typedef typename Simd<T>::V V;
+    constexpr int W = Simd<T>::W;
     const T *cr = io.cache, *cz = cr + H, *cn = cz + H, *chn = cn + H;
-    T *ar = io.da_hh, *az = ar + H, *an = az + H;
+    const T *dhn = io.dh, *dy = io.dy, *hp = io.h_prev;
+    T *ar = io.da_hh, *az = ar + H, *an = az + H, *direct = io.direct;
     T* in = io.da_ih;  // always kept apart for GRU: its n rows differ
-    for (int u = 0; u < H; ++u) {
-      const T dh = io.dh[u] + (io.dy ? io.dy[u] : T(0));
-      const T r = cr[u], z = cz[u], nn = cn[u], hp = io.h_prev[u];
-      const T dpre_n = dh * (T(1) - z) * (T(1) - nn * nn);
-      const T dpre_r = dpre_n * chn[u] * r * (T(1) - r);
-      const T dpre_z = dh * (hp - nn) * z * (T(1) - z);
-      ar[u] = dpre_r;
-      az[u] = dpre_z;
-      an[u] = dpre_n * r;
-      in[u] = dpre_r;
-      in[H + u] = dpre_z;
-      in[2 * H + u] = dpre_n;
-      io.direct[u] = dh * z;
+    const V one = vbcast<V>(T(1));
+    for (int u = 0; u < H; u += W) {  // explicit vectors: GCC left the scalar loop alone
+      const int n = H - u < W ? H - u : W;
+      V dh = load_units<T>(dhn + u, n);
+      if (dy) dh += load_units<T>(dy + u, n);
+      const V r = load_units<T>(cr + u, n), z = load_units<T>(cz + u, n);
+      const V nn = load_units<T>(cn + u, n);
+      const V dpre_n = dh * (one - z) * (one - nn * nn);
+      const V dpre_r = dpre_n * load_units<T>(chn + u, n) * r * (one - r);
+      const V dpre_z = dh * (load_units<T>(hp + u, n) - nn) * z * (one - z);
+      store_units<T>(ar + u, dpre_r, n);
+      store_units<T>(az + u, dpre_z, n);
+      store_units<T>(an + u, dpre_n * r, n);
+      store_units<T>(in + u, dpre_r, n);
+      store_units<T>(in + H + u, dpre_z, n);
+      store_units<T>(in + 2 * H + u, dpre_n, n);
+      store_units<T>(direct + u, dh * z, n);
     }
   }
 };

@@ -51,25 +51,29 @@ struct LstmCell : GatePanels {
   // dc_prev = dc*f, and each pre-activation grad is the gate's derivative times that.
   template <typename T>
   static void backward_row(int, int H, const BwdRows<T>& io) {
+    typedef typename Simd<T>::V V;
+    constexpr int W = Simd<T>::W;
     const T *ci = io.cache, *cf = ci + H, *cg = cf + H, *co = cg + H, *ctc = co + H;
-    T *ai = io.da_hh, *af = ai + H, *ag = af + H, *ao = ag + H;
+    const T *dhn = io.dh, *dy = io.dy, *cp = io.c_prev;
+    T *ai = io.da_hh, *af = ai + H, *ag = af + H, *ao = ag + H, *dcs = io.dc, *direct = io.direct;
     T* ih = io.da_ih;  // the same values for W_ih, in time order, when kept apart
-    for (int u = 0; u < H; ++u) {
-      const T dh = io.dh[u] + (io.dy ? io.dy[u] : T(0));
-      const T i = ci[u], f = cf[u], g = cg[u], o = co[u], tc = ctc[u];
-      const T dc = io.dc[u] + dh * o * (T(1) - tc * tc);
-      ai[u] = dc * g * i * (T(1) - i);
-      af[u] = dc * io.c_prev[u] * f * (T(1) - f);
-      ag[u] = dc * i * (T(1) - g * g);
-      ao[u] = dh * tc * o * (T(1) - o);
-      if (ih) {
-        ih[u] = ai[u];
-        ih[H + u] = af[u];
-        ih[2 * H + u] = ag[u];
-        ih[3 * H + u] = ao[u];
+    const V one = vbcast<V>(T(1));
+    for (int u = 0; u < H; u += W) {  // explicit vectors: GCC left the scalar loop alone
+      const int n = H - u < W ? H - u : W;
+      V dh = load_units<T>(dhn + u, n);
+      if (dy) dh += load_units<T>(dy + u, n);
+      const V i = load_units<T>(ci + u, n), f = load_units<T>(cf + u, n);
+      const V g = load_units<T>(cg + u, n), o = load_units<T>(co + u, n);
+      const V tc = load_units<T>(ctc + u, n);
+      const V dc = load_units<T>(dcs + u, n) + dh * o * (one - tc * tc);
+      const V da[4] = {dc * g * i * (one - i), dc * load_units<T>(cp + u, n) * f * (one - f),
+                       dc * i * (one - g * g), dh * tc * o * (one - o)};
+      for (int v = 0; v < 4; ++v) {
+        store_units<T>(ai + v * H + u, da[v], n);
+        if (ih) store_units<T>(ih + v * H + u, da[v], n);
       }
-      io.dc[u] = dc * f;
-      io.direct[u] = T(0);
+      store_units<T>(dcs + u, dc * f, n);
+      store_units<T>(direct + u, V{}, n);
     }
   }
 };

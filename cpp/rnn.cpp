@@ -45,13 +45,21 @@ struct RnnCell {
   // The forward was h = act(pre): d(pre) = dh*(1 - h^2) for tanh, dh*[h > 0] for relu.
   template <typename T>
   static void backward_row(int cell, int H, const BwdRows<T>& io) {
-    for (int u = 0; u < H; ++u) {
-      const T dh = io.dh[u] + (io.dy ? io.dy[u] : T(0));
-      const T h = io.h_new[u];
-      const T da = cell == RNN_RELU ? (h > T(0) ? dh : T(0)) : dh * (T(1) - h * h);
-      io.da_hh[u] = da;
-      if (io.da_ih) io.da_ih[u] = da;
-      io.direct[u] = T(0);
+    typedef typename Simd<T>::V V;
+    typedef typename Simd<T>::VI VI;
+    constexpr int W = Simd<T>::W;
+    const T *dhn = io.dh, *dy = io.dy, *hs = io.h_new;
+    T *ah = io.da_hh, *ai = io.da_ih, *direct = io.direct;
+    const V one = vbcast<V>(T(1));
+    for (int u = 0; u < H; u += W) {  // explicit vectors: GCC left the scalar loop alone
+      const int n = H - u < W ? H - u : W;
+      V dh = load_units<T>(dhn + u, n);
+      if (dy) dh += load_units<T>(dy + u, n);
+      const V h = load_units<T>(hs + u, n);
+      const V da = cell == RNN_RELU ? (V)((VI)dh & (VI)(h > V{})) : dh * (one - h * h);
+      store_units<T>(ah + u, da, n);
+      if (ai) store_units<T>(ai + u, da, n);
+      store_units<T>(direct + u, V{}, n);
     }
   }
 };
