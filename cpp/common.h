@@ -66,6 +66,11 @@ struct LayerBwd {
   T* da_hh;
   T* da_ih;
   T* direct;
+  // Bias gradients (accumulated), summed while the sweep makes dA: null without biases.
+  // db_part is scratch for one partial sum per batch row (2*G*H each at most).
+  T* db_hh;
+  T* db_ih;
+  T* db_part;
 };
 
 }  // namespace rnnfast

@@ -14,7 +14,8 @@ namespace {
 // allocate nor page-fault: glibc serves large blocks with fresh mmap'd pages.
 template <typename T>
 struct Workspace {
-  std::vector<T> xproj, out_a, out_b, hs, cs, dinput_a, dinput_b, da_hh, da_ih, direct, dh, dc;
+  std::vector<T> xproj, out_a, out_b, hs, cs, dinput_a, dinput_b, da_hh, da_ih, direct, dh, dc,
+      db_part;
   std::vector<int32_t> tidx[2];
 };
 // Input projections with at most this many rows (T*B) use the weights pre-packed at
@@ -300,6 +301,7 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
   direct.resize(BH);
   dh.resize(BH);
   dc.resize(BH);
+  if (bias_) ws.db_part.resize(2 * GH * batch);
   const T* dlayer = dy;  // gradient w.r.t. the current layer's output
   for (int k = L_ - 1; k >= 0; --k) {
     const int in_size = slots_[k * D_].in_size;
@@ -352,21 +354,20 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
       a.da_hh = da_hh.data();
       a.da_ih = da_i;
       a.direct = direct.data();
+      T* g = grads_.data();
+      a.db_hh = bias_ ? g + s.b_hh : nullptr;
+      a.db_ih = bias_ ? g + s.b_ih : nullptr;
+      a.db_part = bias_ ? ws.db_part.data() : nullptr;
       kt.backward[cell_](a, nt);
       std::memcpy(dh0 + si * BH, dh.data(), sizeof(T) * BH);
       if (cell_ == LSTM) std::memcpy(dc0 + si * BH, dc.data(), sizeof(T) * BH);
 
       // Weight gradients as large products after the sweep.
-      T* g = grads_.data();
       const T* wih = params_.data() + s.w_ih;
       kt.gemm((int)GH, H_, (int)TB, da_hh.data(), 1, GH, cache_.hs[si].data(), H_, 1, g + s.w_hh,
               H_, true, nullptr, nt);
       kt.gemm((int)GH, s.in_size, (int)TB, da_i, 1, GH, x_k, s.in_size, 1, g + s.w_ih, s.in_size,
               true, nullptr, nt);
-      if (bias_) {
-        kt.col_sums(g + s.b_ih, da_i, TB, (int)GH, nt);
-        kt.col_sums(g + s.b_hh, da_hh.data(), TB, (int)GH, nt);
-      }
       // dx = sum over directions: the first writes, the second adds.
       kt.gemm((int)TB, s.in_size, (int)GH, da_i, GH, 1, wih, s.in_size, 1, dx_k, s.in_size, d > 0,
               nullptr, nt);

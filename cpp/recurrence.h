@@ -7,6 +7,7 @@
 // sums apart), units(), column(), forward_epilogue<T, R, Full>() (Full: every unit of the
 // panel is below H), backward_row().
 #pragma once
+#include <algorithm>
 #include <type_traits>
 #include <vector>
 #include "cell_common.h"
@@ -320,14 +321,31 @@ void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
   }
 }
 
+template <typename T>
+static inline void add_row(T* acc, const T* x, long n) {
+  typedef typename Simd<T>::V V;
+  constexpr int W = Simd<T>::W;
+  long j = 0;
+  for (; j + W <= n; j += W) vstore(acc + j, vload<V>(acc + j) + vload<V>(x + j));
+  for (; j < n; ++j) acc[j] += x[j];
+}
+
 template <typename T, class Cell>
 void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
   const int B = a.batch, H = a.hidden, G = cell_gates(a.cell);
-  const long BH = (long)B * H, GH = (long)G * H;
+  const long BH = (long)B * H, GH = (long)G * H, PW = Cell::kSplitInput ? 2 * GH : GH;
   int nt = rf_threads_for(nthreads, rf_step_work(B, (long)G * H, H));
   T* direct = a.direct;
   rf_parallel(nt, [&] {
     RF_FLUSH_DENORMALS_SCOPE;
+    // Bias gradients: a partial sum per batch row, added to while the row's dA is in L1
+    // (a separate pass over all T*B rows afterwards took 3% of mid LSTM training), then
+    // summed in row order: the same result for any thread count. Only GRU's b_ih sums
+    // differ from its b_hh sums.
+    if (a.db_part) {
+#pragma omp for schedule(static)
+      for (int b = 0; b < B; ++b) std::fill(a.db_part + PW * b, a.db_part + PW * (b + 1), T(0));
+    }
     for (int s = a.steps - 1; s >= 0; --s) {
       const int32_t* tid = a.tidx + (long)s * B;
 #pragma omp for schedule(static)
@@ -351,10 +369,26 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
         io.da_ih = a.da_ih == a.da_hh ? nullptr : a.da_ih + (t * B + b) * GH;
         io.direct = direct + b * H;
         Cell::template backward_row<T>(a.cell, H, io);
+        if (T* db = a.db_part ? a.db_part + PW * b : nullptr) {
+          add_row(db, dah, GH);
+          if (Cell::kSplitInput) add_row(db + GH, io.da_ih, GH);
+        }
       }
       // dh_{s-1} = dA_s W_hh + direct  (implicit barriers around both phases)
       gemm_prepacked<T>(B, H, (int)GH, a.da_hh + (long)s * B * GH, GH, a.packed_whh_t, a.dh, H,
                         direct, H);
+    }
+    if (a.db_part) {  // the product's work-sharing loop ended with a barrier
+#pragma omp for schedule(static)
+      for (long j = 0; j < GH; ++j) {
+        T sum_hh = T(0), sum_ih = T(0);
+        for (int b = 0; b < B; ++b) {
+          sum_hh += a.db_part[PW * b + j];
+          if (Cell::kSplitInput) sum_ih += a.db_part[PW * b + GH + j];
+        }
+        a.db_hh[j] += sum_hh;
+        a.db_ih[j] += Cell::kSplitInput ? sum_ih : sum_hh;
+      }
     }
   });
 }
