@@ -225,6 +225,26 @@ def test_vector_activations_error_bound(isa, kind, fn):
         assert special[2] == -1.0 if kind == 2 else 0 <= special[2] < 1e-37
 
 
+# Shapes around the GEMM's blocking (6- or 12-row micro-panels, 96-row blocks, 512-row K
+# blocks, 16- or 32-column panels) and the forms it takes: row-major A (forward input
+# products, dx) and A transposed (weight gradients, dA^T).
+GEMM_SHAPES = [(1, 1, 1), (5, 3, 7), (6, 16, 8), (7, 17, 9), (13, 33, 511), (95, 15, 512),
+               (96, 64, 513), (97, 31, 1030), (200, 1, 64), (1030, 70, 300), (37, 300, 1100)]
+
+
+@pytest.mark.parametrize("trans_a", [False, True])
+def test_gemm_matches_numpy(isa, trans_a):
+    rng = np.random.default_rng(3)
+    for M, N, K in GEMM_SHAPES:
+        a = rng.standard_normal((K, M) if trans_a else (M, K)).astype(np.float32)
+        b = rng.standard_normal((K, N)).astype(np.float32)
+        want = (a.T if trans_a else a).astype(np.float64) @ b.astype(np.float64)
+        for nt in (1, 2, 3):
+            got = _core._gemm(a, b, nthreads=nt, trans_a=trans_a)
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.sqrt(K),
+                                       err_msg=f"M={M} N={N} K={K} nthreads={nt}")
+
+
 def test_isa_switch_and_env(tmp_path):
     import subprocess
     import sys

@@ -539,22 +539,26 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_isa", &set_isa, py::arg("name"));
   m.def(
       "_gemm",
-      [](Arr<float> a, Arr<float> b, int nthreads) {
-        if (a.ndim() != 2 || b.ndim() != 2 || a.shape(1) != b.shape(0))
-          throw py::value_error("_gemm needs a (M, K) and b (K, N)");
-        const long M = a.shape(0), K = a.shape(1), N = b.shape(1);
+      [](Arr<float> a, Arr<float> b, int nthreads, bool trans_a) {
+        const int ka = trans_a ? 0 : 1;
+        if (a.ndim() != 2 || b.ndim() != 2 || a.shape(ka) != b.shape(0))
+          throw py::value_error(trans_a ? "_gemm needs a (K, M) and b (K, N)"
+                                        : "_gemm needs a (M, K) and b (K, N)");
+        const long M = a.shape(1 - ka), K = a.shape(ka), N = b.shape(1);
         py::array_t<float> c({M, N});
         float* cp = c.mutable_data();
         {
           py::gil_scoped_release release;
           const ThreadBudget budget(nthreads);
-          kernels<float>().gemm((int)M, (int)N, (int)K, a.data(), K, 1, b.data(), N, 1, cp, N,
-                                false, nullptr, budget.threads());
+          kernels<float>().gemm((int)M, (int)N, (int)K, a.data(), trans_a ? 1 : K,
+                                trans_a ? M : 1, b.data(), N, 1, cp, N, false, nullptr,
+                                budget.threads());
         }
         return c;
       },
-      py::arg("a"), py::arg("b"), py::arg("nthreads") = 0,
-      "a @ b with the engine's own float32 GEMM (for tests and benchmarks).");
+      py::arg("a"), py::arg("b"), py::arg("nthreads") = 0, py::arg("trans_a") = false,
+      "a @ b (a.T @ b with trans_a, the weight gradients' form) with the engine's own "
+      "float32 GEMM (for tests and benchmarks).");
   m.def(
       "_read_probe",
       [](Arr<float> buf, int reps, int nthreads) {
