@@ -65,5 +65,13 @@ static inline void store_units(T* p, typename Simd<T>::V v, int n) {
     vstore_part(p, v, n);
 }
 
+// dL/dh of units [u, u + n) of a backward row: from the step after plus from the output.
+template <typename T>
+static inline typename Simd<T>::V upstream_dh(const BwdRows<T>& io, int u, int n) {
+  typename Simd<T>::V dh = load_units<T>(io.dh + u, n);
+  if (io.dy) dh += load_units<T>(io.dy + u, n);
+  return dh;
+}
+
 }  // namespace RF_NS
 }  // namespace rnnfast

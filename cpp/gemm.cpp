@@ -103,15 +103,14 @@ void pack_a(T* dst, int mc, int kc, const T* A, long rsa, long csa) {
     for (int p = 0; p < nfull; ++p)
       for (int r = 0; r < MR; ++r)
         dst[(long)p * MR * kc + (long)(kc - 1) * MR + r] = A[(kc - 1) * csa + p * MR + r];
-    i0 = nfull * MR;
-  }
-  if (rsa == 1)  // full micro-panels near the block's end, without checks
-    for (; i0 + MR <= mc; i0 += MR) {
+    // Full micro-panels too near the block's end for whole vectors: without checks.
+    for (i0 = nfull * MR; i0 + MR <= mc; i0 += MR) {
       T* d = dst + (long)i0 * kc;
       for (int k = 0; k < kc; ++k)
 #pragma GCC unroll 16
         for (int r = 0; r < MR; ++r) d[(long)k * MR + r] = A[i0 + r + k * csa];
     }
+  }
   for (; i0 < mc; i0 += MR) {
     T* d = dst + (long)i0 * kc;
     for (int k = 0; k < kc; ++k)

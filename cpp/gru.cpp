@@ -58,14 +58,13 @@ struct GruCell : GatePanels {
     typedef typename Simd<T>::V V;
     constexpr int W = Simd<T>::W;
     const T *cr = io.cache, *cz = cr + H, *cn = cz + H, *chn = cn + H;
-    const T *dhn = io.dh, *dy = io.dy, *hp = io.h_prev;
+    const T* hp = io.h_prev;
     T *ar = io.da_hh, *az = ar + H, *an = az + H, *direct = io.direct;
     T* in = io.da_ih;  // always kept apart for GRU: its n rows differ
     const V one = vbcast<V>(T(1));
     for (int u = 0; u < H; u += W) {  // explicit vectors: GCC left the scalar loop alone
       const int n = H - u < W ? H - u : W;
-      V dh = load_units<T>(dhn + u, n);
-      if (dy) dh += load_units<T>(dy + u, n);
+      const V dh = upstream_dh(io, u, n);
       const V r = load_units<T>(cr + u, n), z = load_units<T>(cz + u, n);
       const V nn = load_units<T>(cn + u, n);
       const V dpre_n = dh * (one - z) * (one - nn * nn);

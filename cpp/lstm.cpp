@@ -54,14 +54,13 @@ struct LstmCell : GatePanels {
     typedef typename Simd<T>::V V;
     constexpr int W = Simd<T>::W;
     const T *ci = io.cache, *cf = ci + H, *cg = cf + H, *co = cg + H, *ctc = co + H;
-    const T *dhn = io.dh, *dy = io.dy, *cp = io.c_prev;
+    const T* cp = io.c_prev;
     T *ai = io.da_hh, *af = ai + H, *ag = af + H, *ao = ag + H, *dcs = io.dc, *direct = io.direct;
     T* ih = io.da_ih;  // the same values for W_ih, in time order, when kept apart
     const V one = vbcast<V>(T(1));
     for (int u = 0; u < H; u += W) {  // explicit vectors: GCC left the scalar loop alone
       const int n = H - u < W ? H - u : W;
-      V dh = load_units<T>(dhn + u, n);
-      if (dy) dh += load_units<T>(dy + u, n);
+      const V dh = upstream_dh(io, u, n);
       const V i = load_units<T>(ci + u, n), f = load_units<T>(cf + u, n);
       const V g = load_units<T>(cg + u, n), o = load_units<T>(co + u, n);
       const V tc = load_units<T>(ctc + u, n);

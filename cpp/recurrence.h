@@ -134,7 +134,7 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels) {
     RF_FLUSH_DENORMALS_SCOPE;
     std::vector<V> heap(kblocked ? (split ? 2 : 1) * mblocks * tile : 0);
     V* partial = heap.data();
-    V* xpartial = partial + mblocks * tile;
+    V* xpartial = kblocked && split ? partial + mblocks * tile : nullptr;
     for (int s = 0; s < a.steps; ++s) {
       const long in = a.keep_all ? s : (s & 1), out = a.keep_all ? s + 1 : ((s + 1) & 1);
       const T* h_prev = a.hs + in * BH;
@@ -279,7 +279,7 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels) {
                     pass(R_c, sums, k0 == lo, panel, h, I - k0, xr, k0, k1 - I, hr, I);
                   }
                   if (!xp && k1 == hi && h == NP - 1)
-                    finish(R_c, p, i0, sums, xpartial + ib * tile);
+                    finish(R_c, p, i0, sums, split ? xpartial + ib * tile : nullptr);
                 });
             }
           }

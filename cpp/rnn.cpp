@@ -48,13 +48,12 @@ struct RnnCell {
     typedef typename Simd<T>::V V;
     typedef typename Simd<T>::VI VI;
     constexpr int W = Simd<T>::W;
-    const T *dhn = io.dh, *dy = io.dy, *hs = io.h_new;
+    const T* hs = io.h_new;
     T *ah = io.da_hh, *ai = io.da_ih, *direct = io.direct;
     const V one = vbcast<V>(T(1));
     for (int u = 0; u < H; u += W) {  // explicit vectors: GCC left the scalar loop alone
       const int n = H - u < W ? H - u : W;
-      V dh = load_units<T>(dhn + u, n);
-      if (dy) dh += load_units<T>(dy + u, n);
+      const V dh = upstream_dh(io, u, n);
       const V h = load_units<T>(hs + u, n);
       const V da = cell == RNN_RELU ? (V)((VI)dh & (VI)(h > V{})) : dh * (one - h * h);
       store_units<T>(ah + u, da, n);
