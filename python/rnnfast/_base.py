@@ -29,7 +29,8 @@ def _check_size(value, name):
 
 def _as_float_array(value, name, dtype):
     """Any array-like of real numbers -> ndarray of ``dtype`` (a copy only when needed)."""
-    if type(value) is np.ndarray and value.dtype == dtype and value.flags.c_contiguous:
+    if type(value) is np.ndarray and (value.dtype is dtype or value.dtype == dtype) \
+            and value.flags.c_contiguous:
         return value  # the common case, kept cheap for batch-1 streaming
     try:
         arr = np.asarray(value)
@@ -233,14 +234,18 @@ class RecurrentBase(_ThreadsSetting):
                 raise TypeError(f"{name} must give both h and c for LSTM (or be None)")
             if h is None:
                 return None, None
-            return (self._state_part(h, shape, unbatched, name + "[0] (h)"),
-                    self._state_part(c, shape, unbatched, name + "[1] (c)"))
+            return (self._state_part(h, shape, unbatched, name, "[0] (h)"),
+                    self._state_part(c, shape, unbatched, name, "[1] (c)"))
         if isinstance(state, tuple):
             raise TypeError(f"{name} must be one array h of shape {_shape_str(shape)} for "
                             f"{type(self).__name__}, not a tuple")
         return self._state_part(state, shape, unbatched, name), None
 
-    def _state_part(self, part, shape, unbatched, label):
+    def _state_part(self, part, shape, unbatched, name, which=""):
+        if (type(part) is np.ndarray and part.dtype is self.dtype and part.shape == shape
+                and part.flags.c_contiguous):  # the common case (streaming), kept cheap
+            return part[:, None, :] if unbatched else part
+        label = name + which
         arr = _as_float_array(part, label, self.dtype)
         if arr.shape != shape:
             raise ValueError(f"{label} must have shape {_shape_str(shape)} "
