@@ -37,13 +37,14 @@ Options:
 Every peer runs on the same weights (taken from rnnfast's state_dict), the same input and, for
 training, the same random upstream gradient. Throughput uses the cost model of
 ../shared/rnn-equations.md: 2*T*B*(I_k+H)*G*H forward FLOPs per layer, 3x that for training,
-quoted against the NumPy sgemm rate (2048x2048 float32), the higher of the medians measured
-before and after the rows. Stream
+quoted against the NumPy sgemm rate (2048x2048 float32) sampled in the row's own rounds, next to
+its peers (the header also gives the medians measured before and after the rows). Stream
 rows also show the weight-read floor: the 4*G*H*(I+H) weight bytes divided by the read bandwidth
 over a float32 buffer of that size: the fastest of rnnfast's SIMD read probe (vector loads on
 all threads, rnnfast._core._read_probe) and NumPy's buf.sum(), buf.max() and np.dot(buf, buf),
 each a median over repeats.
 
+A "Goals of issue 3" table follows: each goal the rows of the run can decide, met or not.
 A peer that is missing or fails shows "n/a (ErrorType)" and its message is listed under the table;
 the run goes on. Progress goes to stderr, the tables to stdout.
 """
@@ -257,15 +258,24 @@ class Timer:
         ]
 
 
-def sgemm_ceiling(timer: Timer) -> float:
-    """GFLOP/s of NumPy's 2048x2048 float32 matrix product."""
-    n = 2048
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    out = np.empty((n, n), dtype=np.float32)
-    timing = timer.measure(lambda: np.matmul(a, b, out=out))
-    return 2 * n**3 / timing.median / 1e9
+class Sgemm:
+    """NumPy's 2048x2048 float32 matrix product: the ceiling every row is quoted against."""
+
+    N = 2048
+    FLOPS = 2 * N**3
+
+    def __init__(self):
+        rng = np.random.default_rng(0)
+        self.a = rng.standard_normal((self.N, self.N), dtype=np.float32)
+        self.b = rng.standard_normal((self.N, self.N), dtype=np.float32)
+        self.out = np.empty((self.N, self.N), dtype=np.float32)
+
+    def step(self) -> None:
+        np.matmul(self.a, self.b, out=self.out)
+
+    def gflops(self, timer: Timer) -> float:
+        """GFLOP/s over a measurement of its own."""
+        return self.FLOPS / timer.measure(self.step).median / 1e9
 
 
 class ReadProbe:
@@ -619,6 +629,9 @@ class Row:
     shape: dict
     flops: int  # per call
     results: dict[str, PeerResult] = field(default_factory=dict)
+    # GFLOP/s of the sgemm ceiling sampled in the same rounds as the peers: the row's
+    # "of sgemm" figures and goals are quoted against it (None: not measured).
+    sgemm_gflops: float | None = None
     weight_bytes: int | None = None  # stream rows
     floor_seconds: float | None = None  # stream rows: weight bytes / read bandwidth
     floor_error: str | None = None
@@ -626,6 +639,11 @@ class Row:
     def gflops(self, peer: str = "rnnfast") -> float | None:
         r = self.results.get(peer)
         return self.flops / r.seconds / 1e9 if r and r.ok else None
+
+    def share(self, run_sgemm: float | None = None) -> float | None:
+        """rnnfast GFLOP/s / the row's sgemm ceiling (the run's where the row has none)."""
+        g, ceiling = self.gflops(), self.sgemm_gflops or run_sgemm
+        return g / ceiling if g is not None and ceiling else None
 
     def over_floor(self) -> float | None:
         """rnnfast time / weight-read floor, stream rows."""
@@ -658,7 +676,8 @@ def build_peer(peer, workload: Workload) -> tuple[PeerResult | None, Runnable | 
 
 
 def run_row(
-    cell: Cell, config: Config, mode: str, peers, rf, timer: Timer, probe: ReadProbe, seed: int
+    cell: Cell, config: Config, mode: str, peers, rf, timer: Timer, probe: ReadProbe, seed: int,
+    sgemm: Sgemm | None = None,
 ) -> Row:
     rf_module = None if isinstance(rf, BaseException) else rf
     workload = make_workload(cell, config, mode, rf_module, seed)
@@ -671,7 +690,10 @@ def run_row(
     )
     built = {peer.name: build_peer(peer, workload) for peer in peers}
     ready = [name for name, (_, runnable) in built.items() if runnable is not None]
-    timings = timer.measure_interleaved([built[name][1].step for name in ready])
+    steps = [built[name][1].step for name in ready]
+    timings = timer.measure_interleaved(steps + ([sgemm.step] if sgemm else []))
+    if sgemm and isinstance(timings[-1], Timing):
+        row.sgemm_gflops = sgemm.FLOPS / timings[-1].median / 1e9
     for name, t in zip(ready, timings):
         built[name] = (
             PeerResult(error=_describe(t)) if isinstance(t, BaseException)
@@ -799,13 +821,14 @@ def format_report(
         + (f"{sgemm:.1f} GFLOP/s" if sgemm else "n/a")
         + (" (the higher of {} before and {} after the rows)".format(
             *info["sgemm_gflops_before_after"]) if "sgemm_gflops_before_after" in info else ""),
+        _row_ceilings_line(rows),
         "ratios are peer time / rnnfast time: above 1 means rnnfast is faster",
         "",
     ]
 
     def shares(row: Row) -> list[str]:
-        g = row.gflops()
-        return [_num(g), f"{100 * g / sgemm:.1f}%" if g is not None and sgemm else "-"]
+        share = row.share(sgemm)
+        return [_num(row.gflops()), "-" if share is None else f"{100 * share:.1f}%"]
 
     def peer_cells(row: Row, scale: float, others: list) -> list[str]:
         cells = []
@@ -859,6 +882,10 @@ def format_report(
             "",
         ]
 
+    goals = check_goals(rows, sgemm)
+    if goals:
+        parts += ["### Goals of issue 3", "", format_goals(goals), ""]
+
     notes = []
     for r in rows:
         for name, res in r.results.items():
@@ -873,6 +900,115 @@ def format_report(
     if notes:
         parts += ["Notes:", *dict.fromkeys(notes), ""]
     return "\n".join(parts)
+
+
+def _row_ceilings_line(rows: list[Row]) -> str:
+    measured = [r.sgemm_gflops for r in rows if r.sgemm_gflops]
+    if not measured:
+        return "of sgemm: against the ceiling above (no row sampled its own)"
+    return (
+        "of sgemm and the goals: against the ceiling sampled in each row's own rounds, "
+        f"{min(measured):.1f}-{max(measured):.1f} GFLOP/s over the rows "
+        f"(median {statistics.median(measured):.1f})"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# The goals of issue 3, checked on the rows of this run
+
+
+@dataclass
+class GoalCheck:
+    row: str  # "LSTM mid infer"
+    goal: str
+    measured: str
+    met: bool | None  # None: a number the goal needs was not measured
+
+
+def _either(*clauses: bool | None) -> bool | None:
+    """A goal of the form min(a, b): met when any clause holds, unmet when every clause was
+    measured and none holds, unknown otherwise."""
+    if any(c is True for c in clauses):
+        return True
+    return False if all(c is False for c in clauses) else None
+
+
+def _at_least(value: float | None, bound: float) -> bool | None:
+    return None if value is None else value >= bound
+
+
+def check_goals(rows: list[Row], sgemm: float | None) -> list[GoalCheck]:
+    """Each goal of issue 3 that this run's rows can decide, in table order. Shares are against
+    the row's own ceiling (the run's when the row has none); "fastest peer" is the faster of
+    PyTorch and ONNX Runtime."""
+    checks: list[GoalCheck] = []
+    by_key = {(r.cell, r.config, r.mode): r for r in rows}
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}%"
+
+    def ratio(x: float | None) -> str:
+        return "-" if x is None else f"{x:.2f}x"
+
+    for r in rows:
+        name = f"{r.cell} {r.config} {r.mode}"
+        share = r.share(sgemm)
+        torch_r, onnx_r, numpy_r = r.ratio("torch"), r.ratio("onnx"), r.ratio("numpy")
+        if r.config in ("charrnn", "mid", "large"):
+            peers = {p: x for p, x in (("torch", torch_r), ("onnx", onnx_r)) if x is not None}
+            fastest = min(peers.items(), key=lambda kv: kv[1]) if peers else None
+            expected = 1 if r.mode == "train" else 2  # peers that run this mode
+            checks.append(GoalCheck(
+                name, ">= min(1.2x fastest peer, 0.9x sgemm)",
+                f"{ratio(fastest[1]) + ' ' + fastest[0] if fastest else '-'}, {pct(share)}",
+                _either(_at_least(fastest[1], 1.2) if fastest and len(peers) == expected
+                        else None, _at_least(share, 0.9)),
+            ))
+            checks.append(GoalCheck(
+                name, ">= min(2x NumPy ref, 0.9x sgemm)", f"{ratio(numpy_r)}, {pct(share)}",
+                _either(_at_least(numpy_r, 2.0), _at_least(share, 0.9)),
+            ))
+            if r.config == "large" and r.cell == "LSTM" and r.mode == "train":
+                checks.append(GoalCheck(name, ">= 0.85x sgemm", pct(share),
+                                        _at_least(share, 0.85)))
+        elif r.config == "small":
+            if r.mode == "train":
+                need = 2.0 if r.cell == "LSTM" else 3.0
+                checks.append(GoalCheck(name, f">= {need:.0f}x torch", ratio(torch_r),
+                                        _at_least(torch_r, need)))
+            else:
+                both = None if torch_r is None or onnx_r is None else min(torch_r, onnx_r)
+                checks.append(GoalCheck(name, ">= 1.5x faster of torch and ONNX Runtime",
+                                        ratio(both), _at_least(both, 1.5)))
+            checks.append(GoalCheck(name, ">= 5x NumPy ref", ratio(numpy_r),
+                                    _at_least(numpy_r, 5.0)))
+        elif r.mode == "stream":
+            over = r.over_floor()
+            checks.append(GoalCheck(name, "<= 1.25x weight-read floor", ratio(over),
+                                    None if over is None else over <= 1.25))
+            if r.config == "stream-128":
+                checks.append(GoalCheck(name, ">= 3x ONNX Runtime", ratio(onnx_r),
+                                        _at_least(onnx_r, 3.0)))
+                checks.append(GoalCheck(name, ">= 10x torch", ratio(torch_r),
+                                        _at_least(torch_r, 10.0)))
+        lstm = by_key.get(("LSTM", r.config, r.mode))
+        if r.cell == "GRU" and lstm is not None:
+            gru_g, lstm_g = r.gflops(), lstm.gflops()
+            per_flop = lstm_g / gru_g if gru_g and lstm_g else None  # GRU time per FLOP / LSTM's
+            checks.append(GoalCheck(
+                name, "time per FLOP <= 1.15x LSTM's",
+                ratio(per_flop), None if per_flop is None else per_flop <= 1.15,
+            ))
+    return checks
+
+
+def format_goals(checks: list[GoalCheck]) -> str:
+    mark = {True: "yes", False: "NO", None: "not measured"}
+    table = _markdown(["row", "goal", "measured", "met"],
+                      [[c.row, c.goal, c.measured, mark[c.met]] for c in checks])
+    counts = {m: sum(c.met is m for c in checks) for m in mark}
+    return (table + f"\n\nmet {counts[True]} of {len(checks)}, not met {counts[False]}, "
+            f"not measured {counts[None]}. Not checked here: the 16-thread scaling goal.")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -947,13 +1083,18 @@ def main(argv: list[str] | None = None) -> int:
     # spell during one of them would otherwise lower the ceiling for every row).
     def measure_sgemm() -> float | None:
         try:
-            return sgemm_ceiling(Timer(max(args.repeats, 5), args.min_sample, args.max_time,
-                                       args.settle))
+            return row_sgemm.gflops(Timer(max(args.repeats, 5), args.min_sample, args.max_time,
+                                          args.settle))
         except Exception as exc:
             print(f"warning: sgemm probe failed ({_describe(exc)})", file=sys.stderr)
             return None
 
     print(f"measuring the sgemm ceiling on {info['cpu']} ...", file=sys.stderr)
+    try:
+        row_sgemm: Sgemm | None = Sgemm()
+    except Exception as exc:
+        print(f"warning: sgemm probe failed ({_describe(exc)})", file=sys.stderr)
+        row_sgemm = None
     sgemm_runs = [measure_sgemm()]
     timer = Timer(args.repeats, args.min_sample, args.max_time, args.settle)
     # Three probes per buffer size: a third of the time budget each.
@@ -978,7 +1119,7 @@ def main(argv: list[str] | None = None) -> int:
             for i, (cell, config, mode) in enumerate(plan, 1):
                 print(f"[{i}/{len(plan)}] {cell.label} {config.name} {mode}", end="",
                       file=sys.stderr, flush=True)
-                row = run_row(cell, config, mode, peers, rf, timer, probe, args.seed)
+                row = run_row(cell, config, mode, peers, rf, timer, probe, args.seed, row_sgemm)
                 rows.append(row)
                 scale, unit = (1e6, "us") if mode == "stream" else (1e3, "ms")
                 summary = ", ".join(
@@ -1002,11 +1143,13 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {k: v for k, v in vars(args).items() if k != "json"} | {"threads": threads},
             "sgemm_gflops": sgemm,
             "read_bandwidth_bytes_per_s": {str(k): v for k, v in probe.measured.items()},
+            "goals": [asdict(c) for c in check_goals(rows, sgemm)],
             "rows": [
                 asdict(r)
                 | {
                     "gflops": r.gflops(),
                     "rnnfast_over_floor": r.over_floor(),
+                    "share_of_sgemm": r.share(sgemm),
                     "ratios": {p.name: r.ratio(p.name) for p in peers if p.name != "rnnfast"},
                 }
                 for r in rows

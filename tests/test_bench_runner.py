@@ -1,0 +1,132 @@
+"""bench/run.py: the goal check of issue 3 on hand-made rows, and one tiny run end to end."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+RUN_PY = Path(__file__).resolve().parents[1] / "bench" / "run.py"
+
+
+@pytest.fixture(scope="module")
+def runner():
+    spec = importlib.util.spec_from_file_location("rnnfast_bench_runner", RUN_PY)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up here
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def make_row(runner, cell, config, mode, rf_seconds, sgemm=None, **peer_seconds):
+    c, k = runner.CELLS[cell], runner.CONFIGS[config]
+    row = runner.Row(cell=c.label, config=k.name, mode=mode, shape={},
+                     flops=runner.mode_flops(c, k, mode), sgemm_gflops=sgemm)
+    row.results["rnnfast"] = runner.PeerResult(seconds=rf_seconds)
+    for name, seconds in peer_seconds.items():
+        row.results[name] = runner.PeerResult(seconds=seconds)
+    return row
+
+
+def goals_of(runner, rows, sgemm=None):
+    return {(c.row, c.goal): c.met for c in runner.check_goals(rows, sgemm)}
+
+
+def test_min_goal_met_by_either_clause(runner):
+    flops = runner.mode_flops(runner.CELLS["lstm"], runner.CONFIGS["mid"], "infer")
+    rf_s = 0.1
+    gflops = flops / rf_s / 1e9
+    peer_goal = ("LSTM mid infer", ">= min(1.2x fastest peer, 0.9x sgemm)")
+    numpy_goal = ("LSTM mid infer", ">= min(2x NumPy ref, 0.9x sgemm)")
+
+    # 1.25x the faster peer (onnx at 0.125 s), well under 0.9 of the ceiling: met by the ratio.
+    row = make_row(runner, "lstm", "mid", "infer", rf_s, sgemm=gflops / 0.5,
+                   torch=0.2, onnx=0.125, numpy=0.15)
+    got = goals_of(runner, [row])
+    assert got[peer_goal] is True
+    assert got[numpy_goal] is False  # 1.5x NumPy and 50% of the ceiling
+
+    # 1.1x the faster peer but 95% of the row's ceiling: met by the ceiling clause.
+    row = make_row(runner, "lstm", "mid", "infer", rf_s, sgemm=gflops / 0.95,
+                   torch=0.2, onnx=0.11, numpy=0.15)
+    got = goals_of(runner, [row])
+    assert got[peer_goal] is True and got[numpy_goal] is True
+
+    # Neither: 1.1x and 80%.
+    row = make_row(runner, "lstm", "mid", "infer", rf_s, sgemm=gflops / 0.8,
+                   torch=0.2, onnx=0.11, numpy=0.15)
+    assert goals_of(runner, [row])[peer_goal] is False
+
+    # ONNX Runtime missing on an inference row: the peer clause is unknown, not met by torch alone.
+    row = make_row(runner, "lstm", "mid", "infer", rf_s, sgemm=gflops / 0.8, torch=0.2,
+                   numpy=0.15)
+    assert goals_of(runner, [row])[peer_goal] is None
+
+    # The row's own ceiling wins over the run's; the run's is the fallback.
+    row = make_row(runner, "lstm", "mid", "infer", rf_s, torch=0.2, onnx=0.11, numpy=0.15)
+    assert goals_of(runner, [row], sgemm=gflops / 0.95)[peer_goal] is True
+    assert goals_of(runner, [row], sgemm=gflops / 0.8)[peer_goal] is False
+    row.sgemm_gflops = gflops / 0.95
+    assert goals_of(runner, [row], sgemm=gflops / 0.8)[peer_goal] is True
+
+
+def test_small_stream_and_gru_goals(runner):
+    rows = [
+        make_row(runner, "lstm", "small", "train", 1.0, torch=1.9, numpy=6.0),
+        make_row(runner, "gru", "small", "train", 1.0, torch=3.1, numpy=4.0),
+        make_row(runner, "lstm", "small", "infer", 1.0, torch=2.0, onnx=1.4, numpy=5.0),
+    ]
+    got = goals_of(runner, rows)
+    assert got[("LSTM small train", ">= 2x torch")] is False
+    assert got[("GRU small train", ">= 3x torch")] is True
+    assert got[("LSTM small train", ">= 5x NumPy ref")] is True
+    assert got[("GRU small train", ">= 5x NumPy ref")] is False
+    assert got[("LSTM small infer", ">= 1.5x faster of torch and ONNX Runtime")] is False
+    # GRU does 3/4 of LSTM's FLOPs here: the same time is 4/3 the time per FLOP.
+    assert got[("GRU small train", "time per FLOP <= 1.15x LSTM's")] is False
+    rows[1].results["rnnfast"].seconds = 0.8  # 1.07x LSTM's time per FLOP
+    assert goals_of(runner, rows)[("GRU small train", "time per FLOP <= 1.15x LSTM's")] is True
+
+    stream = make_row(runner, "lstm", "stream-128", "stream", 3e-6, onnx=1e-5, torch=2e-5)
+    stream.floor_seconds = 2.5e-6
+    got = goals_of(runner, [stream])
+    assert got[("LSTM stream-128 stream", "<= 1.25x weight-read floor")] is True
+    assert got[("LSTM stream-128 stream", ">= 3x ONNX Runtime")] is True
+    assert got[("LSTM stream-128 stream", ">= 10x torch")] is False
+    stream.floor_seconds = 2e-6
+    assert goals_of(runner, [stream])[("LSTM stream-128 stream",
+                                       "<= 1.25x weight-read floor")] is False
+
+
+def test_large_lstm_training_share(runner):
+    flops = runner.mode_flops(runner.CELLS["lstm"], runner.CONFIGS["large"], "train")
+    row = make_row(runner, "lstm", "large", "train", 1.0, sgemm=flops / 1e9 / 0.86, torch=1.1,
+                   numpy=1.5)
+    assert goals_of(runner, [row])[("LSTM large train", ">= 0.85x sgemm")] is True
+    row.sgemm_gflops = flops / 1e9 / 0.84
+    assert goals_of(runner, [row])[("LSTM large train", ">= 0.85x sgemm")] is False
+
+
+def test_tiny_run_prints_the_tables_and_goals(runner, tmp_path, capsys):
+    pytest.importorskip("rnnfast")
+    out = tmp_path / "bench.json"
+    code = runner.main(["--cells", "rnn", "--configs", "small,stream-128", "--peers", "numpy",
+                        "--repeats", "1", "--min-sample", "0.001", "--max-time", "1",
+                        "--settle", "0", "--json", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    for heading in ("### Whole sequences", "### Batch-1 streaming", "### Goals of issue 3"):
+        assert heading in text
+    document = json.loads(out.read_text())
+    rows = document["rows"]
+    assert [(r["config"], r["mode"]) for r in rows] == [
+        ("small", "train"), ("small", "infer"), ("stream-128", "stream")]
+    for r in rows:
+        assert r["sgemm_gflops"] > 0  # sampled in the row's own rounds
+        assert r["share_of_sgemm"] == pytest.approx(r["gflops"] / r["sgemm_gflops"])
+        assert r["ratios"]["numpy"] > 0
+    goals = {(g["row"], g["goal"]) for g in document["goals"]}
+    assert ("RNN tanh small train", ">= 3x torch") in goals
+    assert ("RNN tanh stream-128 stream", "<= 1.25x weight-read floor") in goals
