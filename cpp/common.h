@@ -27,6 +27,18 @@ static inline int cell_cache_width(int cell) { return cell == LSTM ? 5 : cell ==
 //   cs     (S,B,H)    LSTM cell states, same convention
 //   cache  (T,B,W*H)  per-step gate values kept for backward (training only, else null)
 //   y      (T,B,ldy)  outputs written at y + t*B*ldy + b*ldy (already offset to the direction)
+// A second block of columns for a product: columns [n1, N) of B and C are read from B2
+// and written to C2 (both given from their own column 0). Lets the weight gradients
+// dW_hh and dW_ih, which share dA, come from one product that packs dA once.
+template <typename T>
+struct GemmCols2 {
+  int n1;
+  const T* B2;
+  long rsb2, csb2;
+  T* C2;
+  long ldc2;
+};
+
 template <typename T>
 struct LayerFwd {
   int cell, steps, batch, hidden;

@@ -119,19 +119,36 @@ void pack_a(T* dst, int mc, int kc, const T* A, long rsa, long csa) {
   }
 }
 
-}  // namespace
-
+// Packs a panel of ncols columns whose first `nfirst` come from B and the rest from B2
+// (both given at the panel's first column of their own), zero-padded to NR.
 template <typename T>
-void gemm(int M, int N, int K, const T* A, long rsa, long csa, const T* B, long rsb, long csb,
-          T* C, long ldc, bool accumulate, const T* bias, int nthreads) {
+void pack_panel_straddling(T* dst, int kc, int ncols, int nfirst, const T* B, long rsb, long csb,
+                           const T* B2, long rsb2, long csb2) {
+  constexpr int NR = Blocking<T>::NR;
+  for (int k = 0; k < kc; ++k)
+    for (int j = 0; j < NR; ++j)
+      dst[(long)k * NR + j] = j < nfirst   ? B[k * rsb + j * csb]
+                              : j < ncols ? B2[k * rsb2 + (j - nfirst) * csb2]
+                                          : T(0);
+}
+
+// C (and cols->C2) = A [B | cols->B2]: the general product, over one block of columns when
+// cols is null.
+template <typename T>
+void gemm_impl(int M, int N, int K, const T* A, long rsa, long csa, const T* B, long rsb,
+               long csb, T* C, long ldc, const GemmCols2<T>* cols, bool accumulate,
+               const T* bias, int nthreads) {
   typedef Blocking<T> BL;
   typedef typename Simd<T>::V V;
   constexpr int MR = BL::MR, NR = BL::NR, MC = BL::MC, NC = BL::NC;
   if (M <= 0 || N <= 0) return;
+  const int n1 = cols ? cols->n1 : N;  // columns [n1, N) live in B2 / C2
   if (K <= 0) {
     for (int m = 0; m < M; ++m)
-      for (int n = 0; n < N; ++n)
-        C[m * ldc + n] = (accumulate ? C[m * ldc + n] : T(0)) + (bias ? bias[n] : T(0));
+      for (int n = 0; n < N; ++n) {
+        T& c = n < n1 ? C[m * ldc + n] : cols->C2[m * cols->ldc2 + n - n1];
+        c = (accumulate ? c : T(0)) + (bias ? bias[n] : T(0));
+      }
     return;
   }
   const int nc_max = N < NC ? N : NC;
@@ -162,9 +179,16 @@ void gemm(int M, int N, int K, const T* A, long rsa, long csa, const T* B, long 
         const bool last_k = pc + kc >= K;  // the bias row goes in with the last K block
 #pragma omp for schedule(static)
         for (int p = 0; p < npanels; ++p) {
-          int ncols = nc - p * NR < NR ? nc - p * NR : NR;
-          pack_panels<T, NV>(bbuf + (long)p * kc * NR, kc, ncols, B + pc * rsb + (jc + p * NR) * csb,
-                             rsb, csb);
+          const int ncols = nc - p * NR < NR ? nc - p * NR : NR, c0 = jc + p * NR;
+          T* dst = bbuf + (long)p * kc * NR;
+          if (c0 + ncols <= n1)
+            pack_panels<T, NV>(dst, kc, ncols, B + pc * rsb + c0 * csb, rsb, csb);
+          else if (c0 >= n1)
+            pack_panels<T, NV>(dst, kc, ncols, cols->B2 + pc * cols->rsb2 + (c0 - n1) * cols->csb2,
+                               cols->rsb2, cols->csb2);
+          else
+            pack_panel_straddling(dst, kc, ncols, n1 - c0, B + pc * rsb + c0 * csb, rsb, csb,
+                                  cols->B2 + pc * cols->rsb2, cols->rsb2, cols->csb2);
         }
         const int ppt = (npanels + nsplit - 1) / nsplit;  // panels per task
 #pragma omp for schedule(dynamic, 1)
@@ -177,28 +201,57 @@ void gemm(int M, int N, int K, const T* A, long rsa, long csa, const T* B, long 
           const int mc = (iend < M ? iend : M) - ic;
           pack_a<T, MR>(my_a, mc, kc, A + ic * rsa + pc * csa, rsa, csa);
           for (int p = p0; p < p1; ++p) {
-            const int nr = nc - p * NR < NR ? nc - p * NR : NR;
+            const int nr = nc - p * NR < NR ? nc - p * NR : NR, c0 = jc + p * NR;
             const T* bp = bbuf + (long)p * kc * NR;
-            const T* bias_p = bias && last_k ? bias + jc + p * NR : nullptr;
+            const T* bias_p = bias && last_k ? bias + c0 : nullptr;
+            const bool second = c0 >= n1, straddling = !second && c0 + nr > n1;
+            const long ld = second ? cols->ldc2 : ldc;
             for (int i0 = 0; i0 < mc; i0 += MR) {
               const T* ap = my_a + (long)i0 * kc;
               const T* rows[MR];
               for (int r = 0; r < MR; ++r) rows[r] = ap + r;
               int mr = mc - i0 < MR ? mc - i0 : MR;
-              T* c = C + (long)(ic + i0) * ldc + jc + p * NR;
+              T* c = second ? cols->C2 + (long)(ic + i0) * ld + (c0 - n1)
+                            : C + (long)(ic + i0) * ld + c0;
               for (int r = 0; r < mr; ++r) {  // the C tile arrives while the product runs
-                __builtin_prefetch(c + r * ldc, 1);
-                __builtin_prefetch(c + r * ldc + NR - 1, 1);
+                __builtin_prefetch(c + r * ld, 1);
+                __builtin_prefetch(c + r * ld + NR - 1, 1);
               }
               V acc[MR][NV];
               micro_kernel<T, MR, NV>(kc, rows, MR, bp, acc);
-              store_tile<T, MR>(acc, c, ldc, mr, nr, add, bias_p, 0);
+              if (!straddling) {
+                store_tile<T, MR>(acc, c, ld, mr, nr, add, bias_p, 0);
+                continue;
+              }
+              alignas(64) T tile[MR * NR];
+              store_tile<T, MR>(acc, tile, NR, mr, nr, false, bias_p, 0);
+              for (int r = 0; r < mr; ++r)
+                for (int j = 0; j < nr; ++j) {
+                  T& out = c0 + j < n1 ? c[r * ldc + j]
+                                       : cols->C2[(long)(ic + i0 + r) * cols->ldc2 + c0 + j - n1];
+                  out = (add ? out : T(0)) + tile[r * NR + j];
+                }
             }
           }
         }
       }
     }
   });
+}
+
+}  // namespace
+
+template <typename T>
+void gemm(int M, int N, int K, const T* A, long rsa, long csa, const T* B, long rsb, long csb,
+          T* C, long ldc, bool accumulate, const T* bias, int nthreads) {
+  gemm_impl<T>(M, N, K, A, rsa, csa, B, rsb, csb, C, ldc, nullptr, accumulate, bias, nthreads);
+}
+
+template <typename T>
+void gemm_cols2(int M, int N, int K, const T* A, long rsa, long csa, const T* B, long rsb,
+                long csb, T* C, long ldc, const GemmCols2<T>& cols, bool accumulate,
+                int nthreads) {
+  gemm_impl<T>(M, N, K, A, rsa, csa, B, rsb, csb, C, ldc, &cols, accumulate, nullptr, nthreads);
 }
 
 template <typename T>
@@ -260,6 +313,8 @@ void gemm_prepacked_par(int M, int N, int K, const T* A, long lda, const T* Bp, 
 #define RF_INSTANTIATE(T)                                                                       \
   template void gemm<T>(int, int, int, const T*, long, long, const T*, long, long, T*, long, bool, \
                         const T*, int);                                                        \
+  template void gemm_cols2<T>(int, int, int, const T*, long, long, const T*, long, long, T*, long, \
+                              const GemmCols2<T>&, bool, int);                                 \
   template long prepacked_size<T>(int, int);                                                    \
   template void prepack<T>(T*, int, int, const T*, long, long);                                 \
   template void gemm_prepacked<T>(int, int, int, const T*, long, const T*, T*, long, const T*,   \

@@ -3,6 +3,7 @@
 // for the big per-sequence products, and the pre-packed product used per step.
 #pragma once
 #include <cstddef>
+#include "common.h"
 #include "simd.h"
 
 namespace rnnfast {
@@ -138,6 +139,12 @@ static void pack_panels(T* dst, int K, int n, const T* B, long rs, long cs) {
 template <typename T>
 void gemm(int M, int N, int K, const T* A, long rsa, long csa, const T* B, long rsb, long csb,
           T* C, long ldc, bool accumulate, const T* bias, int nthreads);
+
+// The same over two blocks of columns (no bias): [C | cols.C2] = A [B | cols.B2].
+template <typename T>
+void gemm_cols2(int M, int N, int K, const T* A, long rsa, long csa, const T* B, long rsb,
+                long csb, T* C, long ldc, const GemmCols2<T>& cols, bool accumulate,
+                int nthreads);
 
 // Packed-B layout for gemm_prepacked: pack_panels<T, kPrepackedNV> of the whole K.
 constexpr int kPrepackedNV = 2;

@@ -12,6 +12,10 @@ struct KernelTable {
   // C = op(A) op(B) (+ C when accumulate) (+ the row bias when not null); see gemm.h.
   void (*gemm)(int M, int N, int K, const T* A, long rsa, long csa, const T* B, long rsb, long csb,
                T* C, long ldc, bool accumulate, const T* bias, int nthreads);
+  // Two blocks of columns: [C | C2] = A [B | B2] (or +=); see GemmCols2 in common.h.
+  void (*gemm_cols2)(int M, int N, int K, const T* A, long rsa, long csa, const T* B, long rsb,
+                     long csb, T* C, long ldc, const GemmCols2<T>& cols, bool accumulate,
+                     int nthreads);
   long (*prepacked_size)(int K, int N);
   void (*prepack)(T* dst, int K, int N, const T* B, long rsb, long csb);
   // C (M x N) = A (M x K, row-major lda) times B pre-packed by prepack() (+ the row bias).
