@@ -6,6 +6,7 @@ Usage (from the repository root, with rnnfast installed)::
     python bench/run.py --configs small,charrnn --repeats 3
     python bench/run.py --cells lstm --configs stream-256 --modes stream
     python bench/run.py --threads 1 --peers torch --json out.json
+    python bench/run.py --scaling 1,2,4,8,16 --configs mid,large --peers torch
 
 Options:
     --cells     lstm,gru,rnn            cells to run (RNN is the tanh variant)
@@ -32,6 +33,12 @@ Options:
     --settle    SECONDS                 idle pause before each measurement (0.2), so that
                                         OpenBLAS threads still spinning from the last one
                                         do not take cores from the next
+    --scaling   N1,N2,...               instead of the peers: rnnfast (the model's
+                                        num_threads) and torch (when among --peers) at each
+                                        thread count, and NumPy's sgemm with its BLAS held to
+                                        each (threadpoolctl), interleaved per row; checks
+                                        "never slower with more threads" and, from 16
+                                        threads, >= 75% of that many threads' sgemm
     --json      PATH                    also write every number to PATH
 
 Every peer runs on the same weights (taken from rnnfast's state_dict), the same input and, for
@@ -52,6 +59,7 @@ the run goes on. Progress goes to stderr, the tables to stdout.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib
 import json
 import math
@@ -229,16 +237,20 @@ class Timer:
         return Timing(statistics.median(per_call), min(per_call), samples, inner)
 
     def measure_interleaved(
-        self, fns: list[Callable[[], object]], primed: frozenset[int] = frozenset()
+        self, fns: list[Callable[[], object]],
+        before: dict[int, Callable[[], object]] | None = None,
     ) -> list[Timing | BaseException]:
         """Median seconds per call of each fn, their samples taken in rounds (one sample of
         each fn per round, `settle` apart): a busy spell of the shared machine then slows every
-        peer of a row alike instead of the one measured during it. The fns whose index is in
-        `primed` make one untimed call before each sample. A fn that raises gets its exception
-        in place of a Timing."""
+        peer of a row alike instead of the one measured during it. before[i], where given,
+        runs untimed before each warm-up and sample of fns[i] (thread settings, a priming
+        call). A fn that raises gets its exception in place of a Timing."""
+        before = before or {}
         plans: list = []
-        for fn in fns:
+        for i, fn in enumerate(fns):
             try:
+                if i in before:
+                    before[i]()
                 plans.append(self.warm_up(fn))
             except Exception as exc:
                 plans.append(exc)
@@ -251,8 +263,8 @@ class Timer:
                     continue
                 time.sleep(self.settle)
                 try:
-                    if i in primed:
-                        fn()
+                    if i in before:
+                        before[i]()
                     per_call[i].append(self.sample(fn, plan[0]))
                 except Exception as exc:
                     plans[i] = exc
@@ -264,19 +276,35 @@ class Timer:
 
 
 class Sgemm:
-    """NumPy's 2048x2048 float32 matrix product: the ceiling every row is quoted against."""
+    """NumPy's 2048x2048 float32 matrix product: the ceiling every row is quoted against.
+    With `threads` (and `blas`, threadpoolctl's controller of NumPy's BLAS), each sample
+    first sets that many BLAS threads."""
 
     N = 2048
     FLOPS = 2 * N**3
 
-    def __init__(self):
+    def __init__(self, threads: int | None = None, blas=None):
         rng = np.random.default_rng(0)
         self.a = rng.standard_normal((self.N, self.N), dtype=np.float32)
         self.b = rng.standard_normal((self.N, self.N), dtype=np.float32)
         self.out = np.empty((self.N, self.N), dtype=np.float32)
+        self.threads, self.blas = threads, blas
 
     def step(self) -> None:
         np.matmul(self.a, self.b, out=self.out)
+
+    def with_threads(self, threads: int, blas) -> "Sgemm":
+        """The same product (the same matrices) pinned to `threads` BLAS threads."""
+        other = copy.copy(self)
+        other.threads, other.blas = threads, blas
+        return other
+
+    def before_sample(self) -> None:
+        """Untimed, before each interleaved sample: the thread count, and one product (a
+        product timed cold, after the settle pause and another peer's work, ran 3-9% slow)."""
+        if self.blas is not None and self.threads:
+            self.blas.limit(limits=self.threads)
+        self.step()
 
     def gflops(self, timer: Timer) -> float:
         """GFLOP/s over a measurement of its own."""
@@ -393,14 +421,17 @@ class NotApplicable(Exception):
 class Runnable:
     step: Callable[[], object]  # one call of the measured operation
     output: Callable[[], np.ndarray] | None = None  # y of an inference call, for cross-checks
+    before: Callable[[], object] | None = None  # untimed, before each sample (thread settings)
 
 
 class ApiPeer:
     """rnnfast and its NumPy reference: both follow the rnnfast API."""
 
-    def __init__(self, name: str, label: str, namespace, plain_call: bool = False):
+    def __init__(self, name: str, label: str, namespace, plain_call: bool = False,
+                 threads: int | None = None):
         self.name, self.label, self.namespace = name, label, namespace
         self.plain_call = plain_call
+        self.threads = threads  # the model's own num_threads; None: the process default
 
     def build(self, w: Workload) -> Runnable:
         if self.plain_call and w.mode != "stream":
@@ -409,6 +440,8 @@ class ApiPeer:
             w.config.I, w.config.H, num_layers=w.config.L, **w.cell.kwargs()
         )
         module.load_state_dict(_copy_weights(w.weights))
+        if self.threads is not None:
+            module.num_threads = self.threads
         x, dy = w.x, w.dy
 
         if w.mode == "infer":
@@ -431,18 +464,26 @@ class ApiPeer:
                 _, state[0] = module(x, state=state[0])
 
             return Runnable(stream_step)
-        step, x_t = module.stream(batch_size=1).step, x[0]  # the step API
+        step = module.stream(batch_size=1, num_threads=self.threads).step  # the step API
+        x_t = x[0]
         return Runnable(lambda: step(x_t))
 
 
 class TorchPeer:
-    name, label = "torch", "torch"
+    """torch.nn.{RNN,LSTM,GRU}; torch's thread count is per process, so each of its samples
+    first sets it (several TorchPeers with different counts can share a row)."""
 
-    def __init__(self, threads: int):
+    def __init__(self, threads: int, name: str = "torch", label: str = "torch"):
         import torch
 
         self.torch = torch
+        self.threads, self.name, self.label = threads, name, label
         torch.set_num_threads(threads)
+
+    def build(self, w: Workload) -> Runnable:
+        runnable = self._build(w)
+        runnable.before = lambda: self.torch.set_num_threads(self.threads)
+        return runnable
 
     def module(self, w: Workload):
         torch = self.torch
@@ -451,7 +492,7 @@ class TorchPeer:
         module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in w.weights.items()})
         return module
 
-    def build(self, w: Workload) -> Runnable:
+    def _build(self, w: Workload) -> Runnable:
         torch = self.torch
         module = self.module(w)
 
@@ -594,6 +635,19 @@ def make_peer(name: str, threads: int, workdir: str, rf, reference):
         return MissingPeer(name, label, exc)
 
 
+def scaling_peer(lib: str, threads: int, rf):
+    """rnnfast or torch pinned to a thread count, for --scaling."""
+    name, label = f"{lib}@{threads}", f"{'rf' if lib == 'rnnfast' else lib} {threads}t"
+    try:
+        if lib == "torch":
+            return TorchPeer(threads, name, label)
+        if isinstance(rf, BaseException):
+            raise rf
+        return ApiPeer(name, label, rf, threads=threads)
+    except Exception as exc:
+        return MissingPeer(name, label, exc)
+
+
 def import_rnnfast():
     """(rnnfast, rnnfast.reference), each the module or the exception importing it raised."""
     try:
@@ -637,6 +691,7 @@ class Row:
     # GFLOP/s of the sgemm ceiling sampled in the same rounds as the peers: the row's
     # "of sgemm" figures and goals are quoted against it (None: not measured).
     sgemm_gflops: float | None = None
+    sgemm_at: dict[int, float] = field(default_factory=dict)  # --scaling: threads -> GFLOP/s
     weight_bytes: int | None = None  # stream rows
     floor_seconds: float | None = None  # stream rows: weight bytes / read bandwidth
     floor_error: str | None = None
@@ -682,7 +737,7 @@ def build_peer(peer, workload: Workload) -> tuple[PeerResult | None, Runnable | 
 
 def run_row(
     cell: Cell, config: Config, mode: str, peers, rf, timer: Timer, probe: ReadProbe, seed: int,
-    sgemm: Sgemm | None = None,
+    sgemm: Sgemm | list[Sgemm] | None = None,
 ) -> Row:
     rf_module = None if isinstance(rf, BaseException) else rf
     workload = make_workload(cell, config, mode, rf_module, seed)
@@ -695,14 +750,18 @@ def run_row(
     )
     built = {peer.name: build_peer(peer, workload) for peer in peers}
     ready = [name for name, (_, runnable) in built.items() if runnable is not None]
-    steps = [built[name][1].step for name in ready]
-    # The ceiling's samples are primed: one product of ~0.1 s per sample, timed cold (after
-    # the settle pause and another peer's work), ran 3-9% below back-to-back products.
-    timings = timer.measure_interleaved(
-        steps + ([sgemm.step] if sgemm else []), primed=frozenset({len(steps)})
-    )
-    if sgemm and isinstance(timings[-1], Timing):
-        row.sgemm_gflops = sgemm.FLOPS / timings[-1].median / 1e9
+    ceilings = sgemm if isinstance(sgemm, list) else [sgemm] if sgemm else []
+    steps = [built[name][1].step for name in ready] + [c.step for c in ceilings]
+    before = {i: built[name][1].before for i, name in enumerate(ready) if built[name][1].before}
+    before |= {len(ready) + j: c.before_sample for j, c in enumerate(ceilings)}
+    timings = timer.measure_interleaved(steps, before)
+    for c, t in zip(ceilings, timings[len(ready):]):
+        if isinstance(t, Timing):
+            gflops = c.FLOPS / t.median / 1e9
+            if c.threads is None:
+                row.sgemm_gflops = gflops
+            else:
+                row.sgemm_at[c.threads] = gflops
     for name, t in zip(ready, timings):
         built[name] = (
             PeerResult(error=_describe(t)) if isinstance(t, BaseException)
@@ -893,7 +952,8 @@ def format_report(
 
     goals = check_goals(rows, sgemm)
     if goals:
-        parts += ["### Goals of issue 3", "", format_goals(goals), ""]
+        parts += ["### Goals of issue 3", "", format_goals(
+            goals, "Not checked here: thread scaling (see --scaling)."), ""]
 
     notes = []
     for r in rows:
@@ -1011,13 +1071,109 @@ def check_goals(rows: list[Row], sgemm: float | None) -> list[GoalCheck]:
     return checks
 
 
-def format_goals(checks: list[GoalCheck]) -> str:
+def format_goals(checks: list[GoalCheck], unchecked: str) -> str:
     mark = {True: "yes", False: "NO", None: "not measured"}
     table = _markdown(["row", "goal", "measured", "met"],
                       [[c.row, c.goal, c.measured, mark[c.met]] for c in checks])
     counts = {m: sum(c.met is m for c in checks) for m in mark}
     return (table + f"\n\nmet {counts[True]} of {len(checks)}, not met {counts[False]}, "
-            f"not measured {counts[None]}. Not checked here: the 16-thread scaling goal.")
+            f"not measured {counts[None]}. {unchecked}")
+
+
+# --------------------------------------------------------------------------------------------------
+# --scaling: rnnfast (and torch) at several thread counts, interleaved in each row's rounds
+
+# "Never slower with more threads", read with the tolerance the medians of a shared machine need.
+SCALING_TOLERANCE = 1.03
+
+
+def check_scaling_goals(rows: list[Row], threads: list[int]) -> list[GoalCheck]:
+    """Per row: rnnfast at each thread count no slower than at any fewer (within
+    SCALING_TOLERANCE); `mid` and `large` at 16 threads or more: >= 75% of the sgemm rate
+    at the same thread count."""
+    checks = []
+    for r in rows:
+        name = f"{r.cell} {r.config} {r.mode}"
+        times = {k: r.results[f"rnnfast@{k}"].seconds for k in threads
+                 if r.results.get(f"rnnfast@{k}") and r.results[f"rnnfast@{k}"].ok}
+        for i, k in enumerate(threads[1:], 1):
+            fewer = [times[j] for j in threads[:i] if j in times]
+            ratio = times[k] / min(fewer) if k in times and fewer else None
+            checks.append(GoalCheck(
+                name, f"{k} threads no slower than fewer (x{SCALING_TOLERANCE})",
+                "-" if ratio is None else f"{ratio:.2f}x the fastest with fewer",
+                None if ratio is None else ratio <= SCALING_TOLERANCE,
+            ))
+        top = max(threads)
+        if r.config in ("mid", "large") and top >= 16:
+            g, ceiling = r.gflops(f"rnnfast@{top}"), r.sgemm_at.get(top)
+            share = g / ceiling if g is not None and ceiling else None
+            checks.append(GoalCheck(name, f">= 75% of the {top}-thread sgemm",
+                                    "-" if share is None else f"{100 * share:.1f}%",
+                                    _at_least(share, 0.75)))
+    return checks
+
+
+def format_scaling(rows: list[Row], threads: list[int], info: dict) -> str:
+    has_torch = any(f"torch@{k}" in r.results for r in rows for k in threads)
+    header = ["cell", "config", "mode"]
+    for k in threads:
+        header += [f"rf {k}t ms", f"rf {k}t x"]
+    if has_torch:
+        for k in threads:
+            header += [f"torch {k}t ms", f"torch {k}t x"]
+    for k in threads:
+        header += [f"sgemm {k}t GF/s", f"rf of sgemm {k}t"]
+    lines = []
+    for r in rows:
+        scale = 1e6 if r.mode == "stream" else 1e3
+        line = [r.cell, r.config, r.mode]
+        for lib in ("rf", "torch") if has_torch else ("rf",):
+            key = "rnnfast" if lib == "rf" else "torch"
+            first = r.results.get(f"{key}@{threads[0]}")
+            for k in threads:
+                res = r.results.get(f"{key}@{k}")
+                speedup = (first.seconds / res.seconds
+                           if first and res and first.ok and res.ok else None)
+                line += [_time_cell(res, scale), _ratio_cell(speedup)]
+        for k in threads:
+            g, ceiling = r.gflops(f"rnnfast@{k}"), r.sgemm_at.get(k)
+            line += [_num(ceiling), f"{100 * g / ceiling:.1f}%" if g and ceiling else "-"]
+        lines.append(line)
+    checks = check_scaling_goals(rows, threads)
+    return "\n".join([
+        f"machine: {info['cpu']}, {info['logical_cpus']} logical CPUs "
+        f"({info['usable_cpus']} usable), 1-min load average at start "
+        f"{info.get('load_average', 'n/a')}",
+        f"versions: rnnfast {info.get('rnnfast')}, torch {info.get('torch')}, "
+        f"numpy_blas {info.get('numpy_blas')}",
+        "",
+        "### Thread scaling (ms per call, us per step on stream rows; x = speedup over "
+        f"{threads[0]} thread{'s' if threads[0] > 1 else ''})",
+        "",
+        _markdown(header, lines),
+        "",
+        "rf = rnnfast with the model's num_threads; torch = torch.set_num_threads before each "
+        "sample; sgemm = NumPy's 2048x2048 product with its BLAS limited to that many threads "
+        "(threadpoolctl), all sampled in the same rounds per row.",
+        "",
+        "### Goals of issue 3 (threads)",
+        "",
+        format_goals(checks, "The 75% goal applies from 16 threads up."),
+        "",
+    ])
+
+
+def numpy_blas_controller():
+    """threadpoolctl's controller of NumPy's BLAS (torch's libraries left out), or None."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return None
+    controller = ThreadpoolController()
+    paths = [lib.filepath for lib in controller.lib_controllers
+             if lib.user_api == "blas" and "torch" not in lib.filepath.lower()]
+    return controller.select(filepath=paths) if paths else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1031,6 +1187,17 @@ def _names(value: str, choices, what: str) -> list[str]:
             f"unknown {what}: {', '.join(unknown)} (choose from {', '.join(choices)})"
         )
     return names
+
+
+def _thread_counts(value: str) -> list[int]:
+    try:
+        counts = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"thread counts must be integers, got {value!r}")
+    if not counts or min(counts) < 1 or counts != sorted(set(counts)):
+        raise argparse.ArgumentTypeError(
+            f"thread counts must be increasing positive integers, got {value!r}")
+    return counts
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1059,6 +1226,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--settle", type=float, default=0.2,
                         help="seconds of idling before each warm-up and timed sample, for spinning "
                         "BLAS and OpenMP threads to go to sleep")
+    parser.add_argument("--scaling", metavar="N1,N2,...", default=None,
+                        type=lambda v: _thread_counts(v),
+                        help="instead of the peers table: rnnfast (and torch, when among "
+                        "--peers) at these thread counts, with NumPy's sgemm at each (needs "
+                        "threadpoolctl), interleaved per row")
     parser.add_argument("--seed", type=int, default=0, help="seed of inputs and gradients")
     parser.add_argument("--json", metavar="PATH", help="write every number to PATH")
     args = parser.parse_args(argv)
@@ -1120,15 +1292,31 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
 
+    blas = numpy_blas_controller() if args.scaling else None
+    row_ceilings: Sgemm | list[Sgemm] | None = row_sgemm
+    if args.scaling:
+        if blas is None:
+            print("warning: no threadpoolctl (or no BLAS found behind NumPy): the sgemm rate "
+                  "per thread count is not measured", file=sys.stderr)
+        row_ceilings = [row_sgemm.with_threads(k, blas) for k in args.scaling] if (
+            row_sgemm and blas) else None
+        blas_default = blas.info()[0]["num_threads"] if blas else None
+
     rows: list[Row] = []
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rnnfast-bench-") as workdir:
-        peers = [make_peer(n, threads, workdir, rf, reference) for n in ["rnnfast", *args.peers]]
+        if args.scaling:
+            peers = [scaling_peer(lib, k, rf) for lib in ["rnnfast"] + [
+                p for p in args.peers if p == "torch"] for k in args.scaling]
+        else:
+            peers = [make_peer(n, threads, workdir, rf, reference)
+                     for n in ["rnnfast", *args.peers]]
         try:
             for i, (cell, config, mode) in enumerate(plan, 1):
                 print(f"[{i}/{len(plan)}] {cell.label} {config.name} {mode}", end="",
                       file=sys.stderr, flush=True)
-                row = run_row(cell, config, mode, peers, rf, timer, probe, args.seed, row_sgemm)
+                row = run_row(cell, config, mode, peers, rf, timer, probe, args.seed,
+                              row_ceilings)
                 rows.append(row)
                 scale, unit = (1e6, "us") if mode == "stream" else (1e3, "ms")
                 summary = ", ".join(
@@ -1138,12 +1326,19 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("\ninterrupted: reporting the rows done so far", file=sys.stderr)
     elapsed = time.perf_counter() - started
+    if blas is not None:
+        blas.limit(limits=blas_default)
     sgemm_runs.append(measure_sgemm())
     measured = [g for g in sgemm_runs if g]
     sgemm = max(measured) if measured else None
     info["sgemm_gflops_before_after"] = [round(g, 1) if g else None for g in sgemm_runs]
 
-    print(format_report(rows, peers, info, sgemm, probe))
+    if args.scaling:
+        print(format_scaling(rows, args.scaling, info))
+        goals = check_scaling_goals(rows, args.scaling)
+    else:
+        print(format_report(rows, peers, info, sgemm, probe))
+        goals = check_goals(rows, sgemm)
     print(f"({len(rows)} rows in {elapsed:.0f} s)", file=sys.stderr)
 
     if args.json:
@@ -1152,7 +1347,7 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {k: v for k, v in vars(args).items() if k != "json"} | {"threads": threads},
             "sgemm_gflops": sgemm,
             "read_bandwidth_bytes_per_s": {str(k): v for k, v in probe.measured.items()},
-            "goals": [asdict(c) for c in check_goals(rows, sgemm)],
+            "goals": [asdict(c) for c in goals],
             "rows": [
                 asdict(r)
                 | {

@@ -130,3 +130,59 @@ def test_tiny_run_prints_the_tables_and_goals(runner, tmp_path, capsys):
     goals = {(g["row"], g["goal"]) for g in document["goals"]}
     assert ("RNN tanh small train", ">= 3x torch") in goals
     assert ("RNN tanh stream-128 stream", "<= 1.25x weight-read floor") in goals
+
+
+def scaling_row(runner, config, mode, seconds_by_threads, sgemm_at=None):
+    c, k = runner.CELLS["lstm"], runner.CONFIGS[config]
+    row = runner.Row(cell=c.label, config=k.name, mode=mode, shape={},
+                     flops=runner.mode_flops(c, k, mode), sgemm_at=dict(sgemm_at or {}))
+    for threads, seconds in seconds_by_threads.items():
+        row.results[f"rnnfast@{threads}"] = runner.PeerResult(seconds=seconds)
+    return row
+
+
+def test_scaling_goals(runner):
+    tol = runner.SCALING_TOLERANCE
+    row = scaling_row(runner, "small", "infer", {1: 1.0, 2: 0.6, 4: 0.6 * (tol + 0.02)})
+    got = {c.goal: c.met for c in runner.check_scaling_goals([row], [1, 2, 4])}
+    assert got["2 threads no slower than fewer (x1.03)"] is True
+    assert got["4 threads no slower than fewer (x1.03)"] is False  # slower than 2 threads
+    row.results["rnnfast@4"].seconds = 0.6 * (tol - 0.02)
+    got = {c.goal: c.met for c in runner.check_scaling_goals([row], [1, 2, 4])}
+    assert got["4 threads no slower than fewer (x1.03)"] is True
+    assert not any("sgemm" in g for g in got)  # the 75% goal starts at 16 threads
+
+    flops = runner.mode_flops(runner.CELLS["lstm"], runner.CONFIGS["mid"], "train")
+    rf16 = flops / 0.1 / 1e9  # GFLOP/s at 0.1 s
+    row = scaling_row(runner, "mid", "train", {1: 1.2, 16: 0.1}, {16: rf16 / 0.8})
+    got = {c.goal: c.met for c in runner.check_scaling_goals([row], [1, 16])}
+    assert got[">= 75% of the 16-thread sgemm"] is True
+    row.sgemm_at[16] = rf16 / 0.7
+    got = {c.goal: c.met for c in runner.check_scaling_goals([row], [1, 16])}
+    assert got[">= 75% of the 16-thread sgemm"] is False
+    del row.sgemm_at[16]
+    got = {c.goal: c.met for c in runner.check_scaling_goals([row], [1, 16])}
+    assert got[">= 75% of the 16-thread sgemm"] is None
+
+
+def test_tiny_scaling_run(runner, tmp_path, capsys):
+    pytest.importorskip("threadpoolctl")
+    out = tmp_path / "scaling.json"
+    code = runner.main(["--scaling", "1,2", "--cells", "gru", "--configs", "small",
+                        "--modes", "infer", "--peers", "", "--repeats", "1",
+                        "--min-sample", "0.001", "--max-time", "1", "--settle", "0",
+                        "--json", str(out)])
+    assert code == 0
+    assert "### Thread scaling" in capsys.readouterr().out
+    (row,) = json.loads(out.read_text())["rows"]
+    assert set(row["results"]) == {"rnnfast@1", "rnnfast@2"}
+    assert all(r["seconds"] > 0 for r in row["results"].values())
+    # NumPy's sgemm with its BLAS held to 1 and to 2 threads, in the row's own rounds.
+    assert set(row["sgemm_at"]) == {"1", "2"} and min(row["sgemm_at"].values()) > 0
+
+
+def test_scaling_argument_is_checked(runner):
+    for bad in ("2,1", "0,1", "1,1", "a"):
+        with pytest.raises(SystemExit):
+            runner.parse_args(["--scaling", bad])
+    assert runner.parse_args(["--scaling", "1,2,16"]).scaling == [1, 2, 16]
