@@ -127,6 +127,10 @@ def test_tiny_run_prints_the_tables_and_goals(runner, tmp_path, capsys):
         assert r["sgemm_gflops"] > 0  # sampled in the row's own rounds
         assert r["share_of_sgemm"] == pytest.approx(r["gflops"] / r["sgemm_gflops"])
         assert r["ratios"]["numpy"] > 0
+    stream = rows[-1]
+    probes = document["read_bandwidth_bytes_per_s"][str(stream["weight_bytes"])]
+    assert probes["simd"] > 0 and set(probes) == {"simd", "sum", "max", "dot"}
+    assert stream["floor_seconds"] == pytest.approx(stream["weight_bytes"] / max(probes.values()))
     goals = {(g["row"], g["goal"]) for g in document["goals"]}
     assert ("RNN tanh small train", ">= 3x torch") in goals
     assert ("RNN tanh stream-128 stream", "<= 1.25x weight-read floor") in goals
