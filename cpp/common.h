@@ -14,6 +14,18 @@ static inline int cell_gates(int cell) { return cell == LSTM ? 4 : cell == GRU ?
 // Values cached per (step, row) for backward, in units of H.
 static inline int cell_cache_width(int cell) { return cell == LSTM ? 5 : cell == GRU ? 4 : 0; }
 
+// A second block of columns for a product: columns [n1, N) of B and C are read from B2
+// and written to C2 (both given from their own column 0). Lets the weight gradients
+// dW_hh and dW_ih, which share dA, come from one product that packs dA once.
+template <typename T>
+struct GemmCols2 {
+  int n1;
+  const T* B2;
+  long rsb2, csb2;
+  T* C2;
+  long ldc2;
+};
+
 // One layer and direction of the recurrence, time-major, everything row-major.
 //   xproj  (T,B,G*H)  x_t W_ih^T + b_ih (+ b_hh except GRU's n rows), in time order;
 //                     row stride ldx (0: one row of biases for every row, see x)
@@ -27,18 +39,6 @@ static inline int cell_cache_width(int cell) { return cell == LSTM ? 5 : cell ==
 //   cs     (S,B,H)    LSTM cell states, same convention
 //   cache  (T,B,W*H)  per-step gate values kept for backward (training only, else null)
 //   y      (T,B,ldy)  outputs written at y + t*B*ldy + b*ldy (already offset to the direction)
-// A second block of columns for a product: columns [n1, N) of B and C are read from B2
-// and written to C2 (both given from their own column 0). Lets the weight gradients
-// dW_hh and dW_ih, which share dA, come from one product that packs dA once.
-template <typename T>
-struct GemmCols2 {
-  int n1;
-  const T* B2;
-  long rsb2, csb2;
-  T* C2;
-  long ldc2;
-};
-
 template <typename T>
 struct LayerFwd {
   int cell, steps, batch, hidden;

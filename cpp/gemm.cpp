@@ -119,8 +119,8 @@ void pack_a(T* dst, int mc, int kc, const T* A, long rsa, long csa) {
   }
 }
 
-// Packs a panel of ncols columns whose first `nfirst` come from B and the rest from B2
-// (both given at the panel's first column of their own), zero-padded to NR.
+// Packs a panel of ncols columns whose first `nfirst` come from B (given at the panel's
+// first column) and the rest from B2 (given at its column 0), zero-padded to NR.
 template <typename T>
 void pack_panel_straddling(T* dst, int kc, int ncols, int nfirst, const T* B, long rsb, long csb,
                            const T* B2, long rsb2, long csb2) {
