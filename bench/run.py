@@ -344,13 +344,9 @@ class ReadProbe:
         return max(probes.values())
 
     def row_sampler(self, nbytes: int) -> "SimdReadSampler | None":
-        """rnnfast's SIMD probe over nbytes as one more peer of a stream row, so that the floor
-        also sees the row's own spell of the machine; None without rnnfast."""
-        try:
-            from rnnfast import _core
-        except ImportError:
-            return None
-        return SimdReadSampler(_core, np.ones(nbytes // 4, dtype=np.float32))
+        """rnnfast's SIMD probe over nbytes as one more peer of a stream row (~4 MB read per
+        call), so that the floor also sees the row's own spell of the machine."""
+        return SimdReadSampler.create(np.ones(nbytes // 4, dtype=np.float32), 4e6)
 
     def record(self, sampler: "SimdReadSampler") -> None:
         """Keeps the faster of the run's and the row's SIMD bandwidth (the floor is what the
@@ -362,12 +358,23 @@ class ReadProbe:
 
 
 class SimdReadSampler:
-    """Calls of rnnfast's SIMD read probe whose C++-timed passes are kept, fastest first."""
+    """rnnfast's own vector-load probe over buf (all threads, `reps` passes timed in C++ so that
+    the call overhead does not count), called repeatedly; the fastest call counts: a floor is
+    what the machine can do, and noise only slows a read."""
 
-    def __init__(self, core, buf: np.ndarray):
+    def __init__(self, core, buf: np.ndarray, bytes_per_call: float):
         self.core, self.buf = core, buf
-        self.reps = max(1, int(4e6 // buf.nbytes))  # ~4 MB read per call
+        self.reps = max(1, int(bytes_per_call // buf.nbytes))
         self.best: float | None = None  # seconds for `reps` passes
+
+    @classmethod
+    def create(cls, buf: np.ndarray, bytes_per_call: float) -> "SimdReadSampler | None":
+        """None without rnnfast."""
+        try:
+            from rnnfast import _core
+        except ImportError:
+            return None
+        return cls(_core, buf, bytes_per_call)
 
     def step(self) -> None:
         seconds = self.core._read_probe(self.buf, self.reps)[0]
@@ -378,17 +385,16 @@ class SimdReadSampler:
 
 
 def simd_read_bandwidth(buf: np.ndarray, samples: int = 9) -> float | None:
-    """Bytes/s of rnnfast's own vector-load probe (all threads, `reps` passes timed in C++ so
-    that the call overhead does not count), best of `samples`; None without rnnfast."""
-    try:
-        from rnnfast import _core
-    except ImportError:
+    """Bytes/s of the SIMD probe, ~40 MB read per sample, best of `samples` after one
+    untimed call; None without rnnfast."""
+    sampler = SimdReadSampler.create(buf, 4e7)
+    if sampler is None:
         return None
-    reps = max(1, int(4e7 // buf.nbytes))  # ~40 MB read per sample
-    _core._read_probe(buf, reps)
-    # The fastest sample: a floor is what the machine can do, and noise only slows a read.
-    best = min(_core._read_probe(buf, reps)[0] for _ in range(samples))
-    return buf.nbytes * reps / best
+    sampler.step()
+    sampler.best = None
+    for _ in range(samples):
+        sampler.step()
+    return sampler.bandwidth()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -743,6 +749,11 @@ class Row:
         g = self.gflops()
         return g / max(ceilings) if g is not None and ceilings else None
 
+    def share_at(self, threads: int) -> float | None:
+        """--scaling: rnnfast at `threads` / the sgemm rate at as many threads."""
+        g, ceiling = self.gflops(f"rnnfast@{threads}"), self.sgemm_at.get(threads)
+        return g / ceiling if g is not None and ceiling else None
+
     def over_floor(self) -> float | None:
         """rnnfast time / weight-read floor, stream rows."""
         mine = self.results.get("rnnfast")
@@ -775,7 +786,7 @@ def build_peer(peer, workload: Workload) -> tuple[PeerResult | None, Runnable | 
 
 def run_row(
     cell: Cell, config: Config, mode: str, peers, rf, timer: Timer, probe: ReadProbe, seed: int,
-    sgemm: Sgemm | list[Sgemm] | None = None,
+    ceilings: list[Sgemm] = (),
 ) -> Row:
     rf_module = None if isinstance(rf, BaseException) else rf
     workload = make_workload(cell, config, mode, rf_module, seed)
@@ -788,7 +799,6 @@ def run_row(
     )
     built = {peer.name: build_peer(peer, workload) for peer in peers}
     ready = [name for name, (_, runnable) in built.items() if runnable is not None]
-    ceilings = sgemm if isinstance(sgemm, list) else [sgemm] if sgemm else []
     reader = probe.row_sampler(weight_bytes(cell, config)) if mode == "stream" else None
     steps = [built[name][1].step for name in ready] + [c.step for c in ceilings]
     before = {i: built[name][1].before for i, name in enumerate(ready) if built[name][1].before}
@@ -909,7 +919,8 @@ def _markdown(header: list[str], lines: list[list[str]]) -> str:
 
 
 def format_report(
-    rows: list[Row], peers, info: dict, sgemm: float | None, probe: ReadProbe
+    rows: list[Row], peers, info: dict, sgemm: float | None, probe: ReadProbe,
+    goals: list[GoalCheck],
 ) -> str:
     def others_in(table: list[Row]) -> list:  # peers with a number or an error there
         return [p for p in peers if p.name != "rnnfast" and any(
@@ -991,7 +1002,6 @@ def format_report(
             "",
         ]
 
-    goals = check_goals(rows, sgemm)
     if goals:
         parts += ["### Goals of issue 3", "", format_goals(
             goals, "Not checked here: thread scaling (see --scaling)."), ""]
@@ -1049,9 +1059,9 @@ def _at_least(value: float | None, bound: float) -> bool | None:
 
 
 def check_goals(rows: list[Row], sgemm: float | None) -> list[GoalCheck]:
-    """Each goal of issue 3 that this run's rows can decide, in table order. Shares are against
-    the row's own ceiling (the run's when the row has none); "fastest peer" is the faster of
-    PyTorch and ONNX Runtime."""
+    """Each goal of issue 3 that this run's rows can decide, in table order. Shares are
+    Row.share's (the higher of the row's own ceiling and the run's); "fastest peer" is the
+    faster of PyTorch and ONNX Runtime."""
     checks: list[GoalCheck] = []
     by_key = {(r.cell, r.config, r.mode): r for r in rows}
 
@@ -1150,15 +1160,15 @@ def check_scaling_goals(rows: list[Row], threads: list[int]) -> list[GoalCheck]:
             ))
         top = max(threads)
         if r.config in ("mid", "large") and top >= 16:
-            g, ceiling = r.gflops(f"rnnfast@{top}"), r.sgemm_at.get(top)
-            share = g / ceiling if g is not None and ceiling else None
+            share = r.share_at(top)
             checks.append(GoalCheck(name, f">= 75% of the {top}-thread sgemm",
                                     "-" if share is None else f"{100 * share:.1f}%",
                                     _at_least(share, 0.75)))
     return checks
 
 
-def format_scaling(rows: list[Row], threads: list[int], info: dict) -> str:
+def format_scaling(rows: list[Row], threads: list[int], info: dict,
+                   checks: list[GoalCheck]) -> str:
     has_torch = any(f"torch@{k}" in r.results for r in rows for k in threads)
     header = ["cell", "config", "mode"]
     for k in threads:
@@ -1181,10 +1191,9 @@ def format_scaling(rows: list[Row], threads: list[int], info: dict) -> str:
                            if first and res and first.ok and res.ok else None)
                 line += [_time_cell(res, scale), _ratio_cell(speedup)]
         for k in threads:
-            g, ceiling = r.gflops(f"rnnfast@{k}"), r.sgemm_at.get(k)
-            line += [_num(ceiling), f"{100 * g / ceiling:.1f}%" if g and ceiling else "-"]
+            share = r.share_at(k)
+            line += [_num(r.sgemm_at.get(k)), "-" if share is None else f"{100 * share:.1f}%"]
         lines.append(line)
-    checks = check_scaling_goals(rows, threads)
     return "\n".join([
         f"machine: {info['cpu']}, {info['logical_cpus']} logical CPUs "
         f"({info['usable_cpus']} usable), 1-min load average at start "
@@ -1271,7 +1280,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds of idling before each warm-up and timed sample, for spinning "
                         "BLAS and OpenMP threads to go to sleep")
     parser.add_argument("--scaling", metavar="N1,N2,...", default=None,
-                        type=lambda v: _thread_counts(v),
+                        type=_thread_counts,
                         help="instead of the peers table: rnnfast (and torch, when among "
                         "--peers) at these thread counts, with NumPy's sgemm at each (needs "
                         "threadpoolctl), interleaved per row")
@@ -1337,13 +1346,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     blas = numpy_blas_controller() if args.scaling else None
-    row_ceilings: Sgemm | list[Sgemm] | None = row_sgemm
+    row_ceilings = [row_sgemm] if row_sgemm else []
     if args.scaling:
         if blas is None:
             print("warning: no threadpoolctl (or no BLAS found behind NumPy): the sgemm rate "
                   "per thread count is not measured", file=sys.stderr)
         row_ceilings = [row_sgemm.with_threads(k, blas) for k in args.scaling] if (
-            row_sgemm and blas) else None
+            row_sgemm and blas) else []
         blas_default = blas.info()[0]["num_threads"] if blas else None
 
     rows: list[Row] = []
@@ -1378,11 +1387,11 @@ def main(argv: list[str] | None = None) -> int:
     info["sgemm_gflops_before_after"] = [round(g, 1) if g else None for g in sgemm_runs]
 
     if args.scaling:
-        print(format_scaling(rows, args.scaling, info))
         goals = check_scaling_goals(rows, args.scaling)
+        print(format_scaling(rows, args.scaling, info, goals))
     else:
-        print(format_report(rows, peers, info, sgemm, probe))
         goals = check_goals(rows, sgemm)
+        print(format_report(rows, peers, info, sgemm, probe, goals))
     print(f"({len(rows)} rows in {elapsed:.0f} s)", file=sys.stderr)
 
     if args.json:
