@@ -88,8 +88,37 @@ def _apply_thread_env(argv: list[str]) -> None:
                 os.environ[var] = value
 
 
+# OpenBLAS targets whose sgemm runs on AVX-512 (later Intel targets reuse SkylakeX's kernel).
+_OPENBLAS_AVX512 = {"skylakex", "cooperlake", "sapphirerapids"}
+
+
+def _cpu_has_avx512() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= flags
+    except OSError:
+        pass
+    return False
+
+
+def _apply_openblas_coretype(argv: list[str]) -> None:
+    """--openblas-coretype NAME: OpenBLAS reads OPENBLAS_CORETYPE only when NumPy loads it."""
+    for i, arg in enumerate(argv):
+        value = None
+        if arg == "--openblas-coretype" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--openblas-coretype="):
+            value = arg.split("=", 1)[1]
+        if value:
+            os.environ["OPENBLAS_CORETYPE"] = value
+
+
 if __name__ == "__main__":
     _apply_thread_env(sys.argv[1:])
+    _apply_openblas_coretype(sys.argv[1:])
 
 import numpy as np  # noqa: E402  (after the thread environment is set)
 
@@ -882,6 +911,19 @@ def machine_info(threads: int) -> dict:
     except Exception:
         pass
     try:
+        from threadpoolctl import threadpool_info
+
+        arch = next((i.get("architecture") for i in threadpool_info()
+                     if i.get("internal_api") == "openblas"), None)
+        if arch:
+            info["numpy_blas_kernels"] = arch + (
+                f" (OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']})"
+                if os.environ.get("OPENBLAS_CORETYPE") else "")
+            info["numpy_blas_avx512"] = arch.lower() in _OPENBLAS_AVX512
+            info["cpu_avx512"] = _cpu_has_avx512()
+    except Exception:
+        pass
+    try:
         info["load_average"] = round(os.getloadavg()[0], 2)
     except (AttributeError, OSError):
         pass
@@ -918,6 +960,14 @@ def _markdown(header: list[str], lines: list[list[str]]) -> str:
     return "\n".join(out)
 
 
+def _blas_kernel_warning(info: dict) -> list[str]:
+    if not info.get("cpu_avx512") or info.get("numpy_blas_avx512", True):
+        return []
+    return [f"note: this CPU has AVX-512 but NumPy's OpenBLAS runs its {info['numpy_blas_kernels']}"
+            " kernels (256-bit vectors): the ceiling and the NumPy peer are below what the cores"
+            " can do; --openblas-coretype SkylakeX measures them with AVX-512"]
+
+
 def format_report(
     rows: list[Row], peers, info: dict, sgemm: float | None, probe: ReadProbe,
     goals: list[GoalCheck],
@@ -933,7 +983,7 @@ def format_report(
         "versions: "
         + ", ".join(
             f"{k} {info[k]}"
-            for k in ("python", "numpy", "numpy_blas", "rnnfast", "rnnfast_isa", "torch",
+            for k in ("python", "numpy", "numpy_blas", "numpy_blas_kernels", "rnnfast", "rnnfast_isa", "torch",
                       "onnxruntime")
             if k in info
         ),
@@ -941,6 +991,7 @@ def format_report(
         + (f"{sgemm:.1f} GFLOP/s" if sgemm else "n/a")
         + (" (the higher of {} before and {} after the rows)".format(
             *info["sgemm_gflops_before_after"]) if "sgemm_gflops_before_after" in info else ""),
+        *_blas_kernel_warning(info),
         _row_ceilings_line(rows),
         "ratios are peer time / rnnfast time: above 1 means rnnfast is faster",
         "",
@@ -1284,6 +1335,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="instead of the peers table: rnnfast (and torch, when among "
                         "--peers) at these thread counts, with NumPy's sgemm at each (needs "
                         "threadpoolctl), interleaved per row")
+    parser.add_argument("--openblas-coretype", metavar="NAME", default=None,
+                        help="OPENBLAS_CORETYPE for NumPy's OpenBLAS (the ceiling and the NumPy "
+                        "peer), e.g. SkylakeX on an AVX-512 CPU that OpenBLAS runs as Haswell; "
+                        "unset: the environment's")
     parser.add_argument("--seed", type=int, default=0, help="seed of inputs and gradients")
     parser.add_argument("--json", metavar="PATH", help="write every number to PATH")
     args = parser.parse_args(argv)
@@ -1310,6 +1365,8 @@ def main(argv: list[str] | None = None) -> int:
         threads = machine_info(0)["usable_cpus"]
 
     info = machine_info(threads)
+    for line in _blas_kernel_warning(info):
+        print("warning: " + line[len("note: "):], file=sys.stderr)
     if info.get("load_average", 0) > 0.5:
         print(f"warning: load average {info['load_average']} at start: other work on this "
               "machine will skew the timings", file=sys.stderr)

@@ -205,3 +205,21 @@ def test_scaling_argument_is_checked(runner):
         with pytest.raises(SystemExit):
             runner.parse_args(["--scaling", bad])
     assert runner.parse_args(["--scaling", "1,2,16"]).scaling == [1, 2, 16]
+
+
+def test_blas_kernel_note_and_coretype_argument(runner, monkeypatch):
+    # The note appears only where the CPU has AVX-512 and OpenBLAS's kernels do not use it.
+    narrow = {"cpu_avx512": True, "numpy_blas_avx512": False, "numpy_blas_kernels": "Haswell"}
+    (line,) = runner._blas_kernel_warning(narrow)
+    assert "Haswell" in line and "--openblas-coretype SkylakeX" in line
+    assert runner._blas_kernel_warning(narrow | {"numpy_blas_avx512": True}) == []
+    assert runner._blas_kernel_warning(narrow | {"cpu_avx512": False}) == []
+    assert runner._blas_kernel_warning({}) == []
+
+    monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    runner._apply_openblas_coretype(["--cells", "lstm"])
+    assert "OPENBLAS_CORETYPE" not in runner.os.environ
+    runner._apply_openblas_coretype(["--openblas-coretype", "SkylakeX"])
+    assert runner.os.environ["OPENBLAS_CORETYPE"] == "SkylakeX"
+    runner._apply_openblas_coretype(["--openblas-coretype=Zen"])
+    assert runner.os.environ["OPENBLAS_CORETYPE"] == "Zen"
