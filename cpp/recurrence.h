@@ -68,14 +68,19 @@ void recurrent_pack(T* dst, const T* w_ih, int in_size, const T* w_hh, int H) {
 template <typename T, int R, int NV, int NVS>
 static inline __attribute__((always_inline)) void tile_pass(
     typename Simd<T>::V* sums, int ld, bool fresh, long ss, int n, const T* const* rows,
-    const T* bp, int n2, const T* const* rows2, const T* bp2) {
+    const T* bp, int n2, const T* const* rows2, const T* bp2, bool far = false) {
   typedef typename Simd<T>::V V;
   V acc[R][NV];
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = fresh ? V{} : sums[r * ld + v];
   if constexpr (R == 1) {
-    row_kernel_add<T, NV, NVS>(n, rows[0], bp, acc, ss);
-    if (n2) row_kernel_add<T, NV, NVS>(n2, rows2[0], bp2, acc, ss);
+    if (far) {
+      row_kernel_add<T, NV, NVS, true>(n, rows[0], bp, acc, ss);
+      if (n2) row_kernel_add<T, NV, NVS, true>(n2, rows2[0], bp2, acc, ss);
+    } else {
+      row_kernel_add<T, NV, NVS>(n, rows[0], bp, acc, ss);
+      if (n2) row_kernel_add<T, NV, NVS>(n2, rows2[0], bp2, acc, ss);
+    }
   } else {
     micro_kernel_add<T, R, NV, NVS>(n, rows, 1, bp, acc, ss);
     if (n2) micro_kernel_add<T, R, NV, NVS>(n2, rows2, 1, bp2, acc, ss);
@@ -129,6 +134,8 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels) {
   const bool kblocked = MR > 1 && mblocks > 1 && panel_bytes > kPanelBlockBytes * 3 / 2;
   const int ntasks = kblocked ? npanels : npanels * mblocks;
   const bool prefetch = (double)npanels * panel_stride * sizeof(T) > (8 << 20);
+  // Batch 1 reads each weight once: beyond the cores' L2 (over 4 MiB), ahead of use.
+  const bool far = MR == 1 && (double)npanels * panel_bytes > (4 << 20);
   const int KC = (prefetch ? kStreamedBlockBytes : kPanelBlockBytes) / (PV * W * (int)sizeof(T));
   const size_t tile = (size_t)MR * NV;  // partial sums per row tile (MR2 < MR)
   // f(rows-per-tile constant, first row) for row tile ib
@@ -175,7 +182,7 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels) {
         constexpr int R = decltype(R_c)::value;
         const T* bp = panel + h * ss;
         tile_pass<T, R, PV, LV>(sums + h * PV, NV, fresh, ss, n, rows, bp + k * LV * W, n2,
-                                rows2, bp + k2 * LV * W);
+                                rows2, bp + k2 * LV * W, far);
       };
       // The epilogue of tile ib (R rows at i0) from its sums.
       auto finish = [&](auto R_c, int p, int i0, const V* sums, const V* xsums) {
