@@ -232,6 +232,10 @@ class Timer:
     # threads spinning for about 0.1 s after each call; without the pause they take cores from the
     # next measurement on a small machine.
     settle: float = 0.2
+    # Seconds of untimed calls between the pause and each interleaved sample. After 0.2 s idle
+    # the 2-core Zen 5 VM ran the next few ms slow (batch-1 LSTM-512 steps 41 instead of 39
+    # us over a 10 ms sample, LSTM-128 9.3 instead of 5.2), which short samples felt most.
+    prime: float = 0.005
 
     def warm_up(self, fn: Callable[[], object]) -> tuple[int, int]:
         """Warm-up: one call, and for calls under a second more calls for about min_sample,
@@ -274,7 +278,8 @@ class Timer:
         each fn per round, `settle` apart): a busy spell of the shared machine then slows every
         peer of a row alike instead of the one measured during it. before[i], where given,
         runs untimed before each warm-up and sample of fns[i] (thread settings, a priming
-        call). A fn that raises gets its exception in place of a Timing."""
+        call). Each sample follows `prime` seconds (at least one call) of untimed calls of its
+        fn. A fn that raises gets its exception in place of a Timing."""
         before = before or {}
         plans: list = []
         for i, fn in enumerate(fns):
@@ -295,6 +300,10 @@ class Timer:
                 try:
                     if i in before:
                         before[i]()
+                    prime_until = time.perf_counter() + self.prime
+                    fn()
+                    while time.perf_counter() < prime_until:
+                        fn()
                     per_call[i].append(self.sample(fn, plan[0]))
                 except Exception as exc:
                     plans[i] = exc
@@ -330,11 +339,11 @@ class Sgemm:
         return other
 
     def before_sample(self) -> None:
-        """Untimed, before each interleaved sample: the thread count, and one product (a
-        product timed cold, after the settle pause and another peer's work, ran 3-9% slow)."""
+        """Untimed, before each interleaved sample: the thread count (the Timer's priming
+        calls follow: a product timed cold, after the settle pause and another peer's work,
+        ran 3-9% slow on the Zen 2)."""
         if self.blas is not None and self.threads:
             self.blas.limit(limits=self.threads)
-        self.step()
 
     def gflops(self, timer: Timer) -> float:
         """GFLOP/s over a measurement of its own."""
