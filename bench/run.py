@@ -233,9 +233,10 @@ class Timer:
     # next measurement on a small machine.
     settle: float = 0.2
     # Seconds of untimed calls between the pause and each interleaved sample. After 0.2 s idle
-    # the 2-core Zen 5 VM ran the next few ms slow (batch-1 LSTM-512 steps 41 instead of 39
-    # us over a 10 ms sample, LSTM-128 9.3 instead of 5.2), which short samples felt most.
-    prime: float = 0.005
+    # (or a fresh process's imports) the 2-core Zen 5 VM ran the next milliseconds slow:
+    # batch-1 LSTM-128 steps 9.3 instead of 5.2 us over a 5 ms sample; GRU-128 8.8 us after
+    # 5 ms of these calls, 4.5 after 30 ms, as without the pause.
+    prime: float = 0.03
 
     def warm_up(self, fn: Callable[[], object]) -> tuple[int, int]:
         """Warm-up: one call, and for calls under a second more calls for about min_sample,
