@@ -75,17 +75,23 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 
+def _option_value(argv: list[str], name: str) -> str | None:
+    """The last value given to option `name` (as `name V` or `name=V`), before argparse runs."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
 def _apply_thread_env(argv: list[str]) -> None:
     """Pass --threads to the BLAS behind NumPy, which reads it only when NumPy is first imported."""
-    for i, arg in enumerate(argv):
-        value = None
-        if arg == "--threads" and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith("--threads="):
-            value = arg.split("=", 1)[1]
-        if value is not None and value.isdigit():
-            for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-                os.environ[var] = value
+    value = _option_value(argv, "--threads")
+    if value is not None and value.isdigit():
+        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[var] = value
 
 
 # OpenBLAS targets whose sgemm runs on AVX-512 (later Intel targets reuse SkylakeX's kernel).
@@ -106,14 +112,9 @@ def _cpu_has_avx512() -> bool:
 
 def _apply_openblas_coretype(argv: list[str]) -> None:
     """--openblas-coretype NAME: OpenBLAS reads OPENBLAS_CORETYPE only when NumPy loads it."""
-    for i, arg in enumerate(argv):
-        value = None
-        if arg == "--openblas-coretype" and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith("--openblas-coretype="):
-            value = arg.split("=", 1)[1]
-        if value:
-            os.environ["OPENBLAS_CORETYPE"] = value
+    value = _option_value(argv, "--openblas-coretype")
+    if value:
+        os.environ["OPENBLAS_CORETYPE"] = value
 
 
 if __name__ == "__main__":
