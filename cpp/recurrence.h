@@ -91,7 +91,7 @@ static inline __attribute__((always_inline)) void tile_pass(
 
 // Bytes of a slice's K block that stay in L1 while every row block passes over it. AVX-512
 // (one 4-vector slice per pass, so 16 KiB spans only 64 rows of K) on Zen 5's 48 KiB L1,
-// 32 KiB against 16: LSTM inference charrnn -4.7%, mid -3.5%; 40 and 48 KiB were slower.
+// 32 KiB against 16: LSTM inference small -5.8%, charrnn -4.3%; 40 and 48 KiB were slower.
 // Weights that stream from memory (prefetched) keep 16 KiB blocks: large LSTM +1.5% with 32.
 #if defined(RF_ISA_avx512)
 constexpr int kPanelBlockBytes = 32768;
