@@ -98,16 +98,16 @@ def _apply_thread_env(argv: list[str]) -> None:
 _OPENBLAS_AVX512 = {"skylakex", "cooperlake", "sapphirerapids"}
 
 
-def _cpu_has_avx512() -> bool:
+def _cpuinfo(key: str) -> str | None:
+    """The first `key` line of /proc/cpuinfo ("model name", "flags"), None where there is none."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= flags
+                if line.startswith(key):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return False
+    return None
 
 
 def _apply_openblas_coretype(argv: list[str]) -> None:
@@ -279,8 +279,7 @@ class Timer:
         """Median seconds per call of each fn, their samples taken in rounds (one sample of
         each fn per round, `settle` apart): a busy spell of the shared machine then slows every
         peer of a row alike instead of the one measured during it. before[i], where given,
-        runs untimed before each warm-up and sample of fns[i] (thread settings, a priming
-        call). Each sample follows `prime` seconds (at least one call) of untimed calls of its
+        runs untimed before each warm-up and sample of fns[i] (thread settings). Each sample follows `prime` seconds (at least one call) of untimed calls of its
         fn. A fn that raises gets its exception in place of a Timing."""
         before = before or {}
         plans: list = []
@@ -886,15 +885,7 @@ def run_row(
 
 
 def machine_info(threads: int) -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = _cpuinfo("model name") or platform.processor() or platform.machine()
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -931,7 +922,8 @@ def machine_info(threads: int) -> dict:
                 f" (OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']})"
                 if os.environ.get("OPENBLAS_CORETYPE") else "")
             info["numpy_blas_avx512"] = arch.lower() in _OPENBLAS_AVX512
-            info["cpu_avx512"] = _cpu_has_avx512()
+            info["cpu_avx512"] = {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= set(
+                (_cpuinfo("flags") or "").split())
     except Exception:
         pass
     try:
@@ -974,7 +966,7 @@ def _markdown(header: list[str], lines: list[list[str]]) -> str:
 def _blas_kernel_warning(info: dict) -> list[str]:
     if not info.get("cpu_avx512") or info.get("numpy_blas_avx512", True):
         return []
-    return [f"note: this CPU has AVX-512 but NumPy's OpenBLAS runs its {info['numpy_blas_kernels']}"
+    return [f"this CPU has AVX-512 but NumPy's OpenBLAS runs its {info['numpy_blas_kernels']}"
             " kernels (256-bit vectors): the ceiling and the NumPy peer are below what the cores"
             " can do; --openblas-coretype SkylakeX measures them with AVX-512"]
 
@@ -994,15 +986,15 @@ def format_report(
         "versions: "
         + ", ".join(
             f"{k} {info[k]}"
-            for k in ("python", "numpy", "numpy_blas", "numpy_blas_kernels", "rnnfast", "rnnfast_isa", "torch",
-                      "onnxruntime")
+            for k in ("python", "numpy", "numpy_blas", "numpy_blas_kernels", "rnnfast",
+                      "rnnfast_isa", "torch", "onnxruntime")
             if k in info
         ),
         "sgemm ceiling (NumPy 2048x2048 float32): "
         + (f"{sgemm:.1f} GFLOP/s" if sgemm else "n/a")
         + (" (the higher of {} before and {} after the rows)".format(
             *info["sgemm_gflops_before_after"]) if "sgemm_gflops_before_after" in info else ""),
-        *_blas_kernel_warning(info),
+        *("note: " + line for line in _blas_kernel_warning(info)),
         _row_ceilings_line(rows),
         "ratios are peer time / rnnfast time: above 1 means rnnfast is faster",
         "",
@@ -1377,7 +1369,7 @@ def main(argv: list[str] | None = None) -> int:
 
     info = machine_info(threads)
     for line in _blas_kernel_warning(info):
-        print("warning: " + line[len("note: "):], file=sys.stderr)
+        print("warning: " + line, file=sys.stderr)
     if info.get("load_average", 0) > 0.5:
         print(f"warning: load average {info['load_average']} at start: other work on this "
               "machine will skew the timings", file=sys.stderr)
