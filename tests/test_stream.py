@@ -1,6 +1,7 @@
 """Step-by-step inference (model.stream()) and the batch-1 kernels, against the NumPy
 reference run on whole sequences, on every kernel build."""
 
+import gc
 import threading
 
 import numpy as np
@@ -98,6 +99,59 @@ def test_stream_bad_input():
     ref = rf.reference.GRU(8, 16).stream(batch_size=2)
     with pytest.raises(ValueError, match="x"):
         ref.step(np.zeros((3, 8)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch", [None, 1, 3])
+def test_direct_step_matches_checked_step(dtype, batch):
+    # Stream.step is the binding's direct callable: exact arrays run at once, anything else
+    # (other dtype, byte order, strides, alignment, lists, keywords) goes through the
+    # checked pybind11 method. Both must give the same bits as the checked method alone.
+    I, H = 6, 9
+    m = rf.GRU(I, H, dtype=dtype)
+    direct, checked = m.stream(batch_size=batch), m.stream(batch_size=batch)
+    assert direct.step is not direct._core.step
+    shape = (I,) if batch is None else (batch, I)
+    other = np.float64 if dtype == np.float32 else np.float32
+    rng = np.random.default_rng(4)
+    base = rng.standard_normal(shape).astype(dtype)
+    unaligned = np.frombuffer(bytearray(base.nbytes + 1), dtype=dtype, offset=1).reshape(shape)
+    unaligned[...] = base
+    inputs = [
+        base,
+        base.astype(other),
+        base.astype(base.dtype.newbyteorder()),
+        np.repeat(base, 2, axis=-1)[..., ::2],  # strided
+        unaligned,
+        base.tolist(),
+    ]
+    readonly = base.copy()
+    readonly.flags.writeable = False
+    inputs.append(readonly)
+    for i, x in enumerate(inputs):
+        want = checked._core.step(np.ascontiguousarray(np.asarray(x), dtype=dtype))
+        got = direct.step(x)
+        assert got.dtype == dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want, err_msg=f"input {i}")
+    out = np.empty_like(want)
+    assert direct.step(x=base, out=out) is out
+    np.testing.assert_array_equal(out, checked._core.step(base))
+    np.testing.assert_array_equal(direct.state, checked.state)
+    with pytest.raises(ValueError, match="x"):
+        direct.step(np.zeros((2, I + 1), dtype))
+    with pytest.raises(TypeError):
+        direct.step()
+    with pytest.raises(TypeError):
+        direct.step(base, out=None, extra=1)
+
+
+def test_direct_step_keeps_its_stream_alive():
+    m = rf.LSTM(4, 8)
+    want = m.stream().step(np.ones(4, np.float32))
+    step = m.stream().step  # the Stream object and then the model go out of scope
+    del m
+    gc.collect()
+    np.testing.assert_array_equal(step(np.ones(4, np.float32)), want)
 
 
 def test_streams_of_one_model_in_threads():

@@ -7,6 +7,7 @@
 #include <initializer_list>
 #include <chrono>
 #include <thread>
+#include <type_traits>
 #include <string>
 #include <vector>
 
@@ -214,6 +215,86 @@ py::object state_view(py::object self, Stream<T>& s, T* data) {
                          (long)e.hidden_size()}, data, self);
 }
 
+// Stream.step as a plain CPython callable (vectorcall, no pybind11 dispatch): an x that
+// is already a C-contiguous, aligned, native array of the stream's dtype and shape runs
+// straight away; every other call goes to the checked `step` method, which converts or
+// raises. Saves the dispatcher's overhead on each batch-1 step.
+template <typename T>
+struct DirectStep {
+  Stream<T>* stream;
+  PyObject* owner;    // the Python stream, kept alive by this callable
+  PyObject* checked;  // its bound `step` method
+  int type_num;
+};
+
+template <typename T>
+const char* direct_step_capsule() {
+  return std::is_same<T, float>::value ? "rnnfast.DirectStepF32" : "rnnfast.DirectStepF64";
+}
+
+template <typename T>
+PyObject* direct_step(PyObject* cap, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  auto* f = static_cast<DirectStep<T>*>(PyCapsule_GetPointer(cap, direct_step_capsule<T>()));
+  if (!f) return nullptr;
+  if (nargs == 1 && !kwnames && py::detail::npy_api::get().PyArray_Check_(args[0])) {
+    const auto* a = py::detail::array_proxy(args[0]);
+    const auto* d = py::detail::array_descriptor_proxy(a->descr);
+    Stream<T>& s = *f->stream;
+    const long B = s.batch(), I = s.engine().input_size();
+    const long DH = (long)s.engine().directions() * s.engine().hidden_size();
+    const bool row = a->nd == 1 && B == 1;
+    constexpr int kFlags = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ |
+                           py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+    const char swapped = __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__ ? '<' : '>';
+    if (d->type_num == f->type_num && d->byteorder != swapped && (a->flags & kFlags) == kFlags &&
+        (row ? a->dimensions[0] == I
+             : a->nd == 2 && a->dimensions[0] == B && a->dimensions[1] == I)) {
+      try {
+        py::array_t<T> y = row ? py::array_t<T>(DH) : py::array_t<T>({B, DH});
+        T* yp = y.mutable_data();
+        const T* xp = reinterpret_cast<const T*>(a->data);
+        {
+          py::gil_scoped_release release;
+          s.step(xp, yp);
+        }
+        return y.release().ptr();
+      } catch (py::error_already_set& e) {
+        e.restore();
+        return nullptr;
+      } catch (const std::bad_alloc&) {
+        PyErr_NoMemory();
+        return nullptr;
+      } catch (const std::exception& e) {
+        PyErr_SetString(PyExc_RuntimeError, e.what());
+        return nullptr;
+      }
+    }
+  }
+  return PyObject_Vectorcall(f->checked, args, nargs, kwnames);
+}
+
+template <typename T>
+py::object make_direct_step(py::object self) {
+  static PyMethodDef def = {
+      "step", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&direct_step<T>)),
+      METH_FASTCALL | METH_KEYWORDS,
+      "step(x, out=None) -> y: one step of the stream (see Stream.step)."};
+  auto* f = new DirectStep<T>{&self.cast<Stream<T>&>(), self.ptr(), nullptr,
+                              py::dtype::of<T>().num()};
+  py::object checked = self.attr("step");
+  f->checked = checked.release().ptr();
+  Py_INCREF(f->owner);
+  py::capsule cap(f, direct_step_capsule<T>(), [](PyObject* c) {
+    auto* g = static_cast<DirectStep<T>*>(PyCapsule_GetPointer(c, direct_step_capsule<T>()));
+    Py_XDECREF(g->checked);
+    Py_XDECREF(g->owner);
+    delete g;
+  });
+  PyObject* fn = PyCFunction_New(&def, cap.ptr());
+  if (!fn) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(fn);
+}
+
 template <typename T>
 void bind_stream(py::module_& m, const char* name) {
   typedef Stream<T> S;
@@ -265,7 +346,10 @@ void bind_stream(py::module_& m, const char* name) {
             }
             return std::move(y);
           },
-          py::arg("x"), py::arg("out") = py::none());
+          py::arg("x"), py::arg("out") = py::none())
+      .def_property_readonly("direct_step", &make_direct_step<T>,
+                             "`step` as a plain CPython callable (no pybind11 dispatch on "
+                             "the fast path); the Python Stream's `step` is this.");
 }
 
 // A 1-D in-place array (n elements when n >= 0): the optimizer's buffers.

@@ -12,15 +12,16 @@ _CELLS = {"RNN_TANH": _core.RNN_TANH, "RNN_RELU": _core.RNN_RELU, "LSTM": _core.
 
 
 class _EngineStream(Stream):
-    """The state lives in the C++ stream; ``step`` is the C++ method itself (no Python frame
-    per step: shapes and dtypes are checked there)."""
+    """The state lives in the C++ stream; ``step`` is its ``direct_step``, a plain CPython
+    callable (no Python frame or pybind11 dispatch per step: shapes and dtypes are checked
+    there, and any other input goes through the checked ``step`` method)."""
 
     def _open(self):
         m = self.model
         cls = _core.StreamF32 if m.dtype == np.float32 else _core.StreamF64
         self._core = cls(m._engine, self.batch_size)
         self._h, self._c = self._core.h, self._core.c  # live views of the C++ state
-        self.step = self._core.step
+        self.step = self._core.direct_step
 
     @Stream.num_threads.setter
     def num_threads(self, value):
