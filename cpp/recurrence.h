@@ -326,7 +326,8 @@ void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
   const double onepass = 1.05 * ((B + MR1 - 1) / MR1 * MR1);
 #if defined(RF_ISA_avx512)
   // 4-row tiles where the MR/MR2 tiles pad many rows: B = 8 ran as 6 + 5 rows (11 for 8).
-  // A 4-row tile loads a weight vector per 4 FMAs instead of 6: counted 10% dearer per row.
+  // A 4-row tile loads a weight vector per 4 FMAs instead of 6: counted 10% dearer per row
+  // (forced where nothing is padded, B = 12-64 LSTM inference ran 1-4% slower).
   const int t4 = (B + 3) / 4;
   if (B > 1 && 1.1 * 4 * t4 < rows) {
     recurrent_forward_tasks<T, Cell, 4, NV, 0>(a, nt < npanels * t4 ? nt : npanels * t4, npanels);
