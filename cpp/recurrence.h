@@ -89,16 +89,17 @@ static inline __attribute__((always_inline)) void tile_pass(
     for (int v = 0; v < NV; ++v) sums[r * ld + v] = acc[r][v];
 }
 
-// Bytes of a slice's K block that stay in L1 while every row block passes over it. AVX-512
-// (one 4-vector slice per pass, so 16 KiB spans only 64 rows of K) on Zen 5's 48 KiB L1,
-// 32 KiB against 16: LSTM inference small -5.8%, charrnn -4.3%; 40 and 48 KiB were slower.
-// Weights that stream from memory (prefetched) keep 16 KiB blocks: large LSTM +1.5% with 32.
+// Bytes of a slice's K block that stay in L1 while every row block passes over it (AVX2:
+// 2-vector slices, so 16 KiB spans 256 rows of K). AVX-512 does not block K: on Zen 5
+// (48 KiB L1, 1 MiB L2) each tile streaming its panel's whole K from L2, sums in registers,
+// beat 32 KiB blocks (alternating rounds, inference: charrnn LSTM -3.4%, mid LSTM -4.3%,
+// large LSTM -4.2%, large GRU -6.7%; 32 KiB had beaten 16 and 48 KiB blocks).
 #if defined(RF_ISA_avx512)
-constexpr int kPanelBlockBytes = 32768;
+constexpr bool kBlockK = false;
 #else
-constexpr int kPanelBlockBytes = 16384;
+constexpr bool kBlockK = true;
 #endif
-constexpr int kStreamedBlockBytes = 16384;
+constexpr int kPanelBlockBytes = 16384;
 
 // Row tiles: the most tiles of MR rows that leave a multiple of MR2 rows for tiles of
 // MR2 (no padded rows), else B / MR of them and a padded MR2 tile last; MR2 = 0: tiles of
@@ -114,11 +115,12 @@ static inline int tile_count(int B, int MR, int MR2) {
   return n + (MR2 ? (B - n * MR + MR2 - 1) / MR2 : 0);
 }
 
-// The time loop. A task is one panel times one tile of batch rows, or, when the panel
-// outgrows L1 and several row tiles share it, the panel times all row tiles, K block by
-// K block with partial sums in memory (LSTM inference: mid 69.6 -> 67.4 ms, charrnn 42.4
-// -> 40.7 ms on 2 cores). A pass covers PV vectors of a panel: one slice, or all slices at
-// once when PV = NV. The cell's epilogue follows a tile's last pass.
+// The time loop. A task is one panel times one tile of batch rows, or (where K is blocked,
+// see kBlockK) when the panel outgrows L1 and several row tiles share it, the panel times
+// all row tiles, K block by K block with partial sums in memory (AVX2 LSTM inference: mid
+// 69.6 -> 67.4 ms, charrnn 42.4 -> 40.7 ms on 2 cores). A pass covers PV vectors of a
+// panel: one slice, or all slices at once when PV = NV. The cell's epilogue follows a
+// tile's last pass.
 template <typename T, class Cell, int MR, int PV, int MR2>
 void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels) {
   typedef typename Simd<T>::V V;
@@ -131,12 +133,12 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels) {
   // Blocked when several tiles share a panel (all passes) of more than 1.5 kPanelBlockBytes
   // (small LSTM, 20 KiB panels, one thread: 1.23 ms blocked, 1.16 not).
   const long panel_bytes = (long)((fused ? I : 0) + H) * NV * W * sizeof(T);
-  const bool kblocked = MR > 1 && mblocks > 1 && panel_bytes > kPanelBlockBytes * 3 / 2;
+  const bool kblocked = kBlockK && MR > 1 && mblocks > 1 && panel_bytes > kPanelBlockBytes * 3 / 2;
   const int ntasks = kblocked ? npanels : npanels * mblocks;
   const bool prefetch = (double)npanels * panel_stride * sizeof(T) > (8 << 20);
   // Batch 1 reads each weight once: beyond the cores' L2 (over 4 MiB), ahead of use.
   const bool far = MR == 1 && (double)npanels * panel_bytes > (4 << 20);
-  const int KC = (prefetch ? kStreamedBlockBytes : kPanelBlockBytes) / (PV * W * (int)sizeof(T));
+  const int KC = kPanelBlockBytes / (PV * W * (int)sizeof(T));
   const size_t tile = (size_t)MR * NV;  // partial sums per row tile (MR2 < MR)
   // f(rows-per-tile constant, first row) for row tile ib
   auto with_block = [&](int ib, auto&& f) {

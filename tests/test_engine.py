@@ -79,7 +79,7 @@ def test_float64_matches_reference(isa, mode, bidirectional, L, options):
 
 # Random shapes around the SIMD widths: odd I and H, B = 1, T = 1, B not a multiple of
 # the micro-kernel's rows (B = 22, 23, 64: tiles of 6 and 5 rows; B = 3, 4, 7, 8: tiles
-# of 4 on AVX-512, K-blocked at 8 x 130 x 270); H and I past the
+# of 4 on AVX-512; K blocks on AVX2, e.g. 8 x 130 x 270); H and I past the
 # 128- and 256-row K blocks of the recurrent product, with the input product inside the
 # time loop (I <= 64, 2 I <= H, or I <= H with weights of at most 8 MiB, and every T = 1)
 # or not.
