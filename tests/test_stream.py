@@ -154,6 +154,26 @@ def test_direct_step_keeps_its_stream_alive():
     np.testing.assert_array_equal(step(np.ones(4, np.float32)), want)
 
 
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_long_stream_on_the_process_thread_count(mode):
+    # On the process-wide count a stream times its steps and runs each cycle of 256 on
+    # one thread or on all (cpp/engine.h): 600 steps cross both choices and three cycles,
+    # and must give what the whole sequence gives.
+    previous = rf.get_num_threads()
+    rf.set_num_threads(2)
+    try:
+        m = getattr(rf, mode)(16, 40)
+        x = np.random.default_rng(3).standard_normal((600, 16)).astype(np.float32)
+        s = m.stream()
+        got = np.stack([s.step(x_t) for x_t in x])
+        want, state = m(x)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+        for a, b in zip(flat_state(s.state), flat_state(state)):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    finally:
+        rf.set_num_threads(previous)
+
+
 def test_streams_of_one_model_in_threads():
     m = rf.LSTM(32, 64, num_layers=2)
     xs = np.random.default_rng(1).standard_normal((4, 50, 32)).astype(np.float32)
