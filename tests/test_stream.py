@@ -195,6 +195,9 @@ def test_streams_of_one_model_in_threads():
 
 def test_stream_threads_setting():
     m = rf.RNN(16, 32, num_threads=2)
+    inherited = m.stream()  # the model's own count, not the process-wide one
+    assert inherited.num_threads == 2 and inherited._core.num_threads == 2
+    assert rf.RNN(16, 32).stream()._core.num_threads == 0
     s = m.stream(num_threads=1)
     assert s.num_threads == 1 and s._core.num_threads == 1
     s.num_threads = None

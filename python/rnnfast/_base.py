@@ -370,7 +370,11 @@ class RecurrentBase(_ThreadsSetting):
 
         ``batch_size=None`` streams one unbatched sequence (``x_t`` of shape
         ``(input_size,)``); an int streams that many at once (``(batch_size, input_size)``).
-        ``state`` is the initial state in the format of :meth:`forward` (zeros when None)."""
+        ``state`` is the initial state in the format of :meth:`forward` (zeros when None).
+        ``num_threads`` is the stream's own thread count; None takes the model's
+        ``num_threads`` (None there too: the process-wide count)."""
+        if num_threads is None:
+            num_threads = self.num_threads
         if self.bidirectional:
             raise ValueError("a bidirectional model cannot run step by step: its reverse "
                              "direction reads each sequence from its end; call it on whole "
