@@ -279,8 +279,9 @@ class Timer:
         """Median seconds per call of each fn, their samples taken in rounds (one sample of
         each fn per round, `settle` apart): a busy spell of the shared machine then slows every
         peer of a row alike instead of the one measured during it. before[i], where given,
-        runs untimed before each warm-up and sample of fns[i] (thread settings). Each sample follows `prime` seconds (at least one call) of untimed calls of its
-        fn. A fn that raises gets its exception in place of a Timing."""
+        runs untimed before each warm-up and sample of fns[i] (thread settings). Each sample
+        follows `prime` seconds (at least one call) of untimed calls of its fn. A fn that
+        raises gets its exception in place of a Timing."""
         before = before or {}
         plans: list = []
         for i, fn in enumerate(fns):

@@ -29,12 +29,18 @@ long recurrent_packed_size(int in_size, int H) {
 // 4-vector panel on 16 registers goes in two passes of 6 x 2 (12 accumulators, 8 loads
 // per 12 FMAs) rather than one of 3 x 4 (12 accumulators but 17 registers, so 3
 // FMAs read memory): mid LSTM inference 67.4 -> 64.2 ms on 2 cores.
+// LR rows: the shorter one-pass tile over all NV vectors, taken where the MR tiles would
+// pad enough rows to pay its higher cost per row, kLowCost (recurrent_forward).
 template <int NV>
 struct RecurrentTile {
 #if defined(RF_ISA_avx512)
   static constexpr int NVK = NV;
+  static constexpr int LR = 4;
+  static constexpr double kLowCost = 1.1;
 #else
   static constexpr int NVK = NV == 4 ? 2 : NV;
+  static constexpr int LR = MicroRows<NV>::MR;
+  static constexpr double kLowCost = 1.05;
 #endif
   static constexpr int MR = MicroRows<NVK>::MR;
 };
@@ -74,13 +80,14 @@ static inline __attribute__((always_inline)) void tile_pass(
   for (int r = 0; r < R; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = fresh ? V{} : sums[r * ld + v];
   if constexpr (R == 1) {
-    if (far) {
-      row_kernel_add<T, NV, NVS, true>(n, rows[0], bp, acc, ss);
-      if (n2) row_kernel_add<T, NV, NVS, true>(n2, rows2[0], bp2, acc, ss);
-    } else {
-      row_kernel_add<T, NV, NVS>(n, rows[0], bp, acc, ss);
-      if (n2) row_kernel_add<T, NV, NVS>(n2, rows2[0], bp2, acc, ss);
-    }
+    auto add = [&](auto pf) __attribute__((always_inline)) {
+      row_kernel_add<T, NV, NVS, decltype(pf)::value>(n, rows[0], bp, acc, ss);
+      if (n2) row_kernel_add<T, NV, NVS, decltype(pf)::value>(n2, rows2[0], bp2, acc, ss);
+    };
+    if (far)
+      add(std::true_type());
+    else
+      add(std::false_type());
   } else {
     micro_kernel_add<T, R, NV, NVS>(n, rows, 1, bp, acc, ss);
     if (n2) micro_kernel_add<T, R, NV, NVS>(n2, rows2, 1, bp2, acc, ss);
@@ -125,6 +132,7 @@ template <typename T, class Cell, int MR, int PV, int MR2>
 void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels) {
   typedef typename Simd<T>::V V;
   constexpr int NV = Cell::NV, W = Simd<T>::W, LV = RecurrentTile<NV>::NVK, NP = NV / PV;
+  constexpr int KC = kPanelBlockBytes / (PV * W * (int)sizeof(T));
   const int B = a.batch, H = a.hidden, I = a.in_size;
   const long BH = (long)B * H, ss = (long)(I + H) * LV * W, panel_stride = ss * (NV / LV);
   const bool fused = a.x != nullptr;
@@ -138,7 +146,6 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels) {
   const bool prefetch = (double)npanels * panel_stride * sizeof(T) > (8 << 20);
   // Batch 1 reads each weight once: beyond the cores' L2 (over 4 MiB), ahead of use.
   const bool far = MR == 1 && (double)npanels * panel_bytes > (4 << 20);
-  const int KC = kPanelBlockBytes / (PV * W * (int)sizeof(T));
   const size_t tile = (size_t)MR * NV;  // partial sums per row tile (MR2 < MR)
   // f(rows-per-tile constant, first row) for row tile ib
   auto with_block = [&](int ib, auto&& f) {
@@ -319,33 +326,23 @@ void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
   const int npanels = (H + Cell::template units<T>() - 1) / Cell::template units<T>();
   const int K = a.x ? a.in_size + H : H;
   int nt = rf_threads_for(nthreads, rf_step_work(B, (long)G * H, K));
-  // Rows computed (padding included) by MR/MR2 tiles against one-pass tiles of MR1 rows
-  // over all NV vectors, which cost 5% more per row (measured on AVX2: 3 x 4 against two
-  // passes of 6 x 2 or 5 x 2): B = 8 takes 3-row tiles, B = 32 and 64 6- and 5-row ones.
-  constexpr int MR1 = MicroRows<NV>::MR;
+  // Rows computed (padding included) by MR/MR2 tiles against one-pass tiles of LR rows
+  // over all NV vectors, which cost more per row. AVX2, 5%: 3 x 4 against two passes of
+  // 6 x 2 or 5 x 2, so B = 8 takes 3-row tiles. AVX-512, 10%: 4 x 4 loads a weight vector
+  // per 4 FMAs instead of 6 (forced where nothing is padded, B = 12-64 LSTM inference ran
+  // 1-4% slower), so B = 8 takes 2 x 4 rows, not 6 + 5. B = 32 and 64: 6- and 5-row tiles.
+  constexpr int LR = RecurrentTile<NV>::LR;
   const int mixed = tile_count(B, MR, MR2), nfull = full_tiles(B, MR, MR2);
+  const int lblocks = (B + LR - 1) / LR;
   const double rows = nfull * MR + (mixed - nfull) * MR2;
-  const double onepass = 1.05 * ((B + MR1 - 1) / MR1 * MR1);
-#if defined(RF_ISA_avx512)
-  // 4-row tiles where the MR/MR2 tiles pad many rows: B = 8 ran as 6 + 5 rows (11 for 8).
-  // A 4-row tile loads a weight vector per 4 FMAs instead of 6: counted 10% dearer per row
-  // (forced where nothing is padded, B = 12-64 LSTM inference ran 1-4% slower).
-  const int t4 = (B + 3) / 4;
-  if (B > 1 && 1.1 * 4 * t4 < rows) {
-    recurrent_forward_tasks<T, Cell, 4, NV, 0>(a, nt < npanels * t4 ? nt : npanels * t4, npanels);
-    return;
-  }
-#endif
-  if (B == 1) {
+  const double low = RecurrentTile<NV>::kLowCost * lblocks * LR;
+  auto capped = [&](int tiles) { return nt < npanels * tiles ? nt : npanels * tiles; };
+  if (B == 1)
     recurrent_forward_tasks<T, Cell, 1, NV, 0>(a, nt, npanels);
-  } else if (NVK < NV && onepass < rows) {
-    const int mb = (B + MR1 - 1) / MR1;
-    recurrent_forward_tasks<T, Cell, MR1, NV, 0>(a, nt < npanels * mb ? nt : npanels * mb,
-                                                 npanels);
-  } else {
-    recurrent_forward_tasks<T, Cell, MR, NVK, MR2>(a, nt < npanels * mixed ? nt : npanels * mixed,
-                                                   npanels);
-  }
+  else if (low < rows)
+    recurrent_forward_tasks<T, Cell, LR, NV, 0>(a, capped(lblocks), npanels);
+  else
+    recurrent_forward_tasks<T, Cell, MR, NVK, MR2>(a, capped(mixed), npanels);
 }
 
 template <typename T>

@@ -215,6 +215,20 @@ py::object state_view(py::object self, Stream<T>& s, T* data) {
                          (long)e.hidden_size()}, data, self);
 }
 
+// The output of one step of s: (D*H,) for an unbatched row, else (B, D*H).
+template <typename T>
+py::array_t<T> step_output(const Stream<T>& s, bool row) {
+  const long DH = (long)s.engine().directions() * s.engine().hidden_size();
+  return row ? py::array_t<T>(DH) : py::array_t<T>({(long)s.batch(), DH});
+}
+
+// x -> y, the state one step on, with the GIL released.
+template <typename T>
+void step_released(Stream<T>& s, const T* x, T* y) {
+  py::gil_scoped_release release;
+  s.step(x, y);
+}
+
 // Stream.step as a plain CPython callable (vectorcall, no pybind11 dispatch): an x that
 // is already a C-contiguous, aligned, native array of the stream's dtype and shape runs
 // straight away; every other call goes to the checked `step` method, which converts or
@@ -222,8 +236,7 @@ py::object state_view(py::object self, Stream<T>& s, T* data) {
 template <typename T>
 struct DirectStep {
   Stream<T>* stream;
-  PyObject* owner;    // the Python stream, kept alive by this callable
-  PyObject* checked;  // its bound `step` method
+  PyObject* checked;  // the bound `step` method, which also keeps the Python stream alive
   int type_num;
 };
 
@@ -241,7 +254,6 @@ PyObject* direct_step(PyObject* cap, PyObject* const* args, Py_ssize_t nargs, Py
     const auto* d = py::detail::array_descriptor_proxy(a->descr);
     Stream<T>& s = *f->stream;
     const long B = s.batch(), I = s.engine().input_size();
-    const long DH = (long)s.engine().directions() * s.engine().hidden_size();
     const bool row = a->nd == 1 && B == 1;
     constexpr int kFlags = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ |
                            py::detail::npy_api::NPY_ARRAY_ALIGNED_;
@@ -250,13 +262,8 @@ PyObject* direct_step(PyObject* cap, PyObject* const* args, Py_ssize_t nargs, Py
         (row ? a->dimensions[0] == I
              : a->nd == 2 && a->dimensions[0] == B && a->dimensions[1] == I)) {
       try {
-        py::array_t<T> y = row ? py::array_t<T>(DH) : py::array_t<T>({B, DH});
-        T* yp = y.mutable_data();
-        const T* xp = reinterpret_cast<const T*>(a->data);
-        {
-          py::gil_scoped_release release;
-          s.step(xp, yp);
-        }
+        py::array_t<T> y = step_output(s, row);
+        step_released(s, reinterpret_cast<const T*>(a->data), y.mutable_data());
         return y.release().ptr();
       } catch (py::error_already_set& e) {
         e.restore();
@@ -279,15 +286,12 @@ py::object make_direct_step(py::object self) {
       "step", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&direct_step<T>)),
       METH_FASTCALL | METH_KEYWORDS,
       "step(x, out=None) -> y: one step of the stream (see Stream.step)."};
-  auto* f = new DirectStep<T>{&self.cast<Stream<T>&>(), self.ptr(), nullptr,
-                              py::dtype::of<T>().num()};
   py::object checked = self.attr("step");
-  f->checked = checked.release().ptr();
-  Py_INCREF(f->owner);
+  auto* f = new DirectStep<T>{&self.cast<Stream<T>&>(), checked.release().ptr(),
+                              py::dtype::of<T>().num()};
   py::capsule cap(f, direct_step_capsule<T>(), [](PyObject* c) {
     auto* g = static_cast<DirectStep<T>*>(PyCapsule_GetPointer(c, direct_step_capsule<T>()));
     Py_XDECREF(g->checked);
-    Py_XDECREF(g->owner);
     delete g;
   });
   PyObject* fn = PyCFunction_New(&def, cap.ptr());
@@ -331,7 +335,7 @@ void bind_stream(py::module_& m, const char* name) {
               check_shape(x, {B, I}, "x");
             py::array_t<T> y;
             if (out.is_none()) {
-              y = row ? py::array_t<T>(DH) : py::array_t<T>({B, DH});
+              y = step_output(s, row);
             } else {
               y = inplace_array<T>(out, "out");
               if (row)
@@ -339,11 +343,7 @@ void bind_stream(py::module_& m, const char* name) {
               else
                 check_shape(y, {B, DH}, "out");
             }
-            T* yp = y.mutable_data();
-            {
-              py::gil_scoped_release release;
-              s.step(x.data(), yp);
-            }
+            step_released(s, x.data(), y.mutable_data());
             return std::move(y);
           },
           py::arg("x"), py::arg("out") = py::none())
