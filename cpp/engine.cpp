@@ -14,7 +14,7 @@ namespace {
 // allocate nor page-fault: glibc serves large blocks with fresh mmap'd pages.
 template <typename T>
 struct Workspace {
-  std::vector<T> xproj, out_a, out_b, hs, cs, dinput_a, dinput_b, da_hh, da_ih, direct, dh, dc,
+  LineVec<T> xproj, out_a, out_b, hs, cs, dinput_a, dinput_b, da_hh, da_ih, direct, dh, dc,
       db_part;
   std::vector<int32_t> tidx[2];
 };
@@ -187,13 +187,13 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
     }
   }
 
-  std::vector<T>& xproj = ws.xproj;
-  std::vector<T>& out_a = ws.out_a;   // layer outputs, ping-pong
-  std::vector<T>& out_b = ws.out_b;
+  LineVec<T>& xproj = ws.xproj;
+  LineVec<T>& out_a = ws.out_a;   // layer outputs, ping-pong
+  LineVec<T>& out_b = ws.out_b;
   const T* layer_in = training ? cache_.inputs[0].data() : x;
   const int stride_state = training ? steps + 1 : 2;
-  std::vector<T>& hs_local = ws.hs;
-  std::vector<T>& cs_local = ws.cs;
+  LineVec<T>& hs_local = ws.hs;
+  LineVec<T>& cs_local = ws.cs;
 
   for (int k = 0; k < L_; ++k) {
     const bool last = k == L_ - 1;
@@ -202,7 +202,7 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
       layer_out = y;
     } else {
       // Training keeps each inner output as the next layer's input (dropout applies in place).
-      std::vector<T>& buf = training ? cache_.inputs[k + 1] : (k % 2 == 0) ? out_a : out_b;
+      LineVec<T>& buf = training ? cache_.inputs[k + 1] : (k % 2 == 0) ? out_a : out_b;
       buf.resize(TB * DH);
       layer_out = buf.data();
     }
@@ -226,8 +226,8 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
                   xproj.data(), GH, false, bias_row, nt);
       }
 
-      std::vector<T>& hs = training ? cache_.hs[si] : hs_local;
-      std::vector<T>& cs = training ? cache_.cs[si] : cs_local;
+      LineVec<T>& hs = training ? cache_.hs[si] : hs_local;
+      LineVec<T>& cs = training ? cache_.cs[si] : cs_local;
       hs.resize((size_t)stride_state * BH);
       if (h0)
         std::memcpy(hs.data(), h0 + si * BH, sizeof(T) * BH);
@@ -295,8 +295,8 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
   const long DH = (long)D_ * H_;
 
   Workspace<T>& ws = workspace<T>();
-  std::vector<T>&da_hh = ws.da_hh, &da_ih = ws.da_ih, &direct = ws.direct;
-  std::vector<T>&dh = ws.dh, &dc = ws.dc;
+  LineVec<T>&da_hh = ws.da_hh, &da_ih = ws.da_ih, &direct = ws.direct;
+  LineVec<T>&dh = ws.dh, &dc = ws.dc;
   da_hh.resize(TB * GH);
   direct.resize(BH);
   dh.resize(BH);
@@ -307,7 +307,7 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
     const int in_size = slots_[k * D_].in_size;
     T* dx_k = dx;
     if (k > 0) {  // inner layers' input grads alternate between two buffers
-      std::vector<T>& buf = k % 2 ? ws.dinput_a : ws.dinput_b;
+      LineVec<T>& buf = k % 2 ? ws.dinput_a : ws.dinput_b;
       buf.resize(TB * in_size);
       dx_k = buf.data();
     }

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdint>
 #include <mutex>
+#include <new>
 #include <shared_mutex>
 #include <string>
 #include <vector>
@@ -13,6 +14,28 @@
 #include "threading.h"
 
 namespace rnnfast {
+
+// Buffers the kernels stream with vector loads start on a cache line: std::vector's
+// operator new gives 16 bytes (glibc), so every 64-byte load of a packed panel spanned two
+// lines.
+template <typename T>
+struct LineAllocator {
+  typedef T value_type;
+  LineAllocator() = default;
+  template <typename U>
+  LineAllocator(const LineAllocator<U>&) {}
+  T* allocate(size_t n) {
+    void* p = ::operator new(n * sizeof(T), std::align_val_t(64));
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
+  template <typename U>
+  bool operator==(const LineAllocator<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const LineAllocator<U>&) const { return false; }
+};
+template <typename T>
+using LineVec = std::vector<T, LineAllocator<T>>;
 
 struct ParamEntry {
   std::string name;
@@ -58,7 +81,7 @@ class Engine {
   struct Slot {  // one layer and direction
     int in_size;
     long w_ih, w_hh, b_ih, b_hh;  // offsets into params_ (-1 when no bias)
-    std::vector<T> packed_cat, packed_bwd, packed_ih, bias_sum;
+    LineVec<T> packed_cat, packed_bwd, packed_ih, bias_sum;
   };
   struct Cache {
     bool valid = false;
@@ -67,9 +90,9 @@ class Engine {
     bool padded = false;                 // some sequence shorter than steps
     bool shifted = false;                // some sequence starts after step 0
     std::vector<int32_t> tidx[2];
-    std::vector<std::vector<T>> inputs;  // per layer: its input (after dropout)
-    std::vector<std::vector<T>> masks;   // per layer k >= 1: dropout mask of its input
-    std::vector<std::vector<T>> hs, cs, gates;  // per slot
+    std::vector<LineVec<T>> inputs;  // per layer: its input (after dropout)
+    std::vector<LineVec<T>> masks;   // per layer k >= 1: dropout mask of its input
+    std::vector<LineVec<T>> hs, cs, gates;  // per slot
   };
 
   void ensure_packed();
@@ -79,7 +102,7 @@ class Engine {
 
   int cell_, I_, H_, L_, D_, G_;
   bool bias_;
-  std::vector<T> params_, grads_;
+  LineVec<T> params_, grads_;
   std::vector<ParamEntry> layout_;
   std::vector<Slot> slots_;
   const void* packed_with_ = nullptr;  // the kernel table that packed the weights
@@ -149,7 +172,7 @@ class Stream {
   Engine<T>& engine_;
   int batch_;
   int nthreads_ = 0;  // 0: the process-wide setting
-  std::vector<T> h_, c_;  // (L*D, B, H), zero at the start
+  LineVec<T> h_, c_;  // (L*D, B, H), zero at the start
   std::mutex mutex_;
   long pos_ = 0, cycle_ = kCycle;  // steps into this cycle (on the process-wide count), its length
   bool use_one_ = false;           // this cycle runs on one thread
