@@ -145,6 +145,80 @@ def test_direct_step_matches_checked_step(dtype, batch):
         direct.step(base, out=None, extra=1)
 
 
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("batch", [None, 1, 3])
+def test_plain_call_direct_path_matches_forward(mode, dtype, batch):
+    # m(x, state) hands inputs usable as they are to the engine's direct callable and
+    # everything else to forward(); either way the result must be forward()'s, bit for bit.
+    T, I, H, L = 3, 6, 9, 2
+    m = getattr(rf, mode.split("_")[0])(I, H, num_layers=L, bidirectional=True, dtype=dtype,
+                                        **({"nonlinearity": "relu"} if mode == "RNN_RELU"
+                                           else {}))
+    rng = np.random.default_rng(5)
+    lead = (T,) if batch is None else (T, batch)
+    sshape = (2 * L, H) if batch is None else (2 * L, batch, H)
+    x = rng.standard_normal(lead + (I,)).astype(dtype)
+    parts = [rng.standard_normal(sshape).astype(dtype) for _ in range(2 if mode == "LSTM" else 1)]
+    state = tuple(parts) if mode == "LSTM" else parts[0]
+    other = np.float64 if dtype == np.float32 else np.float32
+    unaligned = np.frombuffer(bytearray(x.nbytes + 1), dtype=dtype, offset=1).reshape(x.shape)
+    unaligned[...] = x
+
+    def same(got, want):
+        (gy, gs), (wy, ws) = got, want
+        assert gy.dtype == dtype and gy.shape == wy.shape
+        np.testing.assert_array_equal(gy, wy)
+        assert type(gs) is type(ws)
+        for a, b in zip(flat_state(gs), flat_state(ws)):
+            assert a.shape == b.shape and a.dtype == dtype
+            np.testing.assert_array_equal(a, b)
+
+    # exact inputs take the direct path
+    for st in (None, state):
+        assert m._direct_call(x, st, 0) is not NotImplemented
+        same(m(x, st), m.forward(x, st))
+    # anything else is forward()'s business, with the same answer
+    for xi in (x.astype(other), unaligned, np.repeat(x, 2, axis=-1)[..., ::2], x.tolist()):
+        assert m._direct_call(xi, state, 0) is NotImplemented
+        same(m(xi, state), m.forward(np.asarray(xi, dtype=dtype), state))
+    odd = [p.astype(other) for p in parts]
+    odd_state = tuple(odd) if mode == "LSTM" else odd[0]
+    assert m._direct_call(x, odd_state, 0) is NotImplemented
+    same(m(x, odd_state), m.forward(x, odd_state))
+    if mode == "LSTM":
+        assert m._direct_call(x, list(state), 0) is NotImplemented
+        same(m(x, list(state)), m.forward(x, state))
+    # bad input still gets forward()'s errors
+    with pytest.raises(ValueError, match="x must have shape"):
+        m(np.zeros(lead + (I + 1,), dtype))
+    with pytest.raises(ValueError, match="state"):
+        m(x, tuple(p[:1] for p in parts) if mode == "LSTM" else parts[0][:1])
+    with pytest.raises(ValueError, match="at least one time step"):
+        m(np.zeros((0,) + lead[1:] + (I,), dtype))
+    if mode != "LSTM":
+        with pytest.raises(TypeError, match="not a tuple"):
+            m(x, (state,))
+
+
+def test_plain_call_keeps_layout_options():
+    # batch_first and stateful layers keep forward()'s handling of layout and carried state.
+    x = np.random.default_rng(2).standard_normal((2, 5, 3)).astype(np.float32)  # (B, T, I)
+    m = rf.GRU(3, 4, batch_first=True, seed=1)
+    ref = rf.GRU(3, 4, seed=1)
+    y, h = m(x)
+    want_y, want_h = ref(np.ascontiguousarray(x.transpose(1, 0, 2)))
+    np.testing.assert_array_equal(y, want_y.transpose(1, 0, 2))
+    np.testing.assert_array_equal(h, want_h)
+    s = rf.LSTM(3, 4, stateful=True, seed=1)
+    ref = rf.LSTM(3, 4, seed=1)
+    xt = np.ascontiguousarray(x.transpose(1, 0, 2))
+    s(xt[:2])
+    y2, _ = s(xt[2:])
+    _, st = ref(xt[:2])
+    np.testing.assert_array_equal(y2, ref(xt[2:], st)[0])
+
+
 def test_direct_step_keeps_its_stream_alive():
     m = rf.LSTM(4, 8)
     want = m.stream().step(np.ones(4, np.float32))

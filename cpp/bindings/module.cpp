@@ -38,6 +38,41 @@ void check_shape(const py::array& a, std::initializer_list<long> want, const cha
   }
 }
 
+// The data of o if it is an ndarray of exactly type_num (native byte order), C-contiguous
+// and aligned, with dimensions `shape`; else null. The direct callables' test for inputs
+// they can use as they are.
+template <typename T>
+const T* exact_data(PyObject* o, int type_num, std::initializer_list<long> shape) {
+  if (!py::detail::npy_api::get().PyArray_Check_(o)) return nullptr;
+  const auto* a = py::detail::array_proxy(o);
+  const auto* d = py::detail::array_descriptor_proxy(a->descr);
+  constexpr int kFlags = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ |
+                         py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+  const char swapped = __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__ ? '<' : '>';
+  if (d->type_num != type_num || d->byteorder == swapped || (a->flags & kFlags) != kFlags ||
+      a->nd != (int)shape.size())
+    return nullptr;
+  int i = 0;
+  for (const long n : shape)
+    if (a->dimensions[i++] != n) return nullptr;
+  return reinterpret_cast<const T*>(a->data);
+}
+
+// Runs f() -> PyObject*, turning C++ exceptions into Python ones.
+template <class F>
+PyObject* python_errors(F&& f) {
+  try {
+    return f();
+  } catch (py::error_already_set& e) {
+    e.restore();
+  } catch (const std::bad_alloc&) {
+    PyErr_NoMemory();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  }
+  return nullptr;
+}
+
 template <typename T>
 const T* optional_state(const py::object& o, std::initializer_list<long> shape, const char* what,
                         Arr<T>& holder) {
@@ -68,6 +103,98 @@ const int32_t* step_counts(const py::object& o, long batch, long lo, long hi, co
     out[b] = (int32_t)x;
   }
   return out.data();
+}
+
+// RecurrentBase.__call__'s common case as a plain CPython callable, f(x, state, nthreads):
+// x an exact (T, B, I) or unbatched (T, I) array (as exact_data accepts), state None or
+// exact arrays (L*D, B, H) / (L*D, H) (a tuple (h, c) for LSTM) -> (y, state) as the layer
+// returns them. Any other call gets NotImplemented, and the Python path converts or raises.
+// Saves the Python layer's checks and pybind11's dispatch on each streaming step
+// `y, state = m(x_t, state)`.
+template <typename T>
+struct DirectCall {
+  Engine<T>* engine;
+  PyObject* owner;  // the Python engine, kept alive
+  int type_num;
+};
+
+template <typename T>
+const char* direct_call_capsule() {
+  return std::is_same<T, float>::value ? "rnnfast.DirectCallF32" : "rnnfast.DirectCallF64";
+}
+
+template <typename T>
+PyObject* direct_call(PyObject* cap, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+  auto* f = static_cast<DirectCall<T>*>(PyCapsule_GetPointer(cap, direct_call_capsule<T>()));
+  if (!f) return nullptr;
+  if (nargs != 3 || kwnames || !PyLong_CheckExact(args[2])) Py_RETURN_NOTIMPLEMENTED;
+  Engine<T>& e = *f->engine;
+  const long I = e.input_size(), H = e.hidden_size(), DH = (long)e.directions() * H;
+  const long LD = (long)e.num_layers() * e.directions();
+  if (!py::detail::npy_api::get().PyArray_Check_(args[0])) Py_RETURN_NOTIMPLEMENTED;
+  const auto* xa = py::detail::array_proxy(args[0]);
+  const bool unbatched = xa->nd == 2;
+  const long steps = xa->nd >= 2 ? xa->dimensions[0] : 0;
+  const long batch = unbatched ? 1 : xa->nd == 3 ? xa->dimensions[1] : 0;
+  if (steps < 1 || batch < 1) Py_RETURN_NOTIMPLEMENTED;
+  const T* x = unbatched ? exact_data<T>(args[0], f->type_num, {steps, I})
+                         : exact_data<T>(args[0], f->type_num, {steps, batch, I});
+  auto state_part = [&](PyObject* o) {
+    return unbatched ? exact_data<T>(o, f->type_num, {LD, H})
+                     : exact_data<T>(o, f->type_num, {LD, batch, H});
+  };
+  const T *h0 = nullptr, *c0 = nullptr;
+  PyObject* state = args[1];
+  if (state != Py_None) {
+    if (e.cell() == LSTM) {
+      if (!PyTuple_CheckExact(state) || PyTuple_GET_SIZE(state) != 2) Py_RETURN_NOTIMPLEMENTED;
+      h0 = state_part(PyTuple_GET_ITEM(state, 0));
+      c0 = state_part(PyTuple_GET_ITEM(state, 1));
+      if (!c0) Py_RETURN_NOTIMPLEMENTED;
+    } else {
+      h0 = state_part(state);
+    }
+    if (!h0) Py_RETURN_NOTIMPLEMENTED;
+  }
+  const long nthreads = PyLong_AsLong(args[2]);
+  if (!x || nthreads < 0 || nthreads > 4096) {
+    PyErr_Clear();
+    Py_RETURN_NOTIMPLEMENTED;
+  }
+  return python_errors([&] {
+    auto out = [&](long rows, long cols) {
+      return unbatched ? py::array_t<T>({rows, cols}) : py::array_t<T>({rows, batch, cols});
+    };
+    py::array_t<T> y = out(steps, DH), hn = out(LD, H), cn;
+    if (e.cell() == LSTM) cn = out(LD, H);
+    {
+      py::gil_scoped_release release;
+      e.forward(x, (int)steps, (int)batch, h0, c0, nullptr, nullptr, false, 0.0, 0,
+                (int)nthreads, y.mutable_data(), hn.mutable_data(),
+                e.cell() == LSTM ? cn.mutable_data() : nullptr);
+    }
+    py::object st = e.cell() == LSTM ? py::object(py::make_tuple(hn, cn)) : py::object(hn);
+    return py::make_tuple(y, st).release().ptr();
+  });
+}
+
+template <typename T>
+py::object make_direct_call(py::object self) {
+  static PyMethodDef def = {
+      "direct_call",
+      reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&direct_call<T>)),
+      METH_FASTCALL | METH_KEYWORDS,
+      "direct_call(x, state, nthreads) -> (y, state), or NotImplemented."};
+  auto* f = new DirectCall<T>{&self.cast<Engine<T>&>(), self.inc_ref().ptr(),
+                              py::dtype::of<T>().num()};
+  py::capsule cap(f, direct_call_capsule<T>(), [](PyObject* c) {
+    auto* g = static_cast<DirectCall<T>*>(PyCapsule_GetPointer(c, direct_call_capsule<T>()));
+    Py_XDECREF(g->owner);
+    delete g;
+  });
+  PyObject* fn = PyCFunction_New(&def, cap.ptr());
+  if (!fn) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(fn);
 }
 
 template <typename T>
@@ -112,6 +239,9 @@ void bind_engine(py::module_& m, const char* name) {
           },
           py::arg("flat"))
       .def_property_readonly("has_cache", &E::has_cache)
+      .def_property_readonly("direct_call", &make_direct_call<T>,
+                             "The layer's plain call `y, state = m(x, state)` as a CPython "
+                             "callable, for inputs usable as they are (else NotImplemented).")
       .def(
           "forward",
           [](E& e, Arr<T> x, py::object h0, py::object c0, py::object lengths, bool training,
@@ -249,33 +379,18 @@ template <typename T>
 PyObject* direct_step(PyObject* cap, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
   auto* f = static_cast<DirectStep<T>*>(PyCapsule_GetPointer(cap, direct_step_capsule<T>()));
   if (!f) return nullptr;
-  if (nargs == 1 && !kwnames && py::detail::npy_api::get().PyArray_Check_(args[0])) {
-    const auto* a = py::detail::array_proxy(args[0]);
-    const auto* d = py::detail::array_descriptor_proxy(a->descr);
+  if (nargs == 1 && !kwnames) {
     Stream<T>& s = *f->stream;
     const long B = s.batch(), I = s.engine().input_size();
-    const bool row = a->nd == 1 && B == 1;
-    constexpr int kFlags = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ |
-                           py::detail::npy_api::NPY_ARRAY_ALIGNED_;
-    const char swapped = __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__ ? '<' : '>';
-    if (d->type_num == f->type_num && d->byteorder != swapped && (a->flags & kFlags) == kFlags &&
-        (row ? a->dimensions[0] == I
-             : a->nd == 2 && a->dimensions[0] == B && a->dimensions[1] == I)) {
-      try {
+    const T* x = B == 1 ? exact_data<T>(args[0], f->type_num, {I}) : nullptr;
+    const bool row = x != nullptr;  // (I,) -> (D*H,)
+    if (!x) x = exact_data<T>(args[0], f->type_num, {B, I});
+    if (x)
+      return python_errors([&] {
         py::array_t<T> y = step_output(s, row);
-        step_released(s, reinterpret_cast<const T*>(a->data), y.mutable_data());
+        step_released(s, x, y.mutable_data());
         return y.release().ptr();
-      } catch (py::error_already_set& e) {
-        e.restore();
-        return nullptr;
-      } catch (const std::bad_alloc&) {
-        PyErr_NoMemory();
-        return nullptr;
-      } catch (const std::exception& e) {
-        PyErr_SetString(PyExc_RuntimeError, e.what());
-        return nullptr;
-      }
-    }
+      });
   }
   return PyObject_Vectorcall(f->checked, args, nargs, kwnames);
 }

@@ -96,6 +96,7 @@ class RecurrentBase(_ThreadsSetting):
 
     _mode = "LSTM"
     _stream_class = None  # set below: Stream, or a backend's faster subclass
+    _direct_call = None  # a backend's f(x, state, num_threads) for plain calls, see __call__
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, *, dtype=np.float32, seed=None,
@@ -217,6 +218,14 @@ class RecurrentBase(_ThreadsSetting):
 
     # ------------------------------------------------------------------ forward / backward
     def __call__(self, x, state=None, lengths=None, *, starts=None):
+        if (self._direct_call is not None and lengths is None and starts is None
+                and not self.batch_first and not self.stateful):
+            # The engine's direct callable takes inputs usable as they are (the streaming
+            # case among others) and returns what forward() would; NotImplemented otherwise.
+            out = self._direct_call(x, state, self._num_threads)
+            if out is not NotImplemented:
+                self._train_info = None
+                return out
         return self.forward(x, state, lengths, training=False, starts=starts)
 
     def _check_state(self, state, batch, unbatched, name):
