@@ -37,6 +37,24 @@ Workspace<T>& workspace() {
   static thread_local Workspace<T> ws;
   return ws;
 }
+
+// After each call, a buffer over 64 MiB that the call sized to under a quarter of its
+// capacity shrinks to its size: one large call must not pin its memory in every thread
+// that made it (workspaces) or in the model (the training cache), while calls of one shape
+// keep theirs (no new pages to fault in).
+template <typename T>
+void trim(LineVec<T>& v) {
+  constexpr size_t kKeepBytes = 64 << 20;
+  if (v.capacity() * sizeof(T) > kKeepBytes && v.size() < v.capacity() / 4) v.shrink_to_fit();
+}
+
+template <typename T>
+void trim(Workspace<T>& ws) {
+  for (LineVec<T>* v : {&ws.xproj, &ws.out_a, &ws.out_b, &ws.hs, &ws.cs, &ws.dinput_a,
+                        &ws.dinput_b, &ws.da_hh, &ws.da_ih, &ws.direct, &ws.dh, &ws.dc,
+                        &ws.db_part})
+    trim(*v);
+}
 }  // namespace
 
 template <typename T>
@@ -276,7 +294,12 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
       layer_in = layer_out;
     }
   }
-  if (training) cache_.valid = true;
+  if (training) {
+    cache_.valid = true;
+    for (auto* group : {&cache_.inputs, &cache_.masks, &cache_.hs, &cache_.cs, &cache_.gates})
+      for (LineVec<T>& v : *group) trim(v);
+  }
+  trim(ws);
 }
 
 template <typename T>
@@ -387,6 +410,7 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
       dlayer = dx_k;
     }
   }
+  trim(ws);
 }
 
 template class Engine<float>;

@@ -2,6 +2,7 @@
 gradient, over random shapes and every option, on every kernel build."""
 
 import itertools
+import os
 
 import numpy as np
 import pytest
@@ -270,8 +271,9 @@ def test_all_options_combined(isa):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_each_path_as_first_call_in_a_fresh_process(mode):
-    """Per-thread workspaces only grow: a path that forgot to size its buffer would pass
-    after larger calls and fail (or crash) as a process's first call. Each call kind runs
+    """Per-thread workspaces are reused (they shrink only past 64 MiB): a path that forgot
+    to size its buffer would pass after larger calls and fail (or crash) as a process's
+    first call. Each call kind runs
     first in its own interpreter: fused single step, few-row projection, general GEMM."""
     import subprocess
     import sys
@@ -297,6 +299,45 @@ def test_each_path_as_first_call_in_a_fresh_process(mode):
         out = subprocess.run([sys.executable, "-c", code, str(T), str(B)], capture_output=True,
                              text=True, timeout=120)
         assert out.returncode == 0 and out.stdout.strip() == "ok", (T, B, out.stderr[-2000:])
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+def test_large_workspace_is_freed_by_a_smaller_call():
+    """A call's per-thread scratch (here a 96 MiB input projection, and the backward's
+    gate gradients) stays for calls of its size, and a buffer over 64 MiB is freed when a
+    later call needs under a quarter of it; results after the shrink stay right."""
+    import threading
+
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    fast, ref = make_pair("GRU", 512, 128, 1, False, dtype=np.float32)
+    rng = np.random.default_rng(1)
+    big = rng.standard_normal((1024, 64, 512)).astype(np.float32)  # T*B*3H floats: 96 MiB
+    small = big[:5, :3]
+    got = {}
+
+    def run():  # a fresh thread: a fresh workspace
+        y, _ = fast.forward(big, training=True)
+        fast.backward(np.ones_like(y))
+        del y
+        got["big"] = rss()
+        fast(big[:512])  # half the size: kept
+        got["half"] = rss()
+        got["y"], _ = fast.forward(small, training=True)
+        got["dx"], _ = fast.backward(np.ones_like(got["y"]))
+        got["small"] = rss()
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    assert got["half"] > got["big"] - (16 << 20)
+    assert got["small"] < got["big"] - (150 << 20)  # projection and gate gradients freed
+    want, _ = ref.forward(small.astype(np.float64), training=True)
+    dx, _ = ref.backward(np.ones_like(want))
+    np.testing.assert_allclose(got["y"], want, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(got["dx"], dx, rtol=2e-4, atol=2e-5)
 
 
 def test_read_probe_reads_every_element(isa):
