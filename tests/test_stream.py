@@ -201,6 +201,17 @@ def test_plain_call_direct_path_matches_forward(mode, dtype, batch):
             m(x, (state,))
 
 
+def test_plain_call_runs_a_subclass_forward():
+    class Doubled(rf.GRU):
+        def forward(self, x, state=None, lengths=None, training=False, *, starts=None):
+            y, h = super().forward(x, state, lengths, training, starts=starts)
+            return 2 * y, h
+
+    m, ref = Doubled(3, 4, seed=1), rf.GRU(3, 4, seed=1)
+    x = np.ones((2, 1, 3), np.float32)
+    np.testing.assert_array_equal(m(x)[0], 2 * ref(x)[0])
+
+
 def test_plain_call_keeps_layout_options():
     # batch_first and stateful layers keep forward()'s handling of layout and carried state.
     x = np.random.default_rng(2).standard_normal((2, 5, 3)).astype(np.float32)  # (B, T, I)
