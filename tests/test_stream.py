@@ -201,6 +201,16 @@ def test_plain_call_direct_path_matches_forward(mode, dtype, batch):
             m(x, (state,))
 
 
+def test_direct_call_keeps_its_engine_alive():
+    m = rf.LSTM(4, 8)
+    x = np.ones((2, 1, 4), np.float32)
+    want = m(x)[0]
+    call = m._direct_call
+    del m
+    gc.collect()
+    np.testing.assert_array_equal(call(x, None, 0)[0], want)
+
+
 def test_plain_call_runs_a_subclass_forward():
     class Doubled(rf.GRU):
         def forward(self, x, state=None, lengths=None, training=False, *, starts=None):

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <thread>
 #include <type_traits>
+#include <typeinfo>
 #include <string>
 #include <vector>
 
@@ -73,6 +74,30 @@ PyObject* python_errors(F&& f) {
   return nullptr;
 }
 
+// What a direct callable (a plain CPython function, no pybind11 dispatch) is bound to:
+// its target, a reference that keeps the target alive, and the dtype its inputs must have.
+// The function's `self` is a capsule named after the payload type, which frees it.
+template <class Target>
+struct Direct {
+  Target* target;
+  PyObject* keep;
+  int type_num;
+  ~Direct() { Py_XDECREF(keep); }
+  static Direct* from(PyObject* capsule) {
+    return static_cast<Direct*>(PyCapsule_GetPointer(capsule, typeid(Direct).name()));
+  }
+};
+
+template <class Target>
+py::object make_direct(PyMethodDef* def, Target& target, py::object keep, int type_num) {
+  auto* d = new Direct<Target>{&target, keep.release().ptr(), type_num};
+  py::capsule cap(d, typeid(Direct<Target>).name(),
+                  [](PyObject* c) { delete Direct<Target>::from(c); });
+  PyObject* fn = PyCFunction_New(def, cap.ptr());
+  if (!fn) throw py::error_already_set();
+  return py::reinterpret_steal<py::object>(fn);
+}
+
 template <typename T>
 const T* optional_state(const py::object& o, std::initializer_list<long> shape, const char* what,
                         Arr<T>& holder) {
@@ -112,23 +137,11 @@ const int32_t* step_counts(const py::object& o, long batch, long lo, long hi, co
 // Saves the Python layer's checks and pybind11's dispatch on each streaming step
 // `y, state = m(x_t, state)`.
 template <typename T>
-struct DirectCall {
-  Engine<T>* engine;
-  PyObject* owner;  // the Python engine, kept alive
-  int type_num;
-};
-
-template <typename T>
-const char* direct_call_capsule() {
-  return std::is_same<T, float>::value ? "rnnfast.DirectCallF32" : "rnnfast.DirectCallF64";
-}
-
-template <typename T>
 PyObject* direct_call(PyObject* cap, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
-  auto* f = static_cast<DirectCall<T>*>(PyCapsule_GetPointer(cap, direct_call_capsule<T>()));
+  auto* f = Direct<Engine<T>>::from(cap);
   if (!f) return nullptr;
   if (nargs != 3 || kwnames || !PyLong_CheckExact(args[2])) Py_RETURN_NOTIMPLEMENTED;
-  Engine<T>& e = *f->engine;
+  Engine<T>& e = *f->target;
   const long I = e.input_size(), H = e.hidden_size(), DH = (long)e.directions() * H;
   const long LD = (long)e.num_layers() * e.directions();
   if (!py::detail::npy_api::get().PyArray_Check_(args[0])) Py_RETURN_NOTIMPLEMENTED;
@@ -185,16 +198,7 @@ py::object make_direct_call(py::object self) {
       reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&direct_call<T>)),
       METH_FASTCALL | METH_KEYWORDS,
       "direct_call(x, state, nthreads) -> (y, state), or NotImplemented."};
-  auto* f = new DirectCall<T>{&self.cast<Engine<T>&>(), self.inc_ref().ptr(),
-                              py::dtype::of<T>().num()};
-  py::capsule cap(f, direct_call_capsule<T>(), [](PyObject* c) {
-    auto* g = static_cast<DirectCall<T>*>(PyCapsule_GetPointer(c, direct_call_capsule<T>()));
-    Py_XDECREF(g->owner);
-    delete g;
-  });
-  PyObject* fn = PyCFunction_New(&def, cap.ptr());
-  if (!fn) throw py::error_already_set();
-  return py::reinterpret_steal<py::object>(fn);
+  return make_direct(&def, self.cast<Engine<T>&>(), self, py::dtype::of<T>().num());
 }
 
 template <typename T>
@@ -364,23 +368,11 @@ void step_released(Stream<T>& s, const T* x, T* y) {
 // straight away; every other call goes to the checked `step` method, which converts or
 // raises. Saves the dispatcher's overhead on each batch-1 step.
 template <typename T>
-struct DirectStep {
-  Stream<T>* stream;
-  PyObject* checked;  // the bound `step` method, which also keeps the Python stream alive
-  int type_num;
-};
-
-template <typename T>
-const char* direct_step_capsule() {
-  return std::is_same<T, float>::value ? "rnnfast.DirectStepF32" : "rnnfast.DirectStepF64";
-}
-
-template <typename T>
 PyObject* direct_step(PyObject* cap, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
-  auto* f = static_cast<DirectStep<T>*>(PyCapsule_GetPointer(cap, direct_step_capsule<T>()));
+  auto* f = Direct<Stream<T>>::from(cap);
   if (!f) return nullptr;
   if (nargs == 1 && !kwnames) {
-    Stream<T>& s = *f->stream;
+    Stream<T>& s = *f->target;
     const long B = s.batch(), I = s.engine().input_size();
     const T* x = B == 1 ? exact_data<T>(args[0], f->type_num, {I}) : nullptr;
     const bool row = x != nullptr;  // (I,) -> (D*H,)
@@ -392,7 +384,7 @@ PyObject* direct_step(PyObject* cap, PyObject* const* args, Py_ssize_t nargs, Py
         return y.release().ptr();
       });
   }
-  return PyObject_Vectorcall(f->checked, args, nargs, kwnames);
+  return PyObject_Vectorcall(f->keep, args, nargs, kwnames);  // the checked `step`
 }
 
 template <typename T>
@@ -401,17 +393,8 @@ py::object make_direct_step(py::object self) {
       "step", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&direct_step<T>)),
       METH_FASTCALL | METH_KEYWORDS,
       "step(x, out=None) -> y: one step of the stream (see Stream.step)."};
-  py::object checked = self.attr("step");
-  auto* f = new DirectStep<T>{&self.cast<Stream<T>&>(), checked.release().ptr(),
-                              py::dtype::of<T>().num()};
-  py::capsule cap(f, direct_step_capsule<T>(), [](PyObject* c) {
-    auto* g = static_cast<DirectStep<T>*>(PyCapsule_GetPointer(c, direct_step_capsule<T>()));
-    Py_XDECREF(g->checked);
-    delete g;
-  });
-  PyObject* fn = PyCFunction_New(&def, cap.ptr());
-  if (!fn) throw py::error_already_set();
-  return py::reinterpret_steal<py::object>(fn);
+  // Bound to the checked `step` method: the fallback, and it keeps the Python stream alive.
+  return make_direct(&def, self.cast<Stream<T>&>(), self.attr("step"), py::dtype::of<T>().num());
 }
 
 template <typename T>
