@@ -55,6 +55,7 @@ struct LayerFwd {
   T* y;
   long ldy;
   bool keep_all;           // training: hs/cs hold all steps; else ping-pong
+  int parity;              // step s walks its tasks backwards when s + parity is odd
 };
 
 //   dy     (T,B,ldy)  upstream gradient of this direction's outputs (time order)

@@ -179,6 +179,9 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
   const bool use_dropout = training && dropout > 0 && L_ > 1;
 
   Workspace<T>& ws = workspace<T>();
+  // Steps alternate the direction of their walk over the weights from call to call as
+  // within one (batch-1 streams make one step per call).
+  const int parity = (int)(steps_run_.fetch_add(steps, std::memory_order_relaxed) & 1);
   std::vector<int32_t>* tidx = training ? cache_.tidx : ws.tidx;
   build_tidx(steps, batch, lengths, starts, tidx);
   if (training) {
@@ -281,6 +284,7 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
       a.y = layer_out + d * H_;
       a.ldy = DH;
       a.keep_all = training;
+      a.parity = parity;
       kt.forward[cell_](a, nt);
       const long fin = training ? steps : (steps & 1);
       std::memcpy(hn + si * BH, hs.data() + fin * BH, sizeof(T) * BH);

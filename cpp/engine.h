@@ -2,6 +2,7 @@
 // gradients in flat buffers (PyTorch's names, order and shapes), weights packed
 // when set, forward over sequences and BPTT backward through the kernel table.
 #pragma once
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <mutex>
@@ -109,6 +110,7 @@ class Engine {
   Cache cache_;
   std::shared_mutex pack_mutex_;   // inference shares; repack excludes
   std::mutex train_mutex_;         // training forward/backward touch the cache
+  std::atomic<unsigned long> steps_run_{0};  // forward steps so far: their walks' direction
 };
 
 // Batch-B streaming over an engine: the state lives here between steps, and a step

@@ -244,8 +244,14 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels) {
         else
           Cell::template forward_epilogue<T, R, false>(a.cell, p, H, acc, xa, io);
       };
-#pragma omp for schedule(static)
-      for (int task = 0; task < ntasks; ++task) {
+      // This thread's share of the tasks (a static split), in order on even steps and in
+      // reverse on odd ones: going back over its panels first finds the ones it read last
+      // still in L2, where a walk in one direction over weights about the size of L2 would
+      // miss throughout (the least recently used lines are the next ones needed).
+      const int team = rf_team_size(), me = rf_thread_num();
+      const int first = (int)((long)ntasks * me / team), last = (int)((long)ntasks * (me + 1) / team);
+      for (int i = first; i < last; ++i) {
+        const int task = ((s + a.parity) & 1) ? last - 1 - (i - first) : i;
         const int p = kblocked ? task : task / mblocks;
         const T* panel = a.packed + p * panel_stride;  // per slice: x rows, then h rows
         if (!kblocked) {  // one tile, all of K per pass
@@ -311,6 +317,7 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels) {
         if (split) range(0, I, true);
         range(fused && !split ? 0 : I, I + H, false);
       }
+#pragma omp barrier
     }
   });
 }

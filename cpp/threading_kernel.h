@@ -20,6 +20,14 @@ static inline int rf_thread_num() {
 #endif
 }
 
+static inline int rf_team_size() {
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
 // Runs body() on a team of nt threads, or directly on this one when nt <= 1: a team
 // of one still costs GOMP_parallel a team allocation and a futex call (~1 us, measured
 // on batch-1 streaming steps). Bodies work-share with orphaned `omp for` loops, which
