@@ -244,10 +244,11 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels) {
         else
           Cell::template forward_epilogue<T, R, false>(a.cell, p, H, acc, xa, io);
       };
-      // This thread's share of the tasks (a static split), in order on even steps and in
-      // reverse on odd ones: going back over its panels first finds the ones it read last
-      // still in L2, where a walk in one direction over weights about the size of L2 would
-      // miss throughout (the least recently used lines are the next ones needed).
+      // This thread's share of the tasks (a static split), walked in order or in reverse
+      // by the parity of s + a.parity, so each step runs opposite to the one before: going
+      // back over its panels first finds the ones it read last still in L2, where a walk in
+      // one direction over weights about the size of L2 would miss throughout (the least
+      // recently used lines are the next ones needed).
       const int team = rf_team_size(), me = rf_thread_num();
       const int first = (int)((long)ntasks * me / team), last = (int)((long)ntasks * (me + 1) / team);
       for (int i = first; i < last; ++i) {

@@ -30,8 +30,8 @@ static inline int rf_team_size() {
 
 // Runs body() on a team of nt threads, or directly on this one when nt <= 1: a team
 // of one still costs GOMP_parallel a team allocation and a futex call (~1 us, measured
-// on batch-1 streaming steps). Bodies work-share with orphaned `omp for` loops, which
-// run whole on a lone thread.
+// on batch-1 streaming steps). Bodies work-share with orphaned `omp for` loops, or split
+// their tasks by rf_thread_num() / rf_team_size(); either runs whole on a lone thread.
 template <class F>
 static inline void rf_parallel(int nt, F&& body) {
 #ifdef _OPENMP
