@@ -16,6 +16,7 @@ constexpr int NV = kPrepackedNV;  // the general and the pre-packed product shar
 // long K of the weight gradients feel most (2 threads, M 1024 N 256 K 3200 with A
 // transposed: 131 -> 140 GFLOP/s; M 3200 N 256 K 2048: 158 -> 171).
 constexpr int KC = 512;
+constexpr int kDirectPanels = 8;  // gemm_impl reads A in place for up to this many panels
 
 // Per-thread scratch that only grows: packing buffers without an allocation per call.
 class Scratch {
@@ -161,10 +162,17 @@ void gemm_impl(int M, int N, int K, const T* A, long rsa, long csa, const T* B, 
   int mblocks = (M + MC - 1) / MC;
   int nt = rf_threads_for(nthreads, 2.0 * M * N * K);
   if (nt > mblocks * 8) nt = mblocks * 8;
+  // Few panels of B do not repay packing A: a row-major A's rows are read in place (Zen 5,
+  // 2 threads, GFLOP/s: M 400 N 32 K 512 ~180 -> ~400, M 3200 N 64 K 1024 330 -> 475,
+  // N 256 430 -> 470; with N 1024-4096 no clear difference, so they still pack).
+  const bool direct_a = csa == 1 && panels_for<T, NV>(N) <= kDirectPanels;
+  // Under two blocks per thread, smaller blocks rather than split column ranges that each
+  // pack the same A (M 512 N 160 K 400, A transposed: 3 blocks in halves 340 -> 400).
+  if (mblocks < 2 * nt) mblocks = mpanels < 2 * nt ? mpanels : 2 * nt;
   if (mblocks >= 2 * nt) mblocks = (mblocks + nt - 1) / nt * nt;
   T* bbuf = static_cast<T*>(scratch().get(0, sizeof(T) * bsize));
   T* abuf = static_cast<T*>(scratch().get(1, sizeof(T) * asize * nt));
-  // Split the N range of a block too when there are fewer M blocks than threads.
+  // Split the N range of a block too when M has under two micro-panels per thread.
   const int nsplit = mblocks >= 2 * nt ? 1 : (2 * nt + mblocks - 1) / mblocks;
 
   rf_parallel(nt, [&] {
@@ -199,7 +207,7 @@ void gemm_impl(int M, int N, int K, const T* A, long rsa, long csa, const T* B, 
           const int ic = (int)((long)ib * mpanels / mblocks) * MR;
           const int iend = (int)((long)(ib + 1) * mpanels / mblocks) * MR;
           const int mc = (iend < M ? iend : M) - ic;
-          pack_a<T, MR>(my_a, mc, kc, A + ic * rsa + pc * csa, rsa, csa);
+          if (!direct_a) pack_a<T, MR>(my_a, mc, kc, A + ic * rsa + pc * csa, rsa, csa);
           for (int p = p0; p < p1; ++p) {
             const int nr = nc - p * NR < NR ? nc - p * NR : NR, c0 = jc + p * NR;
             const T* bp = bbuf + (long)p * kc * NR;
@@ -209,8 +217,9 @@ void gemm_impl(int M, int N, int K, const T* A, long rsa, long csa, const T* B, 
             for (int i0 = 0; i0 < mc; i0 += MR) {
               const T* ap = my_a + (long)i0 * kc;
               const T* rows[MR];
-              for (int r = 0; r < MR; ++r) rows[r] = ap + r;
               int mr = mc - i0 < MR ? mc - i0 : MR;
+              for (int r = 0; r < MR; ++r)
+                rows[r] = direct_a ? A + (long)(ic + i0 + (r < mr ? r : 0)) * rsa + pc : ap + r;
               T* c = second ? cols->C2 + (long)(ic + i0) * ld + (c0 - n1)
                             : C + (long)(ic + i0) * ld + c0;
               for (int r = 0; r < mr; ++r) {  // the C tile arrives while the product runs
@@ -218,7 +227,7 @@ void gemm_impl(int M, int N, int K, const T* A, long rsa, long csa, const T* B, 
                 __builtin_prefetch(c + r * ld + NR - 1, 1);
               }
               V acc[MR][NV];
-              micro_kernel<T, MR, NV>(kc, rows, MR, bp, acc);
+              micro_kernel<T, MR, NV>(kc, rows, direct_a ? 1 : MR, bp, acc);
               if (!straddling) {
                 store_tile<T, MR>(acc, c, ld, mr, nr, add, bias_p, 0);
                 continue;

@@ -229,9 +229,11 @@ def test_vector_activations_error_bound(isa, kind, fn):
 
 # Shapes around the GEMM's blocking (6- or 12-row micro-panels, 96-row blocks, 512-row K
 # blocks, 16- or 32-column panels) and the forms it takes: row-major A (forward input
-# products, dx) and A transposed (weight gradients, dA^T).
+# products, dx; read in place up to 8 panels of B, packed beyond) and A transposed (weight
+# gradients, dA^T).
 GEMM_SHAPES = [(1, 1, 1), (5, 3, 7), (6, 16, 8), (7, 17, 9), (13, 33, 511), (95, 15, 512),
-               (96, 64, 513), (97, 31, 1030), (200, 1, 64), (1030, 70, 300), (37, 300, 1100)]
+               (96, 64, 513), (97, 31, 1030), (200, 1, 64), (1030, 70, 300), (37, 300, 1100),
+               (400, 32, 512), (150, 260, 600)]
 
 
 @pytest.mark.parametrize("trans_a", [False, True])
