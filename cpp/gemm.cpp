@@ -275,13 +275,12 @@ void prepack(T* dst, int K, int N, const T* B, long rsb, long csb) {
 
 template <typename T, int MR>
 static void gemm_prepacked_tiles(int M, int N, int K, const T* A, long lda, const T* Bp, T* C,
-                                 long ldc, const T* D, long ldd) {
+                                 long ldc, const T* D, long ldd, bool shared) {
   typedef typename Simd<T>::V V;
   constexpr int NR = NV * Simd<T>::W;
   const int npanels = (int)panels_for<T, NV>(N);
   const int mblocks = (M + MR - 1) / MR;
-#pragma omp for schedule(static)
-  for (int task = 0; task < npanels * mblocks; ++task) {
+  auto tile = [&](int task) {
     const int p = task / mblocks, i0 = (task % mblocks) * MR;
     const int mr = M - i0 < MR ? M - i0 : MR;
     const int nr = N - p * NR < NR ? N - p * NR : NR;
@@ -291,12 +290,18 @@ static void gemm_prepacked_tiles(int M, int N, int K, const T* A, long lda, cons
     micro_kernel<T, MR, NV>(K, rows, 1, Bp + (long)p * K * NR, acc);
     store_tile<T, MR>(acc, C + (long)i0 * ldc + p * NR, ldc, mr, nr, false,
                       D ? D + (long)i0 * ldd + p * NR : nullptr, ldd);
+  };
+  if (!shared) {
+    for (int task = 0; task < npanels * mblocks; ++task) tile(task);
+    return;
   }
+#pragma omp for schedule(static)
+  for (int task = 0; task < npanels * mblocks; ++task) tile(task);
 }
 
 template <typename T>
 void gemm_prepacked(int M, int N, int K, const T* A, long lda, const T* Bp, T* C, long ldc,
-                    const T* D, long ldd) {
+                    const T* D, long ldd, bool shared) {
   // Full-height tiles pad a few rows a lot (8 rows take 12 in 6-row tiles); tiles of 2/3
   // the height hold 2/3 of the FMA chains (8 on AVX2: ~80% of the FMA rate, not ~90%).
   // AVX-512's 8-row tiles keep 16 chains, so any padding saved pays (Zen 5, batch 64:
@@ -304,13 +309,15 @@ void gemm_prepacked(int M, int N, int K, const T* A, long lda, const T* Bp, T* C
   constexpr int MR = MicroRows<NV>::MR, MRS = MR * 2 / 3;
   const long full = (M + MR - 1) / MR * MR, small = (M + MRS - 1) / MRS * MRS;
 #if defined(RF_ISA_avx512)
-  if (small < full)
+  if (M <= 4)
+    gemm_prepacked_tiles<T, 4>(M, N, K, A, lda, Bp, C, ldc, D, ldd, shared);
+  else if (small < full)
 #else
   if (small * 9 < full * 8)
 #endif
-    gemm_prepacked_tiles<T, MRS>(M, N, K, A, lda, Bp, C, ldc, D, ldd);
+    gemm_prepacked_tiles<T, MRS>(M, N, K, A, lda, Bp, C, ldc, D, ldd, shared);
   else
-    gemm_prepacked_tiles<T, MR>(M, N, K, A, lda, Bp, C, ldc, D, ldd);
+    gemm_prepacked_tiles<T, MR>(M, N, K, A, lda, Bp, C, ldc, D, ldd, shared);
 }
 
 template <typename T>
@@ -321,7 +328,7 @@ void gemm_prepacked_par(int M, int N, int K, const T* A, long lda, const T* Bp, 
   if (nt > npanels) nt = npanels;
   rf_parallel(nt, [&] {
     RF_FLUSH_DENORMALS_SCOPE;
-    gemm_prepacked<T>(M, N, K, A, lda, Bp, C, ldc, bias, 0);  // ldd 0: one row for all
+    gemm_prepacked<T>(M, N, K, A, lda, Bp, C, ldc, bias, 0, true);  // ldd 0: one row for all
   });
 }
 
@@ -333,7 +340,7 @@ void gemm_prepacked_par(int M, int N, int K, const T* A, long lda, const T* Bp, 
   template long prepacked_size<T>(int, int);                                                    \
   template void prepack<T>(T*, int, int, const T*, long, long);                                 \
   template void gemm_prepacked<T>(int, int, int, const T*, long, const T*, T*, long, const T*,   \
-                                  long);                                                        \
+                                  long, bool);                                                      \
   template void gemm_prepacked_par<T>(int, int, int, const T*, long, const T*, T*, long, const T*, \
                                       int);
 RF_INSTANTIATE(float)

@@ -164,11 +164,12 @@ template <typename T>
 void gemm_prepacked_par(int M, int N, int K, const T* A, long lda, const T* Bp, T* C, long ldc,
                         const T* bias, int nthreads);
 
-// Inside an OpenMP parallel region (work-shared with an orphaned `omp for`):
+// Inside an OpenMP parallel region (work-shared with an orphaned `omp for`, or all on the
+// calling thread without barriers when not shared):
 // C(m, :) = A(m, :) Bp + D(m, :) for m < M, A row-major with lda, D may be null.
 template <typename T>
 void gemm_prepacked(int M, int N, int K, const T* A, long lda, const T* Bp, T* C, long ldc,
-                    const T* D, long ldd);
+                    const T* D, long ldd, bool shared = true);
 
 }  // namespace RF_NS
 }  // namespace rnnfast

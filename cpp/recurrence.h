@@ -122,6 +122,11 @@ static inline int tile_count(int B, int MR, int MR2) {
   return n + (MR2 ? (B - n * MR + MR2 - 1) / MR2 : 0);
 }
 
+// Weights a step reads (bytes) up to which threads split a step's rows, not its panels:
+// each thread then reads all the weights from its own L2 every step, but its rows never
+// wait for the other threads' (no barrier per step; see recurrent_forward/_backward).
+constexpr long kRowSweepBytes = 384 << 10;
+
 // The time loop. A task is one panel times one tile of batch rows, or (where K is blocked,
 // see kBlockK) when the panel outgrows L1 and several row tiles share it, the panel times
 // all row tiles, K block by K block with partial sums in memory (AVX2 LSTM inference: mid
@@ -129,7 +134,7 @@ static inline int tile_count(int B, int MR, int MR2) {
 // panel: one slice, or all slices at once when PV = NV. The cell's epilogue follows a
 // tile's last pass.
 template <typename T, class Cell, int MR, int PV, int MR2>
-void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels) {
+void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_rows) {
   typedef typename Simd<T>::V V;
   constexpr int NV = Cell::NV, W = Simd<T>::W, LV = RecurrentTile<NV>::NVK, NP = NV / PV;
   constexpr int KC = kPanelBlockBytes / (PV * W * (int)sizeof(T));
@@ -141,7 +146,8 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels) {
   // Blocked when several tiles share a panel (all passes) of more than 1.5 kPanelBlockBytes
   // (small LSTM, 20 KiB panels, one thread: 1.23 ms blocked, 1.16 not).
   const long panel_bytes = (long)((fused ? I : 0) + H) * NV * W * sizeof(T);
-  const bool kblocked = kBlockK && MR > 1 && mblocks > 1 && panel_bytes > kPanelBlockBytes * 3 / 2;
+  const bool kblocked =
+      kBlockK && !by_rows && MR > 1 && mblocks > 1 && panel_bytes > kPanelBlockBytes * 3 / 2;
   const int ntasks = kblocked ? npanels : npanels * mblocks;
   const bool prefetch = (double)npanels * panel_stride * sizeof(T) > (8 << 20);
   // Batch 1 reads each weight once: beyond the cores' L2 (over 4 MiB), ahead of use.
@@ -250,9 +256,13 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels) {
       // one direction over weights about the size of L2 would miss throughout (the least
       // recently used lines are the next ones needed).
       const int team = rf_team_size(), me = rf_thread_num();
-      const int first = (int)((long)ntasks * me / team), last = (int)((long)ntasks * (me + 1) / team);
+      // by_rows: this thread's row tiles [ib0, ib0 + nib) on every panel.
+      const int ib0 = (int)((long)mblocks * me / team), nib = (int)((long)mblocks * (me + 1) / team) - ib0;
+      const int first = by_rows ? 0 : (int)((long)ntasks * me / team);
+      const int last = by_rows ? npanels * nib : (int)((long)ntasks * (me + 1) / team);
       for (int i = first; i < last; ++i) {
-        const int task = ((s + a.parity) & 1) ? last - 1 - (i - first) : i;
+        const int j = ((s + a.parity) & 1) ? last - 1 - (i - first) : i;
+        const int task = by_rows ? (j / nib) * mblocks + ib0 + j % nib : j;
         const int p = kblocked ? task : task / mblocks;
         const T* panel = a.packed + p * panel_stride;  // per slice: x rows, then h rows
         if (!kblocked) {  // one tile, all of K per pass
@@ -318,7 +328,9 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels) {
         if (split) range(0, I, true);
         range(fused && !split ? 0 : I, I + H, false);
       }
+      if (!by_rows) {
 #pragma omp barrier
+      }
     }
   });
 }
@@ -352,12 +364,35 @@ void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
   // saved from 1 MiB (RNN-360 7.27 / 5.28, GRU-256 11.2 / 5.8).
   const double weight_bytes = (double)npanels * NV * Simd<T>::W * K * sizeof(T);
   if (B == 1 && a.steps == 1 && weight_bytes < (768 << 10)) nt = 1;
+  // Weights small enough for each thread to read whole from its L2 every step: threads
+  // take row tiles rather than panels and never wait for each other, where the tiles
+  // (these, else the other kind) give no thread over 5% more rows than an equal share of
+  // the fewer rows either kind computes.
+  const double fewer = rows < lblocks * LR ? rows : lblocks * LR;
+  auto even = [&](int tiles, auto rows_of) {
+    if (tiles < nt) return false;
+    int most = 0;
+    for (int id = 0; id < nt; ++id) {
+      int r = 0;
+      for (int ib = (int)((long)tiles * id / nt); ib < (int)((long)tiles * (id + 1) / nt); ++ib)
+        r += rows_of(ib);
+      most = r > most ? r : most;
+    }
+    return most * nt <= fewer * 1.05;
+  };
+  bool low_tiles = low < rows, by_rows = false;
+  if (nt > 1 && B > 1 && weight_bytes <= kRowSweepBytes) {
+    const bool low_ok = even(lblocks, [&](int) { return LR; });
+    const bool mixed_ok = even(mixed, [&](int ib) { return ib < nfull ? MR : MR2; });
+    by_rows = low_ok || mixed_ok;
+    if (by_rows && !(low_tiles ? low_ok : mixed_ok)) low_tiles = !low_tiles;
+  }
   if (B == 1)
-    recurrent_forward_tasks<T, Cell, 1, NV, 0>(a, nt, npanels);
-  else if (low < rows)
-    recurrent_forward_tasks<T, Cell, LR, NV, 0>(a, capped(lblocks), npanels);
+    recurrent_forward_tasks<T, Cell, 1, NV, 0>(a, nt, npanels, false);
+  else if (low_tiles)
+    recurrent_forward_tasks<T, Cell, LR, NV, 0>(a, capped(lblocks), npanels, by_rows);
   else
-    recurrent_forward_tasks<T, Cell, MR, NVK, MR2>(a, capped(mixed), npanels);
+    recurrent_forward_tasks<T, Cell, MR, NVK, MR2>(a, capped(mixed), npanels, by_rows);
 }
 
 template <typename T>
@@ -374,50 +409,67 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
   const int B = a.batch, H = a.hidden, G = cell_gates(a.cell);
   const long BH = (long)B * H, GH = (long)G * H, PW = Cell::kSplitInput ? 2 * GH : GH;
   int nt = rf_threads_for(nthreads, rf_step_work(B, (long)G * H, H));
+  // Rows of a batch do not meet in the backward sweep: with W_hh small enough for each
+  // thread to read whole from its L2 every step, each thread sweeps its own rows with
+  // no barrier per step (two otherwise: after dA, after the product).
+  const bool by_rows = nt > 1 && B >= 4 * nt && GH * H * (long)sizeof(T) <= kRowSweepBytes;
   T* direct = a.direct;
+  // Bias gradients: a partial sum per batch row, added to while the row's dA is in L1
+  // (a separate pass over all T*B rows afterwards took 3% of mid LSTM training), then
+  // summed in row order: the same result for any thread count. Only GRU's b_ih sums
+  // differ from its b_hh sums.
+  auto row = [&](int s, int b) {
+    const long t = a.tidx[(long)s * B + b];
+    T* dah = a.da_hh + ((long)s * B + b) * GH;
+    if (t < 0) {  // frozen step: the gradient passes through unchanged
+      for (long j = 0; j < GH; ++j) dah[j] = T(0);
+      for (int j = 0; j < H; ++j) direct[b * H + j] = a.dh[b * H + j];
+      return;
+    }
+    BwdRows<T> io;
+    io.dy = a.dy ? a.dy + t * B * a.ldy + b * a.ldy : nullptr;
+    io.dh = a.dh + b * H;
+    io.dc = a.dc ? a.dc + b * H : nullptr;
+    io.h_prev = a.hs + s * BH + b * H;
+    io.h_new = a.hs + (s + 1) * BH + b * H;
+    io.c_prev = a.cs ? a.cs + s * BH + b * H : nullptr;
+    io.cache = a.cache ? a.cache + ((long)s * B + b) * cell_cache_width(a.cell) * H : nullptr;
+    io.da_hh = dah;
+    io.da_ih = a.da_ih == a.da_hh ? nullptr : a.da_ih + (t * B + b) * GH;
+    io.direct = direct + b * H;
+    Cell::template backward_row<T>(a.cell, H, io);
+    if (T* db = a.db_part ? a.db_part + PW * b : nullptr) {
+      add_row(db, dah, GH);
+      if (Cell::kSplitInput) add_row(db + GH, io.da_ih, GH);
+    }
+  };
   rf_parallel(nt, [&] {
     RF_FLUSH_DENORMALS_SCOPE;
-    // Bias gradients: a partial sum per batch row, added to while the row's dA is in L1
-    // (a separate pass over all T*B rows afterwards took 3% of mid LSTM training), then
-    // summed in row order: the same result for any thread count. Only GRU's b_ih sums
-    // differ from its b_hh sums.
-    if (a.db_part) {
-#pragma omp for schedule(static)
-      for (int b = 0; b < B; ++b) std::fill(a.db_part + PW * b, a.db_part + PW * (b + 1), T(0));
-    }
-    for (int s = a.steps - 1; s >= 0; --s) {
-      const int32_t* tid = a.tidx + (long)s * B;
-#pragma omp for schedule(static)
-      for (int b = 0; b < B; ++b) {
-        const long t = tid[b];
-        T* dah = a.da_hh + ((long)s * B + b) * GH;
-        if (t < 0) {  // frozen step: the gradient passes through unchanged
-          for (long j = 0; j < GH; ++j) dah[j] = T(0);
-          for (int j = 0; j < H; ++j) direct[b * H + j] = a.dh[b * H + j];
-          continue;
-        }
-        BwdRows<T> io;
-        io.dy = a.dy ? a.dy + t * B * a.ldy + b * a.ldy : nullptr;
-        io.dh = a.dh + b * H;
-        io.dc = a.dc ? a.dc + b * H : nullptr;
-        io.h_prev = a.hs + s * BH + b * H;
-        io.h_new = a.hs + (s + 1) * BH + b * H;
-        io.c_prev = a.cs ? a.cs + s * BH + b * H : nullptr;
-        io.cache = a.cache ? a.cache + ((long)s * B + b) * cell_cache_width(a.cell) * H : nullptr;
-        io.da_hh = dah;
-        io.da_ih = a.da_ih == a.da_hh ? nullptr : a.da_ih + (t * B + b) * GH;
-        io.direct = direct + b * H;
-        Cell::template backward_row<T>(a.cell, H, io);
-        if (T* db = a.db_part ? a.db_part + PW * b : nullptr) {
-          add_row(db, dah, GH);
-          if (Cell::kSplitInput) add_row(db + GH, io.da_ih, GH);
-        }
+    if (by_rows) {
+      const int id = rf_thread_num(), n = rf_team_size();
+      const int b0 = (int)((long)B * id / n), b1 = (int)((long)B * (id + 1) / n);
+      if (a.db_part) std::fill(a.db_part + PW * b0, a.db_part + PW * b1, T(0));
+      for (int s = a.steps - 1; s >= 0; --s) {
+        for (int b = b0; b < b1; ++b) row(s, b);
+        gemm_prepacked<T>(b1 - b0, H, (int)GH, a.da_hh + ((long)s * B + b0) * GH, GH,
+                          a.packed_whh_t, a.dh + (long)b0 * H, H, direct + (long)b0 * H, H,
+                          false);
       }
-      // dh_{s-1} = dA_s W_hh + direct  (implicit barriers around both phases)
-      gemm_prepacked<T>(B, H, (int)GH, a.da_hh + (long)s * B * GH, GH, a.packed_whh_t, a.dh, H,
-                        direct, H);
+#pragma omp barrier
+    } else {
+      if (a.db_part) {
+#pragma omp for schedule(static)
+        for (int b = 0; b < B; ++b) std::fill(a.db_part + PW * b, a.db_part + PW * (b + 1), T(0));
+      }
+      for (int s = a.steps - 1; s >= 0; --s) {
+#pragma omp for schedule(static)
+        for (int b = 0; b < B; ++b) row(s, b);
+        // dh_{s-1} = dA_s W_hh + direct  (implicit barriers around both phases)
+        gemm_prepacked<T>(B, H, (int)GH, a.da_hh + (long)s * B * GH, GH, a.packed_whh_t, a.dh,
+                          H, direct, H);
+      }
     }
-    if (a.db_part) {  // the product's work-sharing loop ended with a barrier
+    if (a.db_part) {  // after a barrier
 #pragma omp for schedule(static)
       for (long j = 0; j < GH; ++j) {
         T sum_hh = T(0), sum_ih = T(0);
