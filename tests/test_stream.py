@@ -240,6 +240,54 @@ def test_plain_call_keeps_layout_options():
     np.testing.assert_array_equal(y2, ref(xt[2:], st)[0])
 
 
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+def test_plain_call_direct_path_batch_first_and_stateful(mode):
+    # One step of a batch-first layer, and a stateful layer's batched steps, take the direct
+    # path too (forward() is made to fail below to prove it), with forward()'s results.
+    B, I, H, T = 3, 5, 7, 4
+    cls = getattr(rf, mode)
+    xs = np.random.default_rng(8).standard_normal((T, B, I)).astype(np.float32)
+    ref = cls(I, H, num_layers=2, seed=3)
+    want_y, want_st, st = [], [], None
+    for t in range(T):
+        y, st = ref.forward(xs[t:t + 1], st)
+        want_y.append(y[0])
+        want_st.append(st)
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("took forward()")
+
+    for kwargs in ({"batch_first": True}, {"stateful": True},
+                   {"batch_first": True, "stateful": True}):
+        m = cls(I, H, num_layers=2, seed=3, **kwargs)
+        m.forward = no_forward
+        st = None
+        for t in range(T):
+            x = np.ascontiguousarray(xs[t][:, None, :] if m.batch_first else xs[t:t + 1])
+            y, st = m(x, None if m.stateful else st)
+            assert y.shape == ((B, 1, H) if m.batch_first else (1, B, H))
+            np.testing.assert_array_equal(y.reshape(B, H), want_y[t])
+            for a, b in zip(flat_state(st), flat_state(want_st[t])):
+                np.testing.assert_array_equal(a, b)
+            if m.stateful:  # the carried state is a copy of the returned one
+                for a in flat_state(st):
+                    a[...] = 0
+        del m.forward  # the class's forward() again
+        if m.stateful:
+            # the carried state came through every step, untouched by the zeroed returns
+            x0 = np.ascontiguousarray(xs[0][:, None, :] if m.batch_first else xs[:1])
+            np.testing.assert_array_equal(m(x0)[0].reshape(B, H),
+                                          ref.forward(xs[:1], want_st[-1])[0][0])
+            with pytest.raises(ValueError, match="batch"):
+                m(x0[:2] if m.batch_first else x0[:, :2])
+            m.reset_states()
+            np.testing.assert_array_equal(m(x0)[0].reshape(B, H), ref.forward(xs[:1])[0][0])
+        if m.batch_first:  # a strided step (a slice of a longer batch) goes to forward()
+            long_x = np.ascontiguousarray(xs.transpose(1, 0, 2))
+            m.reset_states()
+            np.testing.assert_array_equal(m(long_x[:, :1])[0].reshape(B, H), want_y[0])
+
+
 def test_direct_step_keeps_its_stream_alive():
     m = rf.LSTM(4, 8)
     want = m.stream().step(np.ones(4, np.float32))

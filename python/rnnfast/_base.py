@@ -218,15 +218,42 @@ class RecurrentBase(_ThreadsSetting):
 
     # ------------------------------------------------------------------ forward / backward
     def __call__(self, x, state=None, lengths=None, *, starts=None):
-        if (self._direct_call is not None and lengths is None and starts is None
-                and not self.batch_first and not self.stateful):
-            # The engine's direct callable takes inputs usable as they are (the streaming
-            # case among others) and returns what forward() would; NotImplemented otherwise.
-            out = self._direct_call(x, state, self._num_threads)
+        if self._direct_call is not None and lengths is None and starts is None:
+            if self.batch_first or self.stateful:
+                out = self._call_direct(x, state)
+            else:  # the streaming call y, state = m(x_t, state): kept to one Python frame
+                out = self._direct_call(x, state, self._num_threads)
             if out is not NotImplemented:
                 self._train_info = None
                 return out
         return self.forward(x, state, lengths, training=False, starts=starts)
+
+    def _call_direct(self, x, state):
+        """The plain call of a batch-first or stateful layer through the engine's direct
+        callable, which takes inputs usable as they are and returns what forward() would,
+        or NotImplemented (then forward() converts, or raises): batch-first input for one
+        step (the same bytes as time-major), a stateful layer's batched input."""
+        if self.batch_first:
+            if type(x) is not np.ndarray or x.ndim != 3 or x.shape[1] != 1:
+                return NotImplemented
+            x = x.reshape(1, x.shape[0], x.shape[2])
+        carry = self.stateful
+        if carry:
+            if type(x) is not np.ndarray or x.ndim != 3:
+                return NotImplemented
+            if state is None and self._carried is not None:
+                h, c, _ = self._carried
+                state = h if c is None else (h, c)
+        out = self._direct_call(x, state, self._num_threads)
+        if out is NotImplemented:
+            return out
+        y, st = out
+        if carry:  # as forward(): the next call starts here, from copies
+            h, c = (st[0], st[1]) if isinstance(st, tuple) else (st, None)
+            self._carried = (h.copy(), None if c is None else c.copy(), x.shape[1])
+        if self.batch_first:
+            y = y.reshape(y.shape[1], 1, y.shape[2])
+        return y, st
 
     def _check_state(self, state, batch, unbatched, name):
         """-> (h0, c0) time-major batched arrays or None."""
