@@ -50,7 +50,9 @@ rows also show the weight-read floor: the 4*G*H*(I+H) weight bytes divided by th
 over a float32 buffer of that size: the fastest of rnnfast's SIMD read probe (vector loads on
 all threads, rnnfast._core._read_probe) and NumPy's buf.sum(), buf.max() and np.dot(buf, buf),
 each a median over repeats; the SIMD probe is also sampled in each stream row's rounds, and its
-best over the run counts.
+best over the run counts. With more than one thread, each row also samples a barrier of the
+run's threads in its rounds (barrier ns): the hand-off between cores, which marks the machine's
+slow spells.
 
 A "Goals of issue 3" table follows: each goal the rows of the run can decide, met or not.
 A peer that is missing or fails shows "n/a (ErrorType)" and its message is listed under the table;
@@ -437,6 +439,31 @@ def simd_read_bandwidth(buf: np.ndarray, samples: int = 9) -> float | None:
     return sampler.bandwidth()
 
 
+class HandoffProbe:
+    """A barrier of the run's threads (rnnfast's OpenMP team), timed in C++ over ROUNDS passes:
+    what a step of the recurrence pays to hand its results from core to core. Sampled in
+    each row's rounds. On the 2-core Zen 5 VM it took ~190 ns when the vCPUs passed cache
+    lines quickly (a line's round trip ~80 ns) and ~400 ns in its slow spells (~400 ns),
+    which slow every multi-threaded small step, the peers' too."""
+
+    ROUNDS = 1000
+
+    def __init__(self, core, threads: int):
+        self.core, self.threads = core, threads
+
+    @classmethod
+    def create(cls, threads: int) -> "HandoffProbe | None":
+        """None without rnnfast or with one thread."""
+        try:
+            from rnnfast import _core
+        except ImportError:
+            return None
+        return cls(_core, threads) if threads > 1 else None
+
+    def step(self) -> None:
+        self.core._barrier_probe(self.ROUNDS, self.threads)
+
+
 # --------------------------------------------------------------------------------------------------
 # Inputs shared by every peer of a row
 
@@ -776,6 +803,7 @@ class Row:
     weight_bytes: int | None = None  # stream rows
     floor_seconds: float | None = None  # stream rows: weight bytes / read bandwidth
     floor_error: str | None = None
+    barrier_ns: float | None = None  # HandoffProbe in the row's rounds (None: not measured)
 
     def gflops(self, peer: str = "rnnfast") -> float | None:
         r = self.results.get(peer)
@@ -826,7 +854,7 @@ def build_peer(peer, workload: Workload) -> tuple[PeerResult | None, Runnable | 
 
 def run_row(
     cell: Cell, config: Config, mode: str, peers, rf, timer: Timer, probe: ReadProbe, seed: int,
-    ceilings: list[Sgemm] = (),
+    ceilings: list[Sgemm] = (), handoff: HandoffProbe | None = None,
 ) -> Row:
     rf_module = None if isinstance(rf, BaseException) else rf
     workload = make_workload(cell, config, mode, rf_module, seed)
@@ -843,7 +871,10 @@ def run_row(
     steps = [built[name][1].step for name in ready] + [c.step for c in ceilings]
     before = {i: built[name][1].before for i, name in enumerate(ready) if built[name][1].before}
     before |= {len(ready) + j: c.before_sample for j, c in enumerate(ceilings)}
-    timings = timer.measure_interleaved(steps + ([reader.step] if reader else []), before)
+    extra = [x.step for x in (reader, handoff) if x is not None]
+    timings = timer.measure_interleaved(steps + extra, before)
+    if handoff is not None and isinstance(timings[-1], Timing):
+        row.barrier_ns = timings[-1].median / handoff.ROUNDS * 1e9
     for c, t in zip(ceilings, timings[len(ready):]):
         if isinstance(t, Timing):
             gflops = c.FLOPS / t.median / 1e9
@@ -980,6 +1011,7 @@ def format_report(
         return [p for p in peers if p.name != "rnnfast" and any(
             p.name in r.results and not r.results[p.name].not_applicable for r in table)]
 
+    with_barrier = any(r.barrier_ns is not None for r in rows)
     parts = [
         f"machine: {info['cpu']}, {info['logical_cpus']} logical CPUs "
         f"({info['usable_cpus']} usable), {info['threads']} threads, "
@@ -997,6 +1029,9 @@ def format_report(
             *info["sgemm_gflops_before_after"]) if "sgemm_gflops_before_after" in info else ""),
         *("note: " + line for line in _blas_kernel_warning(info)),
         _row_ceilings_line(rows),
+        *(["barrier ns: a barrier of the run's threads, timed in the row's rounds (the hand-off "
+           "between cores every multi-threaded step pays; on the 2-core Zen 5 VM ~190 ns in quiet "
+           "spells, ~400 in slow ones)"] if with_barrier else []),
         "ratios are peer time / rnnfast time: above 1 means rnnfast is faster",
         "",
     ]
@@ -1004,6 +1039,9 @@ def format_report(
     def shares(row: Row) -> list[str]:
         share = row.share(sgemm)
         return [_num(row.gflops()), "-" if share is None else f"{100 * share:.1f}%"]
+
+    def barrier(row: Row) -> list[str]:
+        return [_num(row.barrier_ns)] if with_barrier else []
 
     def peer_cells(row: Row, scale: float, others: list) -> list[str]:
         cells = []
@@ -1015,11 +1053,13 @@ def format_report(
     if sequence:
         others = others_in(sequence)
         header = ["cell", "config", "mode", "rnnfast ms", "GFLOP/s", "of sgemm"]
+        header += ["barrier ns"] if with_barrier else []
         for p in others:
             header += [f"{p.label} ms", f"{p.name}/rf"]
         lines = [
             [r.cell, r.config, r.mode, _time_cell(r.results.get("rnnfast"), 1e3)]
             + shares(r)
+            + barrier(r)
             + peer_cells(r, 1e3, others)
             for r in sequence
         ]
@@ -1028,8 +1068,9 @@ def format_report(
     stream = [r for r in rows if r.mode == "stream"]
     if stream:
         others = others_in(stream)
-        header = ["cell", "config", "rnnfast us/step", "GFLOP/s", "of sgemm", "floor us",
-                  "rf/floor"]
+        header = ["cell", "config", "rnnfast us/step", "GFLOP/s", "of sgemm"]
+        header += ["barrier ns"] if with_barrier else []
+        header += ["floor us", "rf/floor"]
         for p in others:
             header += [f"{p.label} us", f"{p.name}/rf"]
         lines = []
@@ -1038,6 +1079,7 @@ def format_report(
             lines.append(
                 [r.cell, r.config, _time_cell(r.results.get("rnnfast"), 1e6)]
                 + shares(r)
+                + barrier(r)
                 + [floor, _ratio_cell(r.over_floor())]
                 + peer_cells(r, 1e6, others)
             )
@@ -1417,6 +1459,7 @@ def main(argv: list[str] | None = None) -> int:
         blas_default = blas.info()[0]["num_threads"] if blas else None
 
     rows: list[Row] = []
+    handoff = HandoffProbe.create(threads)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rnnfast-bench-") as workdir:
         if args.scaling:
@@ -1430,7 +1473,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{i}/{len(plan)}] {cell.label} {config.name} {mode}", end="",
                       file=sys.stderr, flush=True)
                 row = run_row(cell, config, mode, peers, rf, timer, probe, args.seed,
-                              row_ceilings)
+                              row_ceilings, handoff)
                 rows.append(row)
                 scale, unit = (1e6, "us") if mode == "stream" else (1e3, "ms")
                 summary = ", ".join(

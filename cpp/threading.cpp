@@ -80,4 +80,25 @@ bool openmp_available() {
 
 bool in_forked_child() { return g_forked.load(); }
 
+double barrier_seconds(int nthreads, int rounds) {
+#ifdef RF_HAVE_OPENMP
+  if (nthreads < 2 || rounds < 1) return 0.0;
+  double seconds = 0.0;
+#pragma omp parallel num_threads(nthreads)
+  {
+#pragma omp barrier
+    const double t0 = omp_get_wtime();
+    for (int i = 0; i < rounds; ++i) {
+#pragma omp barrier
+    }
+    if (omp_get_thread_num() == 0) seconds = (omp_get_wtime() - t0) / rounds;
+  }
+  return seconds;
+#else
+  (void)nthreads;
+  (void)rounds;
+  return 0.0;
+#endif
+}
+
 }  // namespace rnnfast

@@ -25,5 +25,8 @@ class ThreadBudget {
 
 bool openmp_available();
 bool in_forked_child();
+// Seconds per barrier of a team of nthreads passing `rounds` barriers (0 for one thread or
+// without OpenMP): the hand-off between cores a step of the recurrence pays (bench probe).
+double barrier_seconds(int nthreads, int rounds);
 
 }  // namespace rnnfast

@@ -137,7 +137,11 @@ def test_tiny_run_prints_the_tables_and_goals(runner, tmp_path, capsys):
     rows = document["rows"]
     assert [(r["config"], r["mode"]) for r in rows] == [
         ("small", "train"), ("small", "infer"), ("stream-128", "stream")]
+    threads = document["machine"]["threads"]
+    assert ("| barrier ns |" in text) == (threads > 1)
     for r in rows:
+        # a barrier of the run's threads, sampled in the row's rounds (none on one thread)
+        assert (r["barrier_ns"] > 0) if threads > 1 else r["barrier_ns"] is None
         assert r["sgemm_gflops"] > 0  # sampled in the row's own rounds
         ceiling = max(r["sgemm_gflops"], document["sgemm_gflops"])
         assert r["share_of_sgemm"] == pytest.approx(r["gflops"] / ceiling)

@@ -106,6 +106,15 @@ def test_default_honours_omp_num_threads():
         assert proc.stdout.split() == [omp, "5", omp]
 
 
+def test_barrier_probe():
+    # the bench's hand-off probe: seconds per barrier of the call's threads, 0 on one
+    assert _core._barrier_probe(200, 1) == 0.0
+    if _core.openmp_available():
+        assert 0 < _core._barrier_probe(200, 2) < 0.01
+    with pytest.raises(ValueError, match="rounds"):
+        _core._barrier_probe(0)
+
+
 def test_not_a_forked_child():
     assert not _core.in_forked_child()
 

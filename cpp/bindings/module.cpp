@@ -759,6 +759,17 @@ PYBIND11_MODULE(_core, m) {
       "(seconds, sum) of reading buf `reps` times with the kernels' vector loads: the bench's "
       "read-bandwidth probe.");
   m.def(
+      "_barrier_probe",
+      [](int rounds, int nthreads) {
+        if (rounds < 1) throw py::value_error("rounds must be >= 1");
+        const ThreadBudget budget(nthreads);
+        py::gil_scoped_release release;
+        return barrier_seconds(budget.threads(), rounds);
+      },
+      py::arg("rounds"), py::arg("nthreads") = 0,
+      "Seconds per barrier of the call's threads over `rounds` barriers (0.0 on one thread): "
+      "the bench's probe of the hand-off between cores.");
+  m.def(
       "_thread_budget_probe",
       [](int requested, double seconds) {
         py::gil_scoped_release release;
