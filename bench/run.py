@@ -443,8 +443,8 @@ class HandoffProbe:
     """A barrier of the run's threads (rnnfast's OpenMP team), timed in C++ over ROUNDS passes:
     what a step of the recurrence pays to hand its results from core to core. Sampled in
     each row's rounds. On the 2-core Zen 5 VM it took ~190 ns when the vCPUs passed cache
-    lines quickly (a line's round trip ~80 ns) and ~400 ns in its slow spells (~400 ns),
-    which slow every multi-threaded small step, the peers' too."""
+    lines quickly (a line's round trip ~80 ns) and ~400 ns in its slow spells (round trip
+    ~400 ns), which slow every multi-threaded small step, the peers' too."""
 
     ROUNDS = 1000
 

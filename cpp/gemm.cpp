@@ -305,7 +305,8 @@ void gemm_prepacked(int M, int N, int K, const T* A, long lda, const T* Bp, T* C
   // Full-height tiles pad a few rows a lot (8 rows take 12 in 6-row tiles); tiles of 2/3
   // the height hold 2/3 of the FMA chains (8 on AVX2: ~80% of the FMA rate, not ~90%).
   // AVX-512's 8-row tiles keep 16 chains, so any padding saved pays (Zen 5, batch 64:
-  // 8 tiles of 8 rows, not 6 of 12; training mid LSTM -3.6%, large RNN -2.7%).
+  // 8 tiles of 8 rows, not 6 of 12; training mid LSTM -3.6%, large RNN -2.7%), and up to
+  // 4 rows (a thread's share of B = 8 in the backward's row split) take 4-row tiles.
   constexpr int MR = MicroRows<NV>::MR, MRS = MR * 2 / 3;
   const long full = (M + MR - 1) / MR * MR, small = (M + MRS - 1) / MRS * MRS;
 #if defined(RF_ISA_avx512)
@@ -340,7 +341,7 @@ void gemm_prepacked_par(int M, int N, int K, const T* A, long lda, const T* Bp, 
   template long prepacked_size<T>(int, int);                                                    \
   template void prepack<T>(T*, int, int, const T*, long, long);                                 \
   template void gemm_prepacked<T>(int, int, int, const T*, long, const T*, T*, long, const T*,   \
-                                  long, bool);                                                      \
+                                  long, bool);                                                  \
   template void gemm_prepacked_par<T>(int, int, int, const T*, long, const T*, T*, long, const T*, \
                                       int);
 RF_INSTANTIATE(float)
