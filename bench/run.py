@@ -399,6 +399,15 @@ class ReadProbe:
         probes["simd"] = max(probes.get("simd", 0.0), sampler.bandwidth())
 
 
+def _rnnfast_core():
+    """rnnfast's extension module (its probes), or None without rnnfast."""
+    try:
+        from rnnfast import _core
+    except ImportError:
+        return None
+    return _core
+
+
 class SimdReadSampler:
     """rnnfast's own vector-load probe over buf (all threads, `reps` passes timed in C++ so that
     the call overhead does not count), called repeatedly; the fastest call counts: a floor is
@@ -412,11 +421,8 @@ class SimdReadSampler:
     @classmethod
     def create(cls, buf: np.ndarray, bytes_per_call: float) -> "SimdReadSampler | None":
         """None without rnnfast."""
-        try:
-            from rnnfast import _core
-        except ImportError:
-            return None
-        return cls(_core, buf, bytes_per_call)
+        core = _rnnfast_core()
+        return cls(core, buf, bytes_per_call) if core else None
 
     def step(self) -> None:
         seconds = self.core._read_probe(self.buf, self.reps)[0]
@@ -454,11 +460,8 @@ class HandoffProbe:
     @classmethod
     def create(cls, threads: int) -> "HandoffProbe | None":
         """None without rnnfast or with one thread."""
-        try:
-            from rnnfast import _core
-        except ImportError:
-            return None
-        return cls(_core, threads) if threads > 1 else None
+        core = _rnnfast_core()
+        return cls(core, threads) if core and threads > 1 else None
 
     def step(self) -> None:
         self.core._barrier_probe(self.ROUNDS, self.threads)

@@ -257,9 +257,9 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
       // recently used lines are the next ones needed).
       const int team = rf_team_size(), me = rf_thread_num();
       // by_rows: this thread's row tiles [ib0, ib0 + nib) on every panel.
-      const int ib0 = (int)((long)mblocks * me / team), nib = (int)((long)mblocks * (me + 1) / team) - ib0;
-      const int first = by_rows ? 0 : (int)((long)ntasks * me / team);
-      const int last = by_rows ? npanels * nib : (int)((long)ntasks * (me + 1) / team);
+      const int ib0 = rf_share(mblocks, me, team), nib = rf_share(mblocks, me + 1, team) - ib0;
+      const int first = by_rows ? 0 : rf_share(ntasks, me, team);
+      const int last = by_rows ? npanels * nib : rf_share(ntasks, me + 1, team);
       for (int i = first; i < last; ++i) {
         const int j = ((s + a.parity) & 1) ? last - 1 - (i - first) : i;
         const int task = by_rows ? (j / nib) * mblocks + ib0 + j % nib : j;
@@ -374,7 +374,7 @@ void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
     int most = 0;
     for (int id = 0; id < nt; ++id) {
       int r = 0;
-      for (int ib = (int)((long)tiles * id / nt); ib < (int)((long)tiles * (id + 1) / nt); ++ib)
+      for (int ib = rf_share(tiles, id, nt); ib < rf_share(tiles, id + 1, nt); ++ib)
         r += rows_of(ib);
       most = r > most ? r : most;
     }
@@ -447,7 +447,7 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
     RF_FLUSH_DENORMALS_SCOPE;
     if (by_rows) {
       const int id = rf_thread_num(), n = rf_team_size();
-      const int b0 = (int)((long)B * id / n), b1 = (int)((long)B * (id + 1) / n);
+      const int b0 = rf_share(B, id, n), b1 = rf_share(B, id + 1, n);
       if (a.db_part) std::fill(a.db_part + PW * b0, a.db_part + PW * b1, T(0));
       for (int s = a.steps - 1; s >= 0; --s) {
         for (int b = b0; b < b1; ++b) row(s, b);

@@ -28,6 +28,10 @@ static inline int rf_team_size() {
 #endif
 }
 
+// The first of thread `id`'s items when n items are shared among `team` threads in
+// contiguous, near-equal runs (thread id has [rf_share(n, id, team), rf_share(n, id + 1, team))).
+static inline int rf_share(long n, int id, int team) { return (int)(n * id / team); }
+
 // Runs body() on a team of nt threads, or directly on this one when nt <= 1: a team
 // of one still costs GOMP_parallel a team allocation and a futex call (~1 us, measured
 // on batch-1 streaming steps). Bodies work-share with orphaned `omp for` loops, or split

@@ -233,24 +233,22 @@ class RecurrentBase(_ThreadsSetting):
         callable, which takes inputs usable as they are and returns what forward() would,
         or NotImplemented (then forward() converts, or raises): batch-first input for one
         step (the same bytes as time-major), a stateful layer's batched input."""
+        if type(x) is not np.ndarray or x.ndim != 3:
+            return NotImplemented
         if self.batch_first:
-            if type(x) is not np.ndarray or x.ndim != 3 or x.shape[1] != 1:
+            if x.shape[1] != 1:
                 return NotImplemented
             x = x.reshape(1, x.shape[0], x.shape[2])
-        carry = self.stateful
-        if carry:
-            if type(x) is not np.ndarray or x.ndim != 3:
-                return NotImplemented
-            if state is None and self._carried is not None:
-                h, c, _ = self._carried
-                state = h if c is None else (h, c)
+        if self.stateful and state is None and self._carried is not None:
+            h, c, _ = self._carried
+            state = h if c is None else (h, c)
         out = self._direct_call(x, state, self._num_threads)
         if out is NotImplemented:
             return out
         y, st = out
-        if carry:  # as forward(): the next call starts here, from copies
-            h, c = (st[0], st[1]) if isinstance(st, tuple) else (st, None)
-            self._carried = (h.copy(), None if c is None else c.copy(), x.shape[1])
+        if self.stateful:
+            h, c = st if type(st) is tuple else (st, None)
+            self._carry(h, c, x.shape[1])
         if self.batch_first:
             y = y.reshape(y.shape[1], 1, y.shape[2])
         return y, st
@@ -350,10 +348,15 @@ class RecurrentBase(_ThreadsSetting):
         if training and self.dropout > 0 and self.num_layers > 1:
             seed = int(self._rng.integers(0, 2**63))
         y, hn, cn = self._compute_forward(xt, h0, c0, lens, bool(training), seed, firsts)
-        if self.stateful:  # the next call starts here; gradients stop at the boundary
-            self._carried = (hn.copy(), None if cn is None else cn.copy(), batch)
+        if self.stateful:
+            self._carry(hn, cn, batch)
         self._train_info = (unbatched, steps, batch) if training else None
         return self._from_time_major(y, unbatched), self._user_state(hn, cn, unbatched)
+
+    def _carry(self, h, c, batch):
+        """A stateful layer's next call starts here, from copies (gradients stop at the
+        boundary)."""
+        self._carried = (h.copy(), None if c is None else c.copy(), batch)
 
     def reset_states(self):
         """Forgets the state a stateful layer carries (the next call starts from zeros)."""
