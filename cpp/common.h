@@ -26,11 +26,20 @@ struct GemmCols2 {
   long ldc2;
 };
 
-// One layer and direction of the recurrence, time-major, everything row-major.
-//   xproj  (T,B,G*H)  x_t W_ih^T + b_ih (+ b_hh except GRU's n rows), in time order;
+// Where row (t, b) of a sequence of T steps of B rows lies, counted in rows:
+// t * B + b time-major ({B, 1}), b * T + t batch-first ({1, T}).
+struct RowOrder {
+  long t, b;
+};
+static inline long row_at(RowOrder o, long t, long b) { return t * o.t + b * o.b; }
+
+// One layer and direction of the recurrence, everything row-major. Sequences (x, xproj,
+// y, dy) have their rows in the order xo / yo / dyo; the engine's own buffers are
+// time-major.
+//   xproj  (T,B,G*H)  x_t W_ih^T + b_ih (+ b_hh except GRU's n rows), rows in order xo;
 //                     row stride ldx (0: one row of biases for every row, see x)
 //   packed            recurrent_pack() of [W_ih | W_hh] (K = in_size + H per panel)
-//   x      (T,B,in)   fused input: each step multiplies [x_t | h] by all of `packed`, so
+//   x      (T,B,in)   fused input (rows in order xo): each step multiplies [x_t | h] by all of `packed`, so
 //                     no separate input projection runs (xproj is then the bias row,
 //                     ldx 0); null: the step multiplies h by the W_hh rows only
 //   tidx   (T,B)      time index processed by row b at step s, or -1 when inactive
@@ -38,7 +47,8 @@ struct GemmCols2 {
 //                     S = T+1 when training (kept for backward), 2 for inference (ping-pong)
 //   cs     (S,B,H)    LSTM cell states, same convention
 //   cache  (T,B,W*H)  per-step gate values kept for backward (training only, else null)
-//   y      (T,B,ldy)  outputs written at y + t*B*ldy + b*ldy (already offset to the direction)
+//   y      (T,B,ldy)  outputs, row (t, b) at y + row_at(yo, t, b) * ldy (y already offset
+//                     to the direction)
 template <typename T>
 struct LayerFwd {
   int cell, steps, batch, hidden;
@@ -54,11 +64,12 @@ struct LayerFwd {
   T* cache;
   T* y;
   long ldy;
+  RowOrder xo, yo;
   bool keep_all;           // training: hs/cs hold all steps; else ping-pong
   int parity;              // step s walks its tasks backwards when s + parity is odd
 };
 
-//   dy     (T,B,ldy)  upstream gradient of this direction's outputs (time order)
+//   dy     (T,B,ldy)  upstream gradient of this direction's outputs, rows in order dyo
 //   dh     (B,H)      in: gradient of the final state; out: gradient of h0
 //   dc     (B,H)      same for LSTM cell state
 //   da_hh  (T,B,G*H)  out: pre-activation grads for W_hh, in step order
@@ -74,6 +85,7 @@ struct LayerBwd {
   const T* cache;
   const T* dy;
   long ldy;
+  RowOrder dyo;
   T* dh;
   T* dc;
   T* da_hh;

@@ -32,6 +32,15 @@ static bool fuse_input(int in_size, int hidden, int gates, size_t elem) {
   return in_size <= 64 || 2 * in_size <= hidden || (in_size <= hidden && bytes <= (8 << 20));
 }
 
+// a (R, C, F) -> out (C, R, F): swaps the leading axes of a row-major array (batch-first
+// <-> time-major).
+template <typename T>
+void swap_leading(const T* a, long R, long C, long F, T* out) {
+  for (long r = 0; r < R; ++r)
+    for (long c = 0; c < C; ++c)
+      std::memcpy(out + (c * R + r) * F, a + (r * C + c) * F, sizeof(T) * F);
+}
+
 template <typename T>
 Workspace<T>& workspace() {
   static thread_local Workspace<T> ws;
@@ -165,8 +174,8 @@ void Engine<T>::build_tidx(int steps, int batch, const int32_t* lengths, const i
 template <typename T>
 void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* c0,
                         const int32_t* lengths, const int32_t* starts, bool training,
-                        double dropout, uint64_t seed,
-                        int nthreads, T* y, T* hn, T* cn) {
+                        double dropout, uint64_t seed, int nthreads, T* y, T* hn, T* cn,
+                        bool batch_first) {
   ensure_packed();
   std::unique_lock<std::mutex> train_lock(train_mutex_, std::defer_lock);
   if (training) train_lock.lock();
@@ -177,6 +186,7 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
   const long TB = (long)steps * batch, BH = (long)batch * H_, GH = (long)G_ * H_;
   const long DH = (long)D_ * H_;
   const bool use_dropout = training && dropout > 0 && L_ > 1;
+  const RowOrder time_major{batch, 1}, caller{batch_first ? 1 : batch, batch_first ? steps : 1};
 
   Workspace<T>& ws = workspace<T>();
   // Steps alternate the direction of their walk over the weights from call to call as
@@ -190,6 +200,7 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
     cache_.batch = batch;
     cache_.dropout = use_dropout ? dropout : 0.0;
     cache_.padded = cache_.shifted = false;
+    cache_.batch_first = batch_first;
     for (int b = 0; lengths && b < batch; ++b) cache_.padded |= lengths[b] < steps;
     for (int b = 0; starts && b < batch; ++b) cache_.shifted |= starts[b] > 0;
     cache_.inputs.resize(L_);
@@ -197,7 +208,12 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
     cache_.hs.resize(slots_.size());
     cache_.cs.resize(slots_.size());
     cache_.gates.resize(slots_.size());
-    cache_.inputs[0].assign(x, x + TB * I_);
+    if (batch_first) {  // kept time-major, as every later layer's input
+      cache_.inputs[0].resize(TB * I_);
+      swap_leading(x, batch, steps, I_, cache_.inputs[0].data());
+    } else {
+      cache_.inputs[0].assign(x, x + TB * I_);
+    }
     // Padding past a sequence's end takes no part; zero it so that weight
     // gradients (dA^T X with dA = 0 there) cannot pick up NaN or inf from it.
     for (int b = 0; lengths && b < batch; ++b) {
@@ -283,6 +299,8 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
       a.cache = gate_cache;
       a.y = layer_out + d * H_;
       a.ldy = DH;
+      a.xo = layer_in == x ? caller : time_major;  // the projection keeps its input's order
+      a.yo = last ? caller : time_major;
       a.keep_all = training;
       a.parity = parity;
       kt.forward[cell_](a, nt);
@@ -320,6 +338,7 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
   const int steps = cache_.steps, batch = cache_.batch;
   const long TB = (long)steps * batch, BH = (long)batch * H_, GH = (long)G_ * H_;
   const long DH = (long)D_ * H_;
+  const RowOrder time_major{batch, 1};
 
   Workspace<T>& ws = workspace<T>();
   LineVec<T>&da_hh = ws.da_hh, &da_ih = ws.da_ih, &direct = ws.direct;
@@ -333,7 +352,8 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
   for (int k = L_ - 1; k >= 0; --k) {
     const int in_size = slots_[k * D_].in_size;
     T* dx_k = dx;
-    if (k > 0) {  // inner layers' input grads alternate between two buffers
+    if (k > 0 || cache_.batch_first) {  // inner layers' input grads alternate between two
+      // buffers; batch-first's dx comes time-major from dinput_b, then swaps its axes
       LineVec<T>& buf = k % 2 ? ws.dinput_a : ws.dinput_b;
       buf.resize(TB * in_size);
       dx_k = buf.data();
@@ -376,6 +396,7 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
       a.cache = cell_cache_width(cell_) > 0 ? cache_.gates[si].data() : nullptr;
       a.dy = dlayer + d * H_;
       a.ldy = DH;
+      a.dyo = k == L_ - 1 && cache_.batch_first ? RowOrder{1, steps} : time_major;
       a.dh = dh.data();
       a.dc = cell_ == LSTM ? dc.data() : nullptr;
       a.da_hh = da_hh.data();
@@ -414,6 +435,7 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
       dlayer = dx_k;
     }
   }
+  if (cache_.batch_first) swap_leading(ws.dinput_b.data(), (long)steps, (long)batch, (long)I_, dx);
   trim(ws);
 }
 

@@ -66,15 +66,19 @@ class Engine {
   void assign_params(const T* src);
   void zero_grad();
 
-  // x (T,B,I); h0/c0 (L*D,B,H) or null; lengths (B) or null, 1 <= len <= T; starts (B) or
-  // null: row b's valid steps are [start, start + len) (0 <= start <= T - len), else [0, len).
-  // y (T,B,D*H), hn/cn (L*D,B,H) are written (hn/cn may be h0/c0: each layer reads its
-  // initial state before it writes its final one). training keeps what backward needs.
+  // x (T,B,I), or (B,T,I) when batch_first; h0/c0 (L*D,B,H) or null; lengths (B) or null,
+  // 1 <= len <= T; starts (B) or null: row b's valid steps are [start, start + len)
+  // (0 <= start <= T - len), else [0, len). y (T,B,D*H) (batch_first: (B,T,D*H)), hn/cn
+  // (L*D,B,H) are written (hn/cn may be h0/c0: each layer reads its initial state before it
+  // writes its final one). training keeps what backward needs.
   void forward(const T* x, int steps, int batch, const T* h0, const T* c0, const int32_t* lengths,
-               const int32_t* starts, bool training, double dropout, uint64_t seed, int nthreads, T* y, T* hn, T* cn);
-  // dy (T,B,D*H), dhn/dcn or null. Writes dx (T,B,I), dh0/dc0; adds into grads().
+               const int32_t* starts, bool training, double dropout, uint64_t seed, int nthreads,
+               T* y, T* hn, T* cn, bool batch_first = false);
+  // dy (T,B,D*H), dhn/dcn or null. Writes dx (T,B,I), dh0/dc0; adds into grads(). dy and
+  // dx are (B,T,.) when the forward was batch_first.
   void backward(const T* dy, const T* dhn, const T* dcn, int nthreads, T* dx, T* dh0, T* dc0);
   bool has_cache() const { return cache_.valid; }
+  bool cache_batch_first() const { return cache_.batch_first; }
   int cache_steps() const { return cache_.steps; }
   int cache_batch() const { return cache_.batch; }
 
@@ -90,6 +94,7 @@ class Engine {
     double dropout = 0;
     bool padded = false;                 // some sequence shorter than steps
     bool shifted = false;                // some sequence starts after step 0
+    bool batch_first = false;            // the caller's x, y, dy, dx are (B,T,.)
     std::vector<int32_t> tidx[2];
     std::vector<LineVec<T>> inputs;  // per layer: its input (after dropout)
     std::vector<LineVec<T>> masks;   // per layer k >= 1: dropout mask of its input

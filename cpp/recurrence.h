@@ -181,7 +181,7 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
           const int b = i0 + (r < mr ? r : 0);
           if (xsrc) {
             const long t = tid[b] < 0 ? 0 : tid[b];  // a frozen row computes, unstored
-            rows[r] = a.x + (t * B + b) * I + k0;
+            rows[r] = a.x + row_at(a.xo, t, b) * I + k0;
           } else {
             rows[r] = h_prev + (long)b * H + k0;
           }
@@ -225,12 +225,12 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
             continue;
           }
           live = r;
-          io[r].x = a.xproj + (t * B + b) * a.ldx;
+          io[r].x = a.xproj + row_at(a.xo, t, b) * a.ldx;
           io[r].h_prev = h_prev + row;
           io[r].h_new = h_new + row;
           io[r].c_prev = c_prev ? c_prev + row : nullptr;
           io[r].c_new = c_new ? c_new + row : nullptr;
-          io[r].y = a.y ? a.y + t * B * a.ldy + b * a.ldy : nullptr;
+          io[r].y = a.y ? a.y + row_at(a.yo, t, b) * a.ldy : nullptr;
           io[r].cache =
               a.cache ? a.cache + ((long)s * B + b) * cell_cache_width(a.cell) * H : nullptr;
           io[r].b_hn = a.b_hn;
@@ -427,7 +427,7 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
       return;
     }
     BwdRows<T> io;
-    io.dy = a.dy ? a.dy + t * B * a.ldy + b * a.ldy : nullptr;
+    io.dy = a.dy ? a.dy + row_at(a.dyo, t, b) * a.ldy : nullptr;
     io.dh = a.dh + b * H;
     io.dc = a.dc ? a.dc + b * H : nullptr;
     io.h_prev = a.hs + s * BH + b * H;

@@ -130,8 +130,9 @@ const int32_t* step_counts(const py::object& o, long batch, long lo, long hi, co
   return out.data();
 }
 
-// RecurrentBase.__call__'s common case as a plain CPython callable, f(x, state, nthreads):
-// x an exact (T, B, I) or unbatched (T, I) array (as exact_data accepts), state None or
+// RecurrentBase.__call__'s common case as a plain CPython callable,
+// f(x, state, nthreads[, batch_first]): x an exact (T, B, I) ((B, T, I) when batch_first is
+// True) or unbatched (T, I) array (as exact_data accepts), state None or
 // exact arrays (L*D, B, H) / (L*D, H) (a tuple (h, c) for LSTM) -> (y, state) as the layer
 // returns them. Any other call gets NotImplemented, and the Python path converts or raises.
 // Saves the Python layer's checks and pybind11's dispatch on each streaming step
@@ -140,18 +141,21 @@ template <typename T>
 PyObject* direct_call(PyObject* cap, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
   auto* f = Direct<Engine<T>>::from(cap);
   if (!f) return nullptr;
-  if (nargs != 3 || kwnames || !PyLong_CheckExact(args[2])) Py_RETURN_NOTIMPLEMENTED;
+  if (nargs < 3 || nargs > 4 || kwnames || !PyLong_CheckExact(args[2]))
+    Py_RETURN_NOTIMPLEMENTED;
   Engine<T>& e = *f->target;
   const long I = e.input_size(), H = e.hidden_size(), DH = (long)e.directions() * H;
   const long LD = (long)e.num_layers() * e.directions();
   if (!py::detail::npy_api::get().PyArray_Check_(args[0])) Py_RETURN_NOTIMPLEMENTED;
   const auto* xa = py::detail::array_proxy(args[0]);
   const bool unbatched = xa->nd == 2;
-  const long steps = xa->nd >= 2 ? xa->dimensions[0] : 0;
-  const long batch = unbatched ? 1 : xa->nd == 3 ? xa->dimensions[1] : 0;
+  const bool batch_first = nargs == 4 && args[3] == Py_True && !unbatched;
+  const long steps = xa->nd >= 2 ? xa->dimensions[batch_first ? 1 : 0] : 0;
+  const long batch = unbatched ? 1 : xa->nd == 3 ? xa->dimensions[batch_first ? 0 : 1] : 0;
   if (steps < 1 || batch < 1) Py_RETURN_NOTIMPLEMENTED;
-  const T* x = unbatched ? exact_data<T>(args[0], f->type_num, {steps, I})
-                         : exact_data<T>(args[0], f->type_num, {steps, batch, I});
+  const T* x = unbatched     ? exact_data<T>(args[0], f->type_num, {steps, I})
+               : batch_first ? exact_data<T>(args[0], f->type_num, {batch, steps, I})
+                             : exact_data<T>(args[0], f->type_num, {steps, batch, I});
   auto state_part = [&](PyObject* o) {
     return unbatched ? exact_data<T>(o, f->type_num, {LD, H})
                      : exact_data<T>(o, f->type_num, {LD, batch, H});
@@ -178,13 +182,14 @@ PyObject* direct_call(PyObject* cap, PyObject* const* args, Py_ssize_t nargs, Py
     auto out = [&](long rows, long cols) {
       return unbatched ? py::array_t<T>({rows, cols}) : py::array_t<T>({rows, batch, cols});
     };
-    py::array_t<T> y = out(steps, DH), hn = out(LD, H), cn;
+    py::array_t<T> y = batch_first ? py::array_t<T>({batch, steps, DH}) : out(steps, DH);
+    py::array_t<T> hn = out(LD, H), cn;
     if (e.cell() == LSTM) cn = out(LD, H);
     {
       py::gil_scoped_release release;
       e.forward(x, (int)steps, (int)batch, h0, c0, nullptr, nullptr, false, 0.0, 0,
                 (int)nthreads, y.mutable_data(), hn.mutable_data(),
-                e.cell() == LSTM ? cn.mutable_data() : nullptr);
+                e.cell() == LSTM ? cn.mutable_data() : nullptr, batch_first);
     }
     py::object st = e.cell() == LSTM ? py::object(py::make_tuple(hn, cn)) : py::object(hn);
     return py::make_tuple(y, st).release().ptr();
@@ -197,7 +202,7 @@ py::object make_direct_call(py::object self) {
       "direct_call",
       reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(&direct_call<T>)),
       METH_FASTCALL | METH_KEYWORDS,
-      "direct_call(x, state, nthreads) -> (y, state), or NotImplemented."};
+      "direct_call(x, state, nthreads[, batch_first]) -> (y, state), or NotImplemented."};
   return make_direct(&def, self.cast<Engine<T>&>(), self, py::dtype::of<T>().num());
 }
 
@@ -249,11 +254,13 @@ void bind_engine(py::module_& m, const char* name) {
       .def(
           "forward",
           [](E& e, Arr<T> x, py::object h0, py::object c0, py::object lengths, bool training,
-             double dropout, uint64_t seed, int nthreads, py::object starts) {
+             double dropout, uint64_t seed, int nthreads, py::object starts, bool batch_first) {
             if (x.ndim() != 3 || x.shape(2) != e.input_size())
-              throw py::value_error("x must have shape (T, B, " + std::to_string(e.input_size()) +
-                                    ")");
-            const long steps = x.shape(0), batch = x.shape(1), H = e.hidden_size();
+              throw py::value_error(std::string("x must have shape ") +
+                                    (batch_first ? "(B, T, " : "(T, B, ") +
+                                    std::to_string(e.input_size()) + ")");
+            const long steps = x.shape(batch_first ? 1 : 0), batch = x.shape(batch_first ? 0 : 1);
+            const long H = e.hidden_size();
             const long LD = (long)e.num_layers() * e.directions();
             if (steps < 1 || batch < 1) throw py::value_error("x must have T >= 1 and B >= 1");
             if (!(dropout >= 0.0 && dropout < 1.0))
@@ -269,7 +276,9 @@ void bind_engine(py::module_& m, const char* name) {
             for (long b = 0; sp && b < batch; ++b)
               if (sp[b] + lp[b] > steps)
                 throw py::value_error("starts + lengths must not exceed T");
-            py::array_t<T> y({steps, batch, (long)e.directions() * H});
+            const long DH = (long)e.directions() * H;
+            py::array_t<T> y = batch_first ? py::array_t<T>({batch, steps, DH})
+                                           : py::array_t<T>({steps, batch, DH});
             py::array_t<T> hn({LD, batch, H});
             py::object cn_obj = py::none();
             T* cnp = nullptr;
@@ -283,14 +292,14 @@ void bind_engine(py::module_& m, const char* name) {
             {
               py::gil_scoped_release release;
               e.forward(x.data(), (int)steps, (int)batch, h0p, c0p, lp, sp, training, dropout,
-                        seed, nthreads, yp, hnp, cnp);
+                        seed, nthreads, yp, hnp, cnp, batch_first);
             }
             return py::make_tuple(y, hn, cn_obj);
           },
           py::arg("x"), py::arg("h0") = py::none(), py::arg("c0") = py::none(),
           py::arg("lengths") = py::none(), py::arg("training") = false,
           py::arg("dropout") = 0.0, py::arg("seed") = 0, py::arg("nthreads") = 0,
-          py::arg("starts") = py::none())
+          py::arg("starts") = py::none(), py::arg("batch_first") = false)
       .def(
           "backward",
           [](E& e, Arr<T> dy, py::object dhn, py::object dcn, int nthreads) {
@@ -298,12 +307,17 @@ void bind_engine(py::module_& m, const char* name) {
               throw py::value_error("backward() needs a forward(..., training=True) first");
             const long steps = e.cache_steps(), batch = e.cache_batch(), H = e.hidden_size();
             const long LD = (long)e.num_layers() * e.directions();
-            check_shape(dy, {steps, batch, (long)e.directions() * H}, "dy");
+            const bool bf = e.cache_batch_first();
+            const long DH = (long)e.directions() * H, I = e.input_size();
+            if (bf)
+              check_shape(dy, {batch, steps, DH}, "dy");
+            else
+              check_shape(dy, {steps, batch, DH}, "dy");
             Arr<T> dha, dca;
             const T* dhp = optional_state<T>(dhn, {LD, batch, H}, "dh_n", dha);
             const T* dcp = nullptr;
             if (e.cell() == LSTM) dcp = optional_state<T>(dcn, {LD, batch, H}, "dc_n", dca);
-            py::array_t<T> dx({steps, batch, (long)e.input_size()});
+            py::array_t<T> dx = bf ? py::array_t<T>({batch, steps, I}) : py::array_t<T>({steps, batch, I});
             py::array_t<T> dh0({LD, batch, H});
             py::object dc0_obj = py::none();
             T* dc0p = nullptr;

@@ -1,8 +1,10 @@
 """Argument checking and layout shared by the C++-backed layers and the NumPy reference.
 
-A subclass provides the arithmetic on time-major, batched arrays of the model's dtype:
-``_compute_forward(x, h0, c0, lengths, training, seed, starts) -> (y, h_n, c_n)`` and
-``_compute_backward(dy, dh_n, dc_n) -> (dx, dh0, dc0)``, plus parameter storage through
+A subclass provides the arithmetic on batched arrays of the model's dtype, time-major or,
+with ``batch_first``, batch-first:
+``_compute_forward(x, h0, c0, lengths, training, seed, starts, batch_first) -> (y, h_n, c_n)``
+and ``_compute_backward(dy, dh_n, dc_n) -> (dx, dh0, dc0)`` (dy and dx in the layout of the
+training forward), plus parameter storage through
 ``_param_views()`` / ``_grad_views()`` (name -> live array) and ``_params_changed()``.
 """
 
@@ -219,38 +221,30 @@ class RecurrentBase(_ThreadsSetting):
     # ------------------------------------------------------------------ forward / backward
     def __call__(self, x, state=None, lengths=None, *, starts=None):
         if self._direct_call is not None and lengths is None and starts is None:
-            if self.batch_first or self.stateful:
+            if self.stateful:
                 out = self._call_direct(x, state)
             else:  # the streaming call y, state = m(x_t, state): kept to one Python frame
-                out = self._direct_call(x, state, self._num_threads)
+                out = self._direct_call(x, state, self._num_threads, self.batch_first)
             if out is not NotImplemented:
                 self._train_info = None
                 return out
         return self.forward(x, state, lengths, training=False, starts=starts)
 
     def _call_direct(self, x, state):
-        """The plain call of a batch-first or stateful layer through the engine's direct
-        callable, which takes inputs usable as they are and returns what forward() would,
-        or NotImplemented (then forward() converts, or raises): batch-first input for one
-        step (the same bytes as time-major), a stateful layer's batched input."""
+        """The plain call of a stateful layer through the engine's direct callable, which
+        takes inputs usable as they are and returns what forward() would, or NotImplemented
+        (then forward() converts, or raises)."""
         if type(x) is not np.ndarray or x.ndim != 3:
             return NotImplemented
-        if self.batch_first:
-            if x.shape[1] != 1:
-                return NotImplemented
-            x = x.reshape(1, x.shape[0], x.shape[2])
-        if self.stateful and state is None and self._carried is not None:
+        if state is None and self._carried is not None:
             h, c, _ = self._carried
             state = h if c is None else (h, c)
-        out = self._direct_call(x, state, self._num_threads)
+        out = self._direct_call(x, state, self._num_threads, self.batch_first)
         if out is NotImplemented:
             return out
         y, st = out
-        if self.stateful:
-            h, c = st if type(st) is tuple else (st, None)
-            self._carry(h, c, x.shape[1])
-        if self.batch_first:
-            y = y.reshape(y.shape[1], 1, y.shape[2])
+        h, c = st if type(st) is tuple else (st, None)
+        self._carry(h, c, x.shape[0] if self.batch_first else x.shape[1])
         return y, st
 
     def _check_state(self, state, batch, unbatched, name):
@@ -330,8 +324,9 @@ class RecurrentBase(_ThreadsSetting):
                                                   "(T, B, {})")
             raise ValueError(f"x must have shape {expect.format(self.input_size)} with "
                              f"input_size {self.input_size} features, got {_shape_str(x.shape)}")
-        xt = self._to_time_major(x, unbatched)
-        steps, batch = xt.shape[0], xt.shape[1]
+        batch_first = self.batch_first and not unbatched
+        xt = x[:, None, :] if unbatched else x
+        steps, batch = xt.shape[1::-1] if batch_first else xt.shape[:2]
         if steps == 0 or batch == 0:
             raise ValueError(f"x must have at least one time step and one batch element, got "
                              f"shape {_shape_str(x.shape)}")
@@ -347,11 +342,12 @@ class RecurrentBase(_ThreadsSetting):
         seed = 0
         if training and self.dropout > 0 and self.num_layers > 1:
             seed = int(self._rng.integers(0, 2**63))
-        y, hn, cn = self._compute_forward(xt, h0, c0, lens, bool(training), seed, firsts)
+        y, hn, cn = self._compute_forward(xt, h0, c0, lens, bool(training), seed, firsts,
+                                          batch_first)
         if self.stateful:
             self._carry(hn, cn, batch)
         self._train_info = (unbatched, steps, batch) if training else None
-        return self._from_time_major(y, unbatched), self._user_state(hn, cn, unbatched)
+        return y[:, 0, :] if unbatched else y, self._user_state(hn, cn, unbatched)
 
     def _carry(self, h, c, batch):
         """A stateful layer's next call starts here, from copies (gradients stop at the
@@ -361,21 +357,6 @@ class RecurrentBase(_ThreadsSetting):
     def reset_states(self):
         """Forgets the state a stateful layer carries (the next call starts from zeros)."""
         self._carried = None
-
-    def _to_time_major(self, a, unbatched):
-        """The caller's layout -> the engine's (T, B, F), contiguous."""
-        if unbatched:
-            return a[:, None, :]
-        if self.batch_first:
-            return np.ascontiguousarray(a.transpose(1, 0, 2))
-        return a
-
-    def _from_time_major(self, a, unbatched):
-        if unbatched:
-            return a[:, 0, :]
-        if self.batch_first:
-            return np.ascontiguousarray(a.transpose(1, 0, 2))
-        return a
 
     def _user_state(self, h, c, unbatched):
         """Engine (L*D, B, H) states -> the caller's structure: (h, c) for LSTM, else h."""
@@ -401,8 +382,8 @@ class RecurrentBase(_ThreadsSetting):
             raise ValueError(f"dy must have the shape of the forward output {_shape_str(shape)}, "
                              f"got {_shape_str(dy.shape)}")
         dhn, dcn = self._check_state(dstate, batch, unbatched, "dstate")
-        dx, dh0, dc0 = self._compute_backward(self._to_time_major(dy, unbatched), dhn, dcn)
-        return self._from_time_major(dx, unbatched), self._user_state(dh0, dc0, unbatched)
+        dx, dh0, dc0 = self._compute_backward(dy[:, None, :] if unbatched else dy, dhn, dcn)
+        return dx[:, 0, :] if unbatched else dx, self._user_state(dh0, dc0, unbatched)
 
     def stream(self, batch_size=None, state=None, num_threads=None):
         """A :class:`Stream` for step-by-step inference that keeps the state between steps.

@@ -67,9 +67,10 @@ class _EngineLayer(RecurrentBase):
     def _param_buffers(self):
         return [(self._engine.params, self._engine.grads)]  # every parameter, one flat buffer
 
-    def _compute_forward(self, x, h0, c0, lengths, training, seed, starts=None):
+    def _compute_forward(self, x, h0, c0, lengths, training, seed, starts=None,
+                         batch_first=False):  # the engine reads and writes either layout
         return self._engine.forward(x, h0, c0, lengths, training, self.dropout, seed,
-                                    self._num_threads, starts)
+                                    self._num_threads, starts, batch_first)
 
     def _compute_backward(self, dy, dh_n, dc_n):
         return self._engine.backward(dy, dh_n, dc_n, self._num_threads)

@@ -32,7 +32,10 @@ class _ReferenceLayer(RecurrentBase):
     def _params_changed(self):
         pass
 
-    def _compute_forward(self, x, h0, c0, lengths, training, seed, starts=None):
+    def _compute_forward(self, x, h0, c0, lengths, training, seed, starts=None,
+                         batch_first=False):
+        if batch_first:  # the math is time-major
+            x = x.transpose(1, 0, 2)
         if training:  # the cache must not alias the caller's arrays
             x = x.copy()
             h0 = None if h0 is None else h0.copy()
@@ -41,14 +44,20 @@ class _ReferenceLayer(RecurrentBase):
             self._mode, self._params, x, h0, c0, lengths, self.num_layers, self.bidirectional,
             self.dropout, training, seed, starts)
         if training:
-            self._cache = cache
-        return y, hn, cn
+            self._cache = cache, batch_first
+        return _swap_if(y, batch_first), hn, cn
 
     def _compute_backward(self, dy, dh_n, dc_n):
-        dx, dh0, dc0, grads = _math.backward(self._cache, dy, dh_n, dc_n)
+        cache, batch_first = self._cache
+        dx, dh0, dc0, grads = _math.backward(cache, _swap_if(dy, batch_first), dh_n, dc_n)
         for k, g in grads.items():
             self._grads[k] += g
-        return dx, dh0, dc0
+        return _swap_if(dx, batch_first), dh0, dc0
+
+
+def _swap_if(a, batch_first):
+    """(T, B, F) <-> (B, T, F), contiguous, when batch_first."""
+    return np.ascontiguousarray(a.transpose(1, 0, 2)) if batch_first else a
 
 
 class LSTM(_ReferenceLayer):
