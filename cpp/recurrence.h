@@ -172,6 +172,14 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
       const T* c_prev = a.cs ? a.cs + in * BH : nullptr;
       T* c_new = a.cs ? a.cs + out * BH : nullptr;
       const int32_t* tid = a.tidx + (long)s * B;
+      // Batch 1: h (and x) come from the other core's cache; request every line now rather
+      // than as the K loop reaches each one (a few at a time in the reorder window).
+      if (MR == 1 && nt > 1) {
+        constexpr int L = 64 / sizeof(T);
+        for (int k = 0; k < H; k += L) __builtin_prefetch(h_prev + k, 0, 3);
+        if (fused && tid[0] >= 0)
+          for (int k = 0; k < I; k += L) __builtin_prefetch(a.x + row_at(a.xo, tid[0], 0) * I + k, 0, 3);
+      }
       // Row pointers of a tile at i0, from column k0 of x (xsrc) or h (rows past B repeat
       // the first); -> valid rows.
       auto tile_rows = [&](bool xsrc, int i0, int k0, auto& rows) {
