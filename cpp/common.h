@@ -39,9 +39,9 @@ static inline long row_at(RowOrder o, long t, long b) { return t * o.t + b * o.b
 //   xproj  (T,B,G*H)  x_t W_ih^T + b_ih (+ b_hh except GRU's n rows), rows in order xo;
 //                     row stride ldx (0: one row of biases for every row, see x)
 //   packed            recurrent_pack() of [W_ih | W_hh] (K = in_size + H per panel)
-//   x      (T,B,in)   fused input (rows in order xo): each step multiplies [x_t | h] by all of `packed`, so
-//                     no separate input projection runs (xproj is then the bias row,
-//                     ldx 0); null: the step multiplies h by the W_hh rows only
+//   x      (T,B,in)   fused input, rows in order xo: each step multiplies [x_t | h] by all
+//                     of `packed`, so no separate input projection runs (xproj is then
+//                     the bias row, ldx 0); null: the step multiplies h by the W_hh rows only
 //   tidx   (T,B)      time index processed by row b at step s, or -1 when inactive
 //   hs     (S,B,H)    states in step order: hs[0] = h0, hs[s+1] = state after step s.
 //                     S = T+1 when training (kept for backward), 2 for inference (ping-pong)

@@ -177,8 +177,8 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
       if (MR == 1 && nt > 1) {
         constexpr int L = 64 / sizeof(T);
         for (int k = 0; k < H; k += L) __builtin_prefetch(h_prev + k, 0, 3);
-        if (fused && tid[0] >= 0)
-          for (int k = 0; k < I; k += L) __builtin_prefetch(a.x + row_at(a.xo, tid[0], 0) * I + k, 0, 3);
+        const T* x_row = fused && tid[0] >= 0 ? a.x + row_at(a.xo, tid[0], 0) * I : nullptr;
+        for (int k = 0; x_row && k < I; k += L) __builtin_prefetch(x_row + k, 0, 3);
       }
       // Row pointers of a tile at i0, from column k0 of x (xsrc) or h (rows past B repeat
       // the first); -> valid rows.

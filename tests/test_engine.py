@@ -291,6 +291,8 @@ def test_batch_first_in_place_matches_time_major(isa, mode, shape, L, bidirectio
         check(bf.forward(xb, st, ln, starts=sts), tm.forward(x, st, ln, starts=sts))
     bf.forward = _no_forward  # the plain call takes the direct path, with forward()'s results
     check(bf(xb, state), tm(x, state))
+    bf.batch_first = 1  # any true value
+    check(bf(xb, state), tm(x, state))
     del bf.forward
     for ln, sts in ((None, None), (lengths, starts)):
         want = tm.forward(x, state, ln, training=True, starts=sts)

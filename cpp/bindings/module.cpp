@@ -149,7 +149,12 @@ PyObject* direct_call(PyObject* cap, PyObject* const* args, Py_ssize_t nargs, Py
   if (!py::detail::npy_api::get().PyArray_Check_(args[0])) Py_RETURN_NOTIMPLEMENTED;
   const auto* xa = py::detail::array_proxy(args[0]);
   const bool unbatched = xa->nd == 2;
-  const bool batch_first = nargs == 4 && args[3] == Py_True && !unbatched;
+  const int first = nargs == 4 ? PyObject_IsTrue(args[3]) : 0;  // the layer's batch_first
+  if (first < 0) {
+    PyErr_Clear();
+    Py_RETURN_NOTIMPLEMENTED;
+  }
+  const bool batch_first = first && !unbatched;
   const long steps = xa->nd >= 2 ? xa->dimensions[batch_first ? 1 : 0] : 0;
   const long batch = unbatched ? 1 : xa->nd == 3 ? xa->dimensions[batch_first ? 0 : 1] : 0;
   if (steps < 1 || batch < 1) Py_RETURN_NOTIMPLEMENTED;
@@ -317,7 +322,8 @@ void bind_engine(py::module_& m, const char* name) {
             const T* dhp = optional_state<T>(dhn, {LD, batch, H}, "dh_n", dha);
             const T* dcp = nullptr;
             if (e.cell() == LSTM) dcp = optional_state<T>(dcn, {LD, batch, H}, "dc_n", dca);
-            py::array_t<T> dx = bf ? py::array_t<T>({batch, steps, I}) : py::array_t<T>({steps, batch, I});
+            py::array_t<T> dx =
+                bf ? py::array_t<T>({batch, steps, I}) : py::array_t<T>({steps, batch, I});
             py::array_t<T> dh0({LD, batch, H});
             py::object dc0_obj = py::none();
             T* dc0p = nullptr;
