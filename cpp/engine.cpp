@@ -175,7 +175,9 @@ template <typename T>
 void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* c0,
                         const int32_t* lengths, const int32_t* starts, bool training,
                         double dropout, uint64_t seed, int nthreads, T* y, T* hn, T* cn,
-                        bool batch_first) {
+                        bool batch_first, long x_rows_apart) {
+  if (x_rows_apart > 0 && (steps != 1 || training))
+    throw std::logic_error("spaced input rows are for one inference step");
   ensure_packed();
   std::unique_lock<std::mutex> train_lock(train_mutex_, std::defer_lock);
   if (training) train_lock.lock();
@@ -187,6 +189,8 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
   const long DH = (long)D_ * H_;
   const bool use_dropout = training && dropout > 0 && L_ > 1;
   const RowOrder time_major{batch, 1}, caller{batch_first ? 1 : batch, batch_first ? steps : 1};
+  // One step runs the fused input product, which finds each x row through the order.
+  const RowOrder x_order = x_rows_apart > 0 ? RowOrder{caller.t, x_rows_apart} : caller;
 
   Workspace<T>& ws = workspace<T>();
   // Steps alternate the direction of their walk over the weights from call to call as
@@ -299,7 +303,7 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
       a.cache = gate_cache;
       a.y = layer_out + d * H_;
       a.ldy = DH;
-      a.xo = layer_in == x ? caller : time_major;  // the projection keeps its input's order
+      a.xo = layer_in == x ? x_order : time_major;  // the projection keeps its input's order
       a.yo = last ? caller : time_major;
       a.keep_all = training;
       a.parity = parity;

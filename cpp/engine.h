@@ -70,10 +70,12 @@ class Engine {
   // 1 <= len <= T; starts (B) or null: row b's valid steps are [start, start + len)
   // (0 <= start <= T - len), else [0, len). y (T,B,D*H) (batch_first: (B,T,D*H)), hn/cn
   // (L*D,B,H) are written (hn/cn may be h0/c0: each layer reads its initial state before it
-  // writes its final one). training keeps what backward needs.
+  // writes its final one). training keeps what backward needs. x_rows_apart > 0 (one
+  // inference step only): x's batch rows lie that many rows of I apart (a slice of a longer
+  // batch-first sequence) instead of next to each other.
   void forward(const T* x, int steps, int batch, const T* h0, const T* c0, const int32_t* lengths,
                const int32_t* starts, bool training, double dropout, uint64_t seed, int nthreads,
-               T* y, T* hn, T* cn, bool batch_first = false);
+               T* y, T* hn, T* cn, bool batch_first = false, long x_rows_apart = 0);
   // dy (T,B,D*H), dhn/dcn or null. Writes dx (T,B,I), dh0/dc0; adds into grads(). dy and
   // dx are (B,T,.) when the forward was batch_first.
   void backward(const T* dy, const T* dhn, const T* dcn, int nthreads, T* dx, T* dh0, T* dc0);
@@ -135,9 +137,11 @@ class Stream {
   void set_num_threads(int n) { nthreads_ = n; }
   T* h() { return h_.data(); }
   T* c() { return c_.empty() ? nullptr : c_.data(); }
-  // x (B, I) -> y (B, D*H); the state moves one step.
-  void step(const T* x, T* y) {
+  // x (B, I) -> y (B, D*H); the state moves one step. x's rows lie x_rows_apart rows of I
+  // apart (0: next to each other).
+  void step(const T* x, T* y, long x_rows_apart = 0) {
     std::lock_guard<std::mutex> lock(mutex_);
+    x_rows_apart_ = x_rows_apart;
     if (nthreads_ > 0 || max_threads() == 1) {
       run(x, y, nthreads_);
       return;
@@ -173,7 +177,7 @@ class Stream {
   static constexpr int kProbe = 8;
   void run(const T* x, T* y, int nthreads) {
     engine_.forward(x, 1, batch_, h(), c(), nullptr, nullptr, false, 0.0, 0, nthreads, y, h(),
-                    c());
+                    c(), false, x_rows_apart_);
   }
 
   Engine<T>& engine_;
@@ -184,6 +188,7 @@ class Stream {
   long pos_ = 0, cycle_ = kCycle;  // steps into this cycle (on the process-wide count), its length
   bool use_one_ = false;           // this cycle runs on one thread
   double probe_[2] = {0, 0};       // fastest probe step of each choice, seconds
+  long x_rows_apart_ = 0;          // this step's x layout (see step)
 };
 
 }  // namespace rnnfast

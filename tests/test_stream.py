@@ -353,3 +353,44 @@ def test_stream_threads_setting():
         m.stream(num_threads=1.5)
     x = np.ones(16, np.float32)
     np.testing.assert_allclose(s.step(x), m(x[None])[0][0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_spaced_step_rows_read_in_place(isa, mode, dtype):
+    # A step sliced from a batch-first (B, T, I) array, x[:, t:t+1] for the plain call and
+    # x[:, t] for a stream, has rows T * I values apart: both read them where they lie
+    # (forward() is made to fail below to prove it for the plain call), with the results
+    # of contiguous copies. Rows that are not a whole number of rows apart, or run
+    # backwards, take the converting path and give the same results.
+    B, T, I, H = 3, 6, 5, 7
+    cls = getattr(rf, mode)
+    m = cls(I, H, num_layers=2, batch_first=True, dtype=dtype, seed=2)
+    x = np.random.default_rng(9).standard_normal((B, T, I)).astype(dtype)
+    want, _ = m(x)
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("took forward()")
+
+    m.forward = no_forward
+    st, ys = None, []
+    for t in range(T):
+        y, st = m(x[:, t:t + 1], st)
+        ys.append(y)
+    del m.forward
+    np.testing.assert_array_equal(np.concatenate(ys, axis=1), want)
+    s = m.stream(batch_size=B)
+    np.testing.assert_array_equal(np.stack([s.step(x[:, t]) for t in range(T)], axis=1), want)
+    wide = np.zeros((B, T, I + 1), dtype)  # rows (I + 1) values apart: not whole rows
+    wide[:, :, :I] = x
+    s.reset()
+    np.testing.assert_array_equal(np.stack([s.step(wide[:, t, :I]) for t in range(T)], 1), want)
+    st, ys = None, []
+    for t in range(T):
+        y, st = m(wide[:, t:t + 1, :I], st)
+        ys.append(y)
+    np.testing.assert_array_equal(np.concatenate(ys, axis=1), want)
+    back = x[::-1]  # negative batch stride
+    s.reset()
+    np.testing.assert_array_equal(np.stack([s.step(back[:, t]) for t in range(T)], 1),
+                                  m(np.ascontiguousarray(back))[0])

@@ -59,6 +59,37 @@ const T* exact_data(PyObject* o, int type_num, std::initializer_list<long> shape
   return reinterpret_cast<const T*>(a->data);
 }
 
+// One step's input rows as they lie: o an ndarray of exactly type_num (native byte order),
+// aligned, with dimensions `shape` (its `batch_axis` of length B, any other but the last of
+// length 1) and rows of I contiguous values whose starts are a whole number of rows apart
+// (x[:, t] or x[:, t:t+1] of a batch-first (B, T, I) array); else null. *rows_apart: that
+// number, in rows of I.
+template <typename T>
+const T* spaced_rows(PyObject* o, int type_num, std::initializer_list<long> shape,
+                     int batch_axis, long* rows_apart) {
+  if (!py::detail::npy_api::get().PyArray_Check_(o)) return nullptr;
+  const auto* a = py::detail::array_proxy(o);
+  const auto* d = py::detail::array_descriptor_proxy(a->descr);
+  const char swapped = __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__ ? '<' : '>';
+  const int nd = (int)shape.size();
+  if (d->type_num != type_num || d->byteorder == swapped ||
+      !(a->flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_) || a->nd != nd)
+    return nullptr;
+  int i = 0;
+  for (const long n : shape)
+    if (a->dimensions[i++] != n) return nullptr;
+  const long row = (long)sizeof(T) * a->dimensions[nd - 1];
+  if (a->dimensions[nd - 1] > 1 && a->strides[nd - 1] != (long)sizeof(T)) return nullptr;
+  const long apart = a->strides[batch_axis];
+  if (a->dimensions[batch_axis] == 1) {
+    *rows_apart = 1;
+  } else {
+    if (row == 0 || apart <= 0 || apart % row) return nullptr;
+    *rows_apart = apart / row;
+  }
+  return reinterpret_cast<const T*>(a->data);
+}
+
 // Runs f() -> PyObject*, turning C++ exceptions into Python ones.
 template <class F>
 PyObject* python_errors(F&& f) {
@@ -161,6 +192,9 @@ PyObject* direct_call(PyObject* cap, PyObject* const* args, Py_ssize_t nargs, Py
   const T* x = unbatched     ? exact_data<T>(args[0], f->type_num, {steps, I})
                : batch_first ? exact_data<T>(args[0], f->type_num, {batch, steps, I})
                              : exact_data<T>(args[0], f->type_num, {steps, batch, I});
+  long rows_apart = 0;  // a batch-first step sliced from a longer sequence: read in place
+  if (!x && batch_first && steps == 1)
+    x = spaced_rows<T>(args[0], f->type_num, {batch, 1, I}, 0, &rows_apart);
   auto state_part = [&](PyObject* o) {
     return unbatched ? exact_data<T>(o, f->type_num, {LD, H})
                      : exact_data<T>(o, f->type_num, {LD, batch, H});
@@ -194,7 +228,7 @@ PyObject* direct_call(PyObject* cap, PyObject* const* args, Py_ssize_t nargs, Py
       py::gil_scoped_release release;
       e.forward(x, (int)steps, (int)batch, h0, c0, nullptr, nullptr, false, 0.0, 0,
                 (int)nthreads, y.mutable_data(), hn.mutable_data(),
-                e.cell() == LSTM ? cn.mutable_data() : nullptr, batch_first);
+                e.cell() == LSTM ? cn.mutable_data() : nullptr, batch_first, rows_apart);
     }
     py::object st = e.cell() == LSTM ? py::object(py::make_tuple(hn, cn)) : py::object(hn);
     return py::make_tuple(y, st).release().ptr();
@@ -378,15 +412,16 @@ py::array_t<T> step_output(const Stream<T>& s, bool row) {
 
 // x -> y, the state one step on, with the GIL released.
 template <typename T>
-void step_released(Stream<T>& s, const T* x, T* y) {
+void step_released(Stream<T>& s, const T* x, T* y, long x_rows_apart = 0) {
   py::gil_scoped_release release;
-  s.step(x, y);
+  s.step(x, y, x_rows_apart);
 }
 
 // Stream.step as a plain CPython callable (vectorcall, no pybind11 dispatch): an x that
-// is already a C-contiguous, aligned, native array of the stream's dtype and shape runs
-// straight away; every other call goes to the checked `step` method, which converts or
-// raises. Saves the dispatcher's overhead on each batch-1 step.
+// is already an aligned, native array of the stream's dtype and shape, C-contiguous or
+// rows a whole number of rows apart (spaced_rows), runs straight away; every other call
+// goes to the checked `step` method, which converts or raises. Saves the dispatcher's
+// overhead on each batch-1 step.
 template <typename T>
 PyObject* direct_step(PyObject* cap, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
   auto* f = Direct<Stream<T>>::from(cap);
@@ -396,11 +431,13 @@ PyObject* direct_step(PyObject* cap, PyObject* const* args, Py_ssize_t nargs, Py
     const long B = s.batch(), I = s.engine().input_size();
     const T* x = B == 1 ? exact_data<T>(args[0], f->type_num, {I}) : nullptr;
     const bool row = x != nullptr;  // (I,) -> (D*H,)
+    long rows_apart = 0;  // x[:, t] of a batch-first (B, T, I) array: read in place
     if (!x) x = exact_data<T>(args[0], f->type_num, {B, I});
+    if (!x) x = spaced_rows<T>(args[0], f->type_num, {B, I}, 0, &rows_apart);
     if (x)
       return python_errors([&] {
         py::array_t<T> y = step_output(s, row);
-        step_released(s, x, y.mutable_data());
+        step_released(s, x, y.mutable_data(), rows_apart);
         return y.release().ptr();
       });
   }
