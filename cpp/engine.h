@@ -141,9 +141,8 @@ class Stream {
   // apart (0: next to each other).
   void step(const T* x, T* y, long x_rows_apart = 0) {
     std::lock_guard<std::mutex> lock(mutex_);
-    x_rows_apart_ = x_rows_apart;
     if (nthreads_ > 0 || max_threads() == 1) {
-      run(x, y, nthreads_);
+      run(x, x_rows_apart, y, nthreads_);
       return;
     }
     // On the process-wide count a step lasts a few microseconds, and what a second thread
@@ -157,12 +156,12 @@ class Stream {
     const long pos = pos_++;
     if (pos >= 2 * kProbe) {
       if (pos_ == cycle_) pos_ = 0;
-      run(x, y, use_one_ ? 1 : 0);
+      run(x, x_rows_apart, y, use_one_ ? 1 : 0);
       return;
     }
     const int arm = pos & 1;
     const auto t0 = std::chrono::steady_clock::now();
-    run(x, y, arm);
+    run(x, x_rows_apart, y, arm);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (pos < 2 || dt < probe_[arm]) probe_[arm] = dt;
     if (pos == 2 * kProbe - 1) {
@@ -175,9 +174,9 @@ class Stream {
  private:
   static constexpr long kCycle = 256;
   static constexpr int kProbe = 8;
-  void run(const T* x, T* y, int nthreads) {
+  void run(const T* x, long x_rows_apart, T* y, int nthreads) {
     engine_.forward(x, 1, batch_, h(), c(), nullptr, nullptr, false, 0.0, 0, nthreads, y, h(),
-                    c(), false, x_rows_apart_);
+                    c(), false, x_rows_apart);
   }
 
   Engine<T>& engine_;
@@ -188,7 +187,6 @@ class Stream {
   long pos_ = 0, cycle_ = kCycle;  // steps into this cycle (on the process-wide count), its length
   bool use_one_ = false;           // this cycle runs on one thread
   double probe_[2] = {0, 0};       // fastest probe step of each choice, seconds
-  long x_rows_apart_ = 0;          // this step's x layout (see step)
 };
 
 }  // namespace rnnfast

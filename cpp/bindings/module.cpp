@@ -39,45 +39,42 @@ void check_shape(const py::array& a, std::initializer_list<long> want, const cha
   }
 }
 
-// The data of o if it is an ndarray of exactly type_num (native byte order), C-contiguous
-// and aligned, with dimensions `shape`; else null. The direct callables' test for inputs
-// they can use as they are.
-template <typename T>
-const T* exact_data(PyObject* o, int type_num, std::initializer_list<long> shape) {
+// o as an ndarray of exactly type_num (native byte order), aligned, with dimensions
+// `shape`; else null.
+const py::detail::PyArray_Proxy* typed_array(PyObject* o, int type_num,
+                                             std::initializer_list<long> shape) {
   if (!py::detail::npy_api::get().PyArray_Check_(o)) return nullptr;
   const auto* a = py::detail::array_proxy(o);
   const auto* d = py::detail::array_descriptor_proxy(a->descr);
-  constexpr int kFlags = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ |
-                         py::detail::npy_api::NPY_ARRAY_ALIGNED_;
   const char swapped = __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__ ? '<' : '>';
-  if (d->type_num != type_num || d->byteorder == swapped || (a->flags & kFlags) != kFlags ||
-      a->nd != (int)shape.size())
+  if (d->type_num != type_num || d->byteorder == swapped ||
+      !(a->flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_) || a->nd != (int)shape.size())
     return nullptr;
   int i = 0;
   for (const long n : shape)
     if (a->dimensions[i++] != n) return nullptr;
+  return a;
+}
+
+// The data of o if it is a typed_array that is also C-contiguous; else null. The direct
+// callables' test for inputs they can use as they are.
+template <typename T>
+const T* exact_data(PyObject* o, int type_num, std::initializer_list<long> shape) {
+  const auto* a = typed_array(o, type_num, shape);
+  if (!a || !(a->flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_)) return nullptr;
   return reinterpret_cast<const T*>(a->data);
 }
 
-// One step's input rows as they lie: o an ndarray of exactly type_num (native byte order),
-// aligned, with dimensions `shape` (its `batch_axis` of length B, any other but the last of
-// length 1) and rows of I contiguous values whose starts are a whole number of rows apart
-// (x[:, t] or x[:, t:t+1] of a batch-first (B, T, I) array); else null. *rows_apart: that
-// number, in rows of I.
+// One step's input rows as they lie: o a typed_array (its `batch_axis` of length B, any
+// other but the last of length 1) whose rows of I contiguous values start a whole number
+// of rows apart (x[:, t] or x[:, t:t+1] of a batch-first (B, T, I) array); else null.
+// *rows_apart: that number, in rows of I.
 template <typename T>
 const T* spaced_rows(PyObject* o, int type_num, std::initializer_list<long> shape,
                      int batch_axis, long* rows_apart) {
-  if (!py::detail::npy_api::get().PyArray_Check_(o)) return nullptr;
-  const auto* a = py::detail::array_proxy(o);
-  const auto* d = py::detail::array_descriptor_proxy(a->descr);
-  const char swapped = __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__ ? '<' : '>';
-  const int nd = (int)shape.size();
-  if (d->type_num != type_num || d->byteorder == swapped ||
-      !(a->flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_) || a->nd != nd)
-    return nullptr;
-  int i = 0;
-  for (const long n : shape)
-    if (a->dimensions[i++] != n) return nullptr;
+  const auto* a = typed_array(o, type_num, shape);
+  if (!a) return nullptr;
+  const int nd = a->nd;
   const long row = (long)sizeof(T) * a->dimensions[nd - 1];
   if (a->dimensions[nd - 1] > 1 && a->strides[nd - 1] != (long)sizeof(T)) return nullptr;
   const long apart = a->strides[batch_axis];

@@ -222,7 +222,7 @@ class RecurrentBase(_ThreadsSetting):
     def __call__(self, x, state=None, lengths=None, *, starts=None):
         if self._direct_call is not None and lengths is None and starts is None:
             if self.stateful:
-                out = self._call_direct(x, state)
+                out = self._call_stateful(x, state)
             else:  # the streaming call y, state = m(x_t, state): kept to one Python frame
                 out = self._direct_call(x, state, self._num_threads, self.batch_first)
             if out is not NotImplemented:
@@ -230,7 +230,7 @@ class RecurrentBase(_ThreadsSetting):
                 return out
         return self.forward(x, state, lengths, training=False, starts=starts)
 
-    def _call_direct(self, x, state):
+    def _call_stateful(self, x, state):
         """The plain call of a stateful layer through the engine's direct callable, which
         takes inputs usable as they are and returns what forward() would, or NotImplemented
         (then forward() converts, or raises)."""
