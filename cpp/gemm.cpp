@@ -185,8 +185,7 @@ void gemm_impl(int M, int N, int K, const T* A, long rsa, long csa, const T* B, 
         const int kc = K - pc < KC ? K - pc : KC;
         const bool add = accumulate || pc > 0;
         const bool last_k = pc + kc >= K;  // the bias row goes in with the last K block
-#pragma omp for schedule(static)
-        for (int p = 0; p < npanels; ++p) {
+        for (int p = rf_first(npanels), pe = rf_first_after(npanels); p < pe; ++p) {
           const int ncols = nc - p * NR < NR ? nc - p * NR : NR, c0 = jc + p * NR;
           T* dst = bbuf + (long)p * kc * NR;
           if (c0 + ncols <= n1)
@@ -198,10 +197,10 @@ void gemm_impl(int M, int N, int K, const T* A, long rsa, long csa, const T* B, 
             pack_panel_straddling(dst, kc, ncols, n1 - c0, B + pc * rsb + c0 * csb, rsb, csb,
                                   cols->B2 + pc * cols->rsb2, cols->rsb2, cols->csb2);
         }
+        rf_barrier();
         const int ppt = (npanels + nsplit - 1) / nsplit;  // panels per task
-#pragma omp for schedule(dynamic, 1)
-        for (int task = 0; task < mblocks * nsplit; ++task) {
-          const int ib = task / nsplit, part = task % nsplit;
+        for (long task; pool_next_task(mblocks * nsplit, &task);) {
+          const int ib = (int)(task / nsplit), part = (int)(task % nsplit);
           const int p0 = part * ppt, p1 = p0 + ppt < npanels ? p0 + ppt : npanels;
           if (p0 >= p1) continue;
           const int ic = (int)((long)ib * mpanels / mblocks) * MR;
@@ -243,6 +242,7 @@ void gemm_impl(int M, int N, int K, const T* A, long rsa, long csa, const T* B, 
             }
           }
         }
+        rf_barrier();
       }
     }
   });
@@ -295,8 +295,7 @@ static void gemm_prepacked_tiles(int M, int N, int K, const T* A, long lda, cons
     for (int task = 0; task < npanels * mblocks; ++task) tile(task);
     return;
   }
-#pragma omp for schedule(static)
-  for (int task = 0; task < npanels * mblocks; ++task) tile(task);
+  rf_for(npanels * mblocks, [&](long task) { tile((int)task); });
 }
 
 template <typename T>

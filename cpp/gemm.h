@@ -140,7 +140,7 @@ static void pack_panels(T* dst, int K, int n, const T* B, long rs, long cs) {
 
 // C (M x N, row-major, ldc) = A B (or += when accumulate), A(m,k) = A[m*rsa + k*csa],
 // B(k,n) = B[k*rsb + n*csb], plus the row `bias` (N) on every row when not null.
-// Multithreaded with up to nthreads OpenMP threads.
+// Multithreaded with up to nthreads threads of the pool.
 template <typename T>
 void gemm(int M, int N, int K, const T* A, long rsa, long csa, const T* B, long rsb, long csb,
           T* C, long ldc, bool accumulate, const T* bias, int nthreads);
@@ -164,7 +164,7 @@ template <typename T>
 void gemm_prepacked_par(int M, int N, int K, const T* A, long lda, const T* Bp, T* C, long ldc,
                         const T* bias, int nthreads);
 
-// Inside an OpenMP parallel region (work-shared with an orphaned `omp for`, or all on the
+// Inside a parallel region (work-shared with rf_for, or all on the
 // calling thread without barriers when not shared):
 // C(m, :) = A(m, :) Bp + D(m, :) for m < M, A row-major with lda, D may be null.
 template <typename T>

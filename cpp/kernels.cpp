@@ -18,15 +18,14 @@ void col_sums(T* out, const T* a, long rows, int n, int nthreads) {
   if (nt > nblocks) nt = nblocks;
   rf_parallel(nt, [&] {
     RF_FLUSH_DENORMALS_SCOPE;
-#pragma omp for schedule(static)
-    for (int blk = 0; blk < nblocks; ++blk) {
+    rf_for(nblocks, [&](long blk) {
       const int j0 = blk * CB, j1 = j0 + CB < n ? j0 + CB : n;
       T acc[CB];
       for (int j = j0; j < j1; ++j) acc[j - j0] = T(0);
       for (long r = 0; r < rows; ++r)
         for (int j = j0; j < j1; ++j) acc[j - j0] += a[r * n + j];
       for (int j = j0; j < j1; ++j) out[j] += acc[j - j0];
-    }
+    });
   });
 }
 
@@ -45,13 +44,12 @@ void dropout(const T* x, T* y, T* mask, long n, double p, uint64_t seed, int lay
   int nt = rf_threads_for(nthreads, 20.0 * n);
   rf_parallel(nt, [&] {
     RF_FLUSH_DENORMALS_SCOPE;
-#pragma omp for schedule(static)
-    for (long e = 0; e < n; ++e) {
+    rf_for(n, [&](long e) {
       const double u = (double)(mix64(base + (uint64_t)e) >> 40) * (1.0 / 16777216.0);
       const T m = u < p ? T(0) : scale;
       mask[e] = m;
       y[e] = x[e] * m;
-    }
+    });
   });
 }
 
@@ -74,10 +72,11 @@ double read_sum(const T* a, long n, int reps, int nthreads) {
   const long nv = n / W;
   int nt = nthreads < 1 ? 1 : nthreads;
   if (nt > nv / 64) nt = nv / 64 > 1 ? (int)(nv / 64) : 1;
-  double total = 0;
-#pragma omp parallel num_threads(nt) if (nt > 1) reduction(+ : total)
-  {
-    const int t = rf_thread_num(), team = nt > 1 ? nt : 1;
+  constexpr int kMaxParts = 256;
+  if (nt > kMaxParts) nt = kMaxParts;
+  double parts[kMaxParts] = {};
+  rf_parallel(nt, [&] {
+    const int t = rf_thread_num(), team = rf_team_size();
     const long v0 = nv * t / team, v1 = nv * (t + 1) / team;
     V s0 = V{}, s1 = V{}, s2 = V{}, s3 = V{};
     for (int r = 0; r < reps; ++r) {
@@ -91,8 +90,10 @@ double read_sum(const T* a, long n, int reps, int nthreads) {
       for (; v < v1; ++v) s0 += vload<V>(a + v * W);
     }
     V s = (s0 + s1) + (s2 + s3);
-    for (int i = 0; i < W; ++i) total += s[i];
-  }
+    for (int i = 0; i < W; ++i) parts[t] += s[i];
+  });
+  double total = 0;
+  for (int t = 0; t < nt; ++t) total += parts[t];
   for (long i = nv * W; i < n; ++i) total += a[i] * reps;
   return total;
 }

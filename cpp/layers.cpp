@@ -22,8 +22,7 @@ void parallel_rows(long n, int nthreads, double work_per_row, F&& f) {
   if (nt > n) nt = n < 1 ? 1 : (int)n;
   rf_parallel(nt, [&] {
     RF_FLUSH_DENORMALS_SCOPE;
-#pragma omp for schedule(static)
-    for (long i = 0; i < n; ++i) f(i);
+    rf_for(n, f);
   });
 }
 

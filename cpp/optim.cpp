@@ -24,11 +24,10 @@ void for_chunks(long n, int nthreads, double bytes_per_elem, F&& f) {
   if (nt > nchunks) nt = (int)nchunks;
   rf_parallel(nt, [&] {
     RF_FLUSH_DENORMALS_SCOPE;
-#pragma omp for schedule(static)
-    for (long c = 0; c < nchunks; ++c) {
+    rf_for(nchunks, [&](long c) {
       const long i0 = c * kChunk, i1 = i0 + kChunk < n ? i0 + kChunk : n;
       f(i0, i1);
-    }
+    });
   });
 }
 

@@ -336,9 +336,7 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
         if (split) range(0, I, true);
         range(fused && !split ? 0 : I, I + H, false);
       }
-      if (!by_rows) {
-#pragma omp barrier
-      }
+      if (!by_rows) rf_barrier();
     }
   });
 }
@@ -463,23 +461,19 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
                           a.packed_whh_t, a.dh + (long)b0 * H, H, direct + (long)b0 * H, H,
                           false);
       }
-#pragma omp barrier
+      rf_barrier();
     } else {
-      if (a.db_part) {
-#pragma omp for schedule(static)
-        for (int b = 0; b < B; ++b) std::fill(a.db_part + PW * b, a.db_part + PW * (b + 1), T(0));
-      }
+      if (a.db_part)
+        rf_for(B, [&](long b) { std::fill(a.db_part + PW * b, a.db_part + PW * (b + 1), T(0)); });
       for (int s = a.steps - 1; s >= 0; --s) {
-#pragma omp for schedule(static)
-        for (int b = 0; b < B; ++b) row(s, b);
+        rf_for(B, [&](long b) { row(s, (int)b); });
         // dh_{s-1} = dA_s W_hh + direct  (implicit barriers around both phases)
         gemm_prepacked<T>(B, H, (int)GH, a.da_hh + (long)s * B * GH, GH, a.packed_whh_t, a.dh,
                           H, direct, H);
       }
     }
     if (a.db_part) {  // after a barrier
-#pragma omp for schedule(static)
-      for (long j = 0; j < GH; ++j) {
+      rf_for(GH, [&](long j) {
         T sum_hh = T(0), sum_ih = T(0);
         for (int b = 0; b < B; ++b) {
           sum_hh += a.db_part[PW * b + j];
@@ -487,7 +481,7 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
         }
         a.db_hh[j] += sum_hh;
         a.db_ih[j] += Cell::kSplitInput ? sum_ih : sum_hh;
-      }
+      });
     }
   });
 }

@@ -1,10 +1,16 @@
 #include "threading.h"
 
 #include <pthread.h>
+#include <sched.h>
 
 #include <atomic>
-#ifdef RF_HAVE_OPENMP
-#include <omp.h>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <mutex>
+#include <thread>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
 #endif
 
 namespace rnnfast {
@@ -15,46 +21,35 @@ std::atomic<bool> g_forked{false};
 std::atomic<int> g_threads_in_use{0};   // by calls on the process-wide budget
 
 int default_threads() {
-#ifdef RF_HAVE_OPENMP
-  static const int n = omp_get_max_threads();  // reads OMP_NUM_THREADS once
-  return n > 0 ? n : 1;
-#else
-  return 1;
+  static const int n = [] {
+    if (const char* env = std::getenv("OMP_NUM_THREADS")) {  // "4" or "4,2": the first
+      const long v = std::strtol(env, nullptr, 10);
+      if (v > 0) return (int)(v < 4096 ? v : 4096);
+    }
+#ifdef __linux__
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
+      return CPU_COUNT(&set);
 #endif
+    const unsigned hc = std::thread::hardware_concurrency();
+    return hc > 0 ? (int)hc : 1;
+  }();
+  return n;
 }
-
-void on_fork_child() { g_forked.store(true); }
-
-struct AtForkRegistration {
-  AtForkRegistration() { pthread_atfork(nullptr, nullptr, on_fork_child); }
-} g_atfork;
 }  // namespace
 
 constexpr int kMaxThreads = 4096;
 
 int max_threads() {
-  if (g_forked.load()) return 1;
   int n = g_threads.load();
   return n > 0 ? n : default_threads();
 }
 
 void set_max_threads(int n) { g_threads.store(n > 0 ? (n < kMaxThreads ? n : kMaxThreads) : 0); }
 
-namespace {
-// `requested` (a model's own setting, 0 = process-wide); 1 in a forked child.
-int threads_for_call(int requested) {
-  if (g_forked.load()) return 1;
-  int n = requested > 0 ? (requested < kMaxThreads ? requested : kMaxThreads) : max_threads();
-#ifndef RF_HAVE_OPENMP
-  n = 1;
-#endif
-  return n;
-}
-
-}  // namespace
-
 ThreadBudget::ThreadBudget(int requested)
-    : n_(threads_for_call(requested)), shared_(requested <= 0) {
+    : n_(requested > 0 ? (requested < kMaxThreads ? requested : kMaxThreads) : max_threads()),
+      shared_(requested <= 0) {
   if (!shared_) return;
   // Take what is free of the process-wide count, at least one thread.
   int in_use = g_threads_in_use.load();
@@ -70,35 +65,292 @@ ThreadBudget::~ThreadBudget() {
   if (shared_) g_threads_in_use -= n_;
 }
 
-bool openmp_available() {
-#ifdef RF_HAVE_OPENMP
-  return true;
-#else
-  return false;
+bool in_forked_child() { return g_forked.load(); }
+
+// ------------------------------------------------------------------------------ the pool
+// Our own pool rather than OpenMP's: GNU OpenMP hangs a child forked after the parent used
+// a team (so a forked child had to run on one thread), and on the 2-core Zen 5 VM a GOMP
+// fork and join of two threads cost ~410 ns (quiet) to ~850 ns (slow spells) against
+// ~100-140 ns here, and a GOMP barrier ~190-410 ns against ~50-190 (cpp/README.md).
+// Workers wait for work spinning, then yielding, then asleep; a caller claims idle
+// workers for its team (several Python threads calling at once get separate teams).
+namespace {
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
 #endif
 }
 
-bool in_forked_child() { return g_forked.load(); }
+// Waits until done() holds: spins, then yields the CPU between checks (a team member
+// that lost its CPU gets it back sooner when threads outnumber cores).
+template <class Done>
+void wait_until(Done done) {
+  for (int i = 0; !done(); ++i) {
+    if (i < 2000)
+      cpu_relax();
+    else
+      std::this_thread::yield();
+  }
+}
+
+struct Team {
+  void (*fn)(void*);
+  void* ctx;
+  int n;
+  alignas(64) std::atomic<int> arrived{0};
+  alignas(64) std::atomic<unsigned> generation{0};
+  alignas(64) std::atomic<long> next_task{0};
+};
+
+struct alignas(64) Worker {
+  std::atomic<unsigned> go{0};  // bumped by the caller that hands this worker a job
+  Team* team = nullptr;
+  int id = 0;
+  alignas(64) std::atomic<unsigned> done{0};  // = go once the job has finished
+  alignas(64) std::atomic<bool> busy{true};   // claimed by a caller (or being created)
+  std::atomic<bool> sleeping{false};
+  std::mutex mutex;
+  std::condition_variable wake;
+};
+
+// A worker idle this long (spinning, then yielding) goes to sleep until woken.
+constexpr auto kSpinTime = std::chrono::microseconds(200);
+constexpr auto kYieldTime = std::chrono::milliseconds(2);
+
+// A thread's team, its number in it and (pool_next_task) where its current loop's tasks
+// start. Initial-exec TLS: one load, not a __tls_get_addr call per access (libgomp does
+// the same); 24 bytes of the static TLS that glibc keeps for modules loaded later.
+struct Membership {
+  Team* team = nullptr;
+  int id = 0;
+  long task_base = 0;
+};
+__attribute__((tls_model("initial-exec"))) thread_local Membership tls;
+
+void run_job(Team* team, int id) {
+  tls = Membership{team, id, 0};
+  team->fn(team->ctx);
+  tls = Membership();
+}
+
+void worker_main(Worker* w) {
+  unsigned seen = 0;
+  for (;;) {
+    unsigned g;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; (g = w->go.load(std::memory_order_acquire)) == seen; ++i) {
+      if ((i & 255) != 255) {
+        cpu_relax();
+        continue;
+      }
+      const auto idle = std::chrono::steady_clock::now() - t0;
+      if (idle < kSpinTime) continue;
+      if (idle < kYieldTime) {
+        std::this_thread::yield();
+        continue;
+      }
+      // Asleep: the caller sees `sleeping` (both sequentially consistent) or we see go.
+      w->sleeping.store(true);
+      if (w->go.load() == seen) {
+        std::unique_lock<std::mutex> lock(w->mutex);
+        w->wake.wait(lock, [&] { return w->go.load() != seen; });
+      }
+      w->sleeping.store(false);
+    }
+    seen = g;
+    run_job(w->team, w->id);
+    w->done.store(g, std::memory_order_release);
+  }
+}
+
+constexpr int kMaxWorkers = 4096;
+
+struct Pool {
+  std::atomic<Worker*> slots[kMaxWorkers] = {};
+  std::atomic<int> count{0};
+  std::atomic_flag adding = ATOMIC_FLAG_INIT;
+
+  // Claims up to n idle workers into out; -> how many. Creates workers when too few are
+  // idle (as many as the most threads ever asked for at once, less the callers).
+  int claim(int n, Worker** out) {
+    int got = 0;
+    const int c = count.load(std::memory_order_acquire);
+    for (int i = 0; i < c && got < n; ++i) {
+      Worker* w = slots[i].load(std::memory_order_acquire);
+      bool idle = false;
+      if (!w->busy.load(std::memory_order_relaxed) && w->busy.compare_exchange_strong(idle, true))
+        out[got++] = w;
+    }
+    if (got == n) return got;
+    while (adding.test_and_set(std::memory_order_acquire)) cpu_relax();
+    while (got < n) {
+      const int i = count.load(std::memory_order_relaxed);
+      if (i >= kMaxWorkers) break;
+      Worker* w = new Worker();  // busy from the start: ours
+      try {
+        std::thread(worker_main, w).detach();
+      } catch (...) {  // no more threads: run with those we have
+        delete w;
+        break;
+      }
+      slots[i].store(w, std::memory_order_release);
+      count.store(i + 1, std::memory_order_release);
+      out[got++] = w;
+    }
+    adding.clear(std::memory_order_release);
+    return got;
+  }
+};
+
+// Never destroyed: workers outlive static destruction. A forked child has none of the
+// parent's threads, so it starts a pool of its own (the parent's is left as it was).
+std::atomic<Pool*> g_pool{nullptr};
+
+Pool& pool() {
+  Pool* p = g_pool.load(std::memory_order_acquire);
+  if (p) return *p;
+  Pool* fresh = new Pool();
+  if (g_pool.compare_exchange_strong(p, fresh)) return *fresh;
+  delete fresh;
+  return *p;
+}
+
+void on_fork_child() {
+  g_forked.store(true);
+  g_pool.store(nullptr);
+  g_threads_in_use.store(0);  // calls of other threads did not come along
+}
+
+struct AtForkRegistration {
+  AtForkRegistration() { pthread_atfork(nullptr, nullptr, on_fork_child); }
+} g_atfork;
+
+}  // namespace
+
+int pool_thread_num() { return tls.team ? tls.id : 0; }
+int pool_team_size() { return tls.team ? tls.team->n : 1; }
+
+void pool_barrier() {
+  Team* t = tls.team;
+  if (!t || t->n == 1) return;
+  const unsigned g = t->generation.load(std::memory_order_acquire);
+  if (t->arrived.fetch_add(1, std::memory_order_acq_rel) == t->n - 1) {
+    t->arrived.store(0, std::memory_order_relaxed);
+    t->generation.store(g + 1, std::memory_order_release);
+  } else {
+    wait_until([&] { return t->generation.load(std::memory_order_acquire) != g; });
+  }
+}
+
+// The team's counter only grows: a loop of n tasks takes n + team-size tickets (each
+// thread's last grab fails), so every thread knows where the next loop starts.
+bool pool_next_task(long n, long* task) {
+  Team* t = tls.team;
+  if (!t) {  // a team of one: tls.task_base counts this thread's own tasks
+    if (tls.task_base < n) {
+      *task = tls.task_base++;
+      return true;
+    }
+    tls.task_base = 0;
+    return false;
+  }
+  const long i = t->next_task.fetch_add(1, std::memory_order_relaxed) - tls.task_base;
+  if (i < n) {
+    *task = i;
+    return true;
+  }
+  tls.task_base += n + t->n;
+  return false;
+}
+
+void pool_run(int nt, void (*fn)(void*), void* ctx) {
+  if (nt <= 1 || tls.team) {  // alone, or nested: a team of one
+    const Membership outer = tls;
+    tls = Membership();
+    fn(ctx);
+    tls = outer;
+    return;
+  }
+  if (nt > kMaxWorkers) nt = kMaxWorkers;
+  Worker* stack_workers[16];
+  Worker** workers = nt - 1 <= 16 ? stack_workers : new Worker*[nt - 1];
+  Team team;
+  team.fn = fn;
+  team.ctx = ctx;
+  const int k = pool().claim(nt - 1, workers);
+  team.n = k + 1;
+  unsigned gen[16];
+  unsigned* g = k <= 16 ? gen : new unsigned[k];
+  for (int j = 0; j < k; ++j) {
+    Worker* w = workers[j];
+    w->team = &team;
+    w->id = j + 1;
+    g[j] = w->go.load(std::memory_order_relaxed) + 1;
+    w->go.store(g[j]);  // sequentially consistent, against the worker's `sleeping`
+    if (w->sleeping.load()) {
+      { std::lock_guard<std::mutex> lock(w->mutex); }
+      w->wake.notify_one();
+    }
+  }
+  run_job(&team, 0);  // kernels do not throw
+  for (int j = 0; j < k; ++j) {
+    Worker* w = workers[j];
+    wait_until([&] { return w->done.load(std::memory_order_acquire) == g[j]; });
+    w->busy.store(false, std::memory_order_release);
+  }
+  if (g != gen) delete[] g;
+  if (workers != stack_workers) delete[] workers;
+}
+
+namespace {
+struct BarrierProbe {
+  int rounds;
+  double seconds;
+};
+void barrier_probe_body(void* p) {
+  auto* b = static_cast<BarrierProbe*>(p);
+  pool_barrier();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < b->rounds; ++i) pool_barrier();
+  if (pool_thread_num() == 0)
+    b->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() /
+                 b->rounds;
+}
+}  // namespace
+
+namespace {
+struct TeamProbe {
+  std::atomic<int> ran{0};
+  std::thread::id ids[64];
+};
+void team_probe_body(void* p) {
+  auto* t = static_cast<TeamProbe*>(p);
+  if (pool_thread_num() < 64) t->ids[pool_thread_num()] = std::this_thread::get_id();
+  t->ran.fetch_add(1);
+  pool_barrier();  // all alive at once
+}
+}  // namespace
+
+int team_threads(int nthreads) {
+  TeamProbe t;
+  pool_run(nthreads < 64 ? nthreads : 64, team_probe_body, &t);
+  int distinct = 0;
+  for (int i = 0; i < t.ran.load(); ++i) {
+    bool seen = false;
+    for (int j = 0; j < i; ++j) seen = seen || t.ids[j] == t.ids[i];
+    distinct += !seen;
+  }
+  return distinct;
+}
 
 double barrier_seconds(int nthreads, int rounds) {
-#ifdef RF_HAVE_OPENMP
   if (nthreads < 2 || rounds < 1) return 0.0;
-  double seconds = 0.0;
-#pragma omp parallel num_threads(nthreads)
-  {
-#pragma omp barrier
-    const double t0 = omp_get_wtime();
-    for (int i = 0; i < rounds; ++i) {
-#pragma omp barrier
-    }
-    if (omp_get_thread_num() == 0) seconds = (omp_get_wtime() - t0) / rounds;
-  }
-  return seconds;
-#else
-  (void)nthreads;
-  (void)rounds;
-  return 0.0;
-#endif
+  BarrierProbe b{rounds, 0.0};
+  pool_run(nthreads, barrier_probe_body, &b);
+  return b.seconds;
 }
 
 }  // namespace rnnfast

@@ -1,10 +1,10 @@
-// Process-wide thread settings. The default honours OMP_NUM_THREADS; a forked
-// child runs single-threaded because GNU OpenMP's pool does not survive fork().
+// Process-wide thread settings and the thread pool every parallel region runs on.
+// The default count honours OMP_NUM_THREADS, else the CPUs this process may use.
 #pragma once
 
 namespace rnnfast {
 
-int max_threads();              // the process-wide setting (>= 1; 1 in a forked child)
+int max_threads();              // the process-wide setting (>= 1)
 void set_max_threads(int n);    // n <= 0 restores the default
 // Threads for one call, held for its duration: `requested` when the model sets its own
 // count, else what is left of the process-wide count by the calls running at the same
@@ -23,10 +23,23 @@ class ThreadBudget {
   bool shared_;
 };
 
-bool openmp_available();
 bool in_forked_child();
-// Seconds per barrier of a team of nthreads passing `rounds` barriers (0 for one thread or
-// without OpenMP): the hand-off between cores a step of the recurrence pays (bench probe).
+// Seconds per barrier of a team of nthreads passing `rounds` barriers (0 for one thread):
+// the hand-off between cores a step of the recurrence pays (bench probe).
 double barrier_seconds(int nthreads, int rounds);
+// How many distinct threads ran a region asked to run on nthreads (test probe).
+int team_threads(int nthreads);
+
+// The pool (threading.cpp). pool_run runs fn(ctx) on a team of up to nt threads, the
+// caller as thread 0, and returns when all have finished; from inside a team, or with
+// nt <= 1, it runs fn(ctx) on the caller alone (a team of one). Inside fn:
+int pool_thread_num();   // 0 .. pool_team_size() - 1
+int pool_team_size();
+void pool_barrier();     // all of the team's threads arrive before any leaves
+// Work-sharing of n tasks handed out one at a time: true and the next task in *task
+// while any are left. Every thread of the team must call it until it returns false, and
+// the team must pass a barrier before the next such loop.
+bool pool_next_task(long n, long* task);
+void pool_run(int nt, void (*fn)(void*), void* ctx);
 
 }  // namespace rnnfast

@@ -1,10 +1,9 @@
 // Per-ISA helpers for kernels: thread ids, how many threads a product is worth,
 // and the flush-denormals-to-zero scope every parallel region opens.
 #pragma once
+#include <type_traits>
 #include "simd.h"
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "threading.h"
 #if defined(__x86_64__) || defined(__i386__)
 #include <xmmintrin.h>
 #endif
@@ -12,40 +11,41 @@
 namespace rnnfast {
 namespace RF_NS {
 
-static inline int rf_thread_num() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-
-static inline int rf_team_size() {
-#ifdef _OPENMP
-  return omp_get_num_threads();
-#else
-  return 1;
-#endif
-}
+static inline int rf_thread_num() { return pool_thread_num(); }
+static inline int rf_team_size() { return pool_team_size(); }
+static inline void rf_barrier() { pool_barrier(); }
 
 // The first of thread `id`'s items when n items are shared among `team` threads in
 // contiguous, near-equal runs (thread id has [rf_share(n, id, team), rf_share(n, id + 1, team))).
 static inline int rf_share(long n, int id, int team) { return (int)(n * id / team); }
 
-// Runs body() on a team of nt threads, or directly on this one when nt <= 1: a team
-// of one still costs GOMP_parallel a team allocation and a futex call (~1 us, measured
-// on batch-1 streaming steps). Bodies work-share with orphaned `omp for` loops, or split
-// their tasks by rf_thread_num() / rf_team_size(); either runs whole on a lone thread.
+// Runs body() on a team of nt threads of the pool (threading.h), or directly on this
+// one when nt <= 1. Bodies split their tasks with rf_for / rf_for_dynamic or by
+// rf_thread_num() / rf_team_size(); either runs whole on a lone thread.
 template <class F>
 static inline void rf_parallel(int nt, F&& body) {
-#ifdef _OPENMP
-  if (nt > 1) {
-#pragma omp parallel num_threads(nt)
-    body();
-    return;
-  }
-#endif
-  body();
+  typedef std::remove_reference_t<F> Body;
+  pool_run(nt, [](void* b) { (*static_cast<Body*>(b))(); },
+           const_cast<void*>(static_cast<const void*>(&body)));
+}
+
+// This thread's share of [0, n): [rf_first(n), rf_first_after(n)), contiguous, the first
+// n % team threads one more.
+static inline long rf_first(long n) {
+  const long id = rf_thread_num(), team = rf_team_size(), r = n % team;
+  return id * (n / team) + (id < r ? id : r);
+}
+static inline long rf_first_after(long n) {
+  const long id = rf_thread_num(), team = rf_team_size(), r = n % team;
+  return (id + 1) * (n / team) + (id + 1 < r ? id + 1 : r);
+}
+
+// f(i) for this thread's share of [0, n), then a barrier of the team. (Loops with large
+// bodies are written out with rf_first instead: GCC made gemm_impl's 12% slower as lambdas.)
+template <class F>
+static inline void rf_for(long n, F&& f) {
+  for (long i = rf_first(n), end = rf_first_after(n); i < end; ++i) f(i);
+  rf_barrier();
 }
 
 // Threads worth using for `flops` of work: at least 0.1 MFLOP (~1.5 us) per thread, so

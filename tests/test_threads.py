@@ -20,10 +20,10 @@ from rnnfast import _core
 KINDS = ["LSTM", "GRU", "RNN"]
 TIMEOUT = 60
 
-# OpenMP's worker threads are alive when these tests fork (that is the point: the parent
+# The pool's worker threads are alive when these tests fork (that is the point: the parent
 # has run a multi-threaded forward first). Python >= 3.12 sees them and warns that fork()
 # in a multi-threaded process may deadlock the child; the library handles exactly that case
-# (a forked child runs single-threaded), which the tests check, with a timeout.
+# (a forked child starts a pool of its own), which the tests check, with a timeout.
 FORK_WARNING = (r"ignore:This process \(pid=\d+\) is multi-threaded, use of fork\(\) may "
                 r"lead to deadlocks in the child:DeprecationWarning")
 
@@ -109,10 +109,18 @@ def test_default_honours_omp_num_threads():
 def test_barrier_probe():
     # the bench's hand-off probe: seconds per barrier of the call's threads, 0 on one
     assert _core._barrier_probe(200, 1) == 0.0
-    if _core.openmp_available():
-        assert 0 < _core._barrier_probe(200, 2) < 0.01
+    assert 0 < _core._barrier_probe(200, 2) < 0.01
     with pytest.raises(ValueError, match="rounds"):
         _core._barrier_probe(0)
+
+
+def test_pool_gives_the_threads_asked_for():
+    assert _core._team_threads(1) == 1
+    for n in (2, 3, 8):
+        assert _core._team_threads(n) == n
+    # Python threads calling at once get teams of their own, workers added as needed
+    with concurrent.futures.ThreadPoolExecutor(4) as ex:
+        assert list(ex.map(_core._team_threads, [3] * 64)) == [3] * 64
 
 
 def test_not_a_forked_child():
@@ -283,6 +291,7 @@ def _child_work(spec):
     out = {"in_forked_child": bool(_core.in_forked_child()),
            "num_threads": rf.get_num_threads()}
     rf.set_num_threads(2)  # asking for threads in a child must not hang it
+    out["team"] = _core._team_threads(2)  # and it gets them
     for kind_, sd in spec["state_dicts"].items():
         m = make(kind_, num_layers=2, num_threads=spec["model_threads"])
         m.load_state_dict(sd)
@@ -347,6 +356,7 @@ def test_fork_context_child_after_multithreaded_parent(model_threads):
     spec, expected = _parent_spec(model_threads)
     got = _run_in_process(multiprocessing.get_context("fork"), spec)
     assert got["in_forked_child"]
+    assert got["num_threads"] == 2 and got["team"] == 2  # the parent's setting, honoured
     _check_child(got, expected)
     # The parent still runs multi-threaded and gets the same results afterwards.
     m = make("LSTM", num_layers=2, seed=11)
@@ -386,6 +396,7 @@ def test_os_fork_child_after_multithreaded_parent(tmp_path):
     with open(out_file, "rb") as f:
         got = pickle.load(f)
     assert got["in_forked_child"]
+    assert got["num_threads"] == 2 and got["team"] == 2
     _check_child(got, expected)
 
 
@@ -394,7 +405,7 @@ def test_spawn_context_child(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     got = _run_in_process(multiprocessing.get_context("spawn"), spec)
     assert not got["in_forked_child"]
-    assert got["num_threads"] == 1
+    assert got["num_threads"] == 1 and got["team"] == 2  # OMP_NUM_THREADS, then set to 2
     _check_child(got, expected)
 
 

@@ -768,8 +768,10 @@ PYBIND11_MODULE(_core, m) {
       py::arg("x"), py::arg("scale"), py::arg("clip") = -1.0, py::arg("nthreads") = 0);
   m.def("set_num_threads", &set_max_threads, py::arg("n"));
   m.def("get_num_threads", &max_threads);
-  m.def("openmp_available", &openmp_available);
   m.def("in_forked_child", &in_forked_child);
+  m.def("_team_threads", &team_threads, py::arg("nthreads"),
+        py::call_guard<py::gil_scoped_release>(),
+        "How many distinct threads ran a parallel region asked for nthreads (a test probe).");
   m.def("isa", &current_isa);
   m.def("supported_isas", &supported_isas);
   m.def("set_isa", &set_isa, py::arg("name"));

@@ -1,7 +1,7 @@
 """rnnfast: fast RNN, LSTM and GRU layers for CPUs.
 
 Forward passes and backpropagation through time run in C++ (SIMD kernels chosen at run
-time, OpenMP threads, the GIL released); parameters use PyTorch's names and layout.
+time, a thread pool of its own, the GIL released); parameters use PyTorch's names and layout.
 """
 
 from . import _core, callbacks, data, losses, optim, reference
