@@ -363,13 +363,7 @@ void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
   const double rows = nfull * MR + (mixed - nfull) * MR2;
   const double low = RecurrentTile<NV>::kLowCost * lblocks * LR;
   auto capped = [&](int tiles) { return nt < npanels * tiles ? nt : npanels * tiles; };
-  // A single batch-1 step (a stream's) forks and joins a team for microseconds of work: on
-  // the 2-core Zen 5 a second thread cost more than it saved up to ~600 KiB of weights
-  // (alternating rounds, us per step on 1 and 2 threads: RNN-256 2.47 / 4.11 in a slow
-  // spell and 2.49 / 2.65 in a quiet one, LSTM-128 2.68 / 2.80, GRU-160 3.51 / 4.61) and
-  // saved from 1 MiB (RNN-360 7.27 / 5.28, GRU-256 11.2 / 5.8).
   const double weight_bytes = (double)npanels * NV * Simd<T>::W * K * sizeof(T);
-  if (B == 1 && a.steps == 1 && weight_bytes < (768 << 10)) nt = 1;
   // Weights small enough for each thread to read whole from its L2 every step: threads
   // take row tiles rather than panels and never wait for each other, where the tiles
   // (these, else the other kind) give no thread over 5% more rows than an equal share of
