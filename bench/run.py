@@ -446,11 +446,11 @@ def simd_read_bandwidth(buf: np.ndarray, samples: int = 9) -> float | None:
 
 
 class HandoffProbe:
-    """A barrier of the run's threads (rnnfast's OpenMP team), timed in C++ over ROUNDS passes:
+    """A barrier of the run's threads (a team of rnnfast's pool), timed in C++ over ROUNDS passes:
     what a step of the recurrence pays to hand its results from core to core. Sampled in
-    each row's rounds. On the 2-core Zen 5 VM it took ~190 ns when the vCPUs passed cache
-    lines quickly (a line's round trip ~80 ns) and ~400 ns in its slow spells (round trip
-    ~400 ns), which slow every multi-threaded small step, the peers' too."""
+    each row's rounds. On the 2-core Zen 5 VM a line's round trip between the vCPUs takes
+    ~80 ns in quiet spells and ~400 ns in slow ones, which slow every multi-threaded small
+    step, the peers' too. OpenMP's barrier took ~190 and ~400 ns there; the pool's ~60 quiet."""
 
     ROUNDS = 1000
 
@@ -1033,8 +1033,8 @@ def format_report(
         *("note: " + line for line in _blas_kernel_warning(info)),
         _row_ceilings_line(rows),
         *(["barrier ns: a barrier of the run's threads, timed in the row's rounds (the hand-off "
-           "between cores every multi-threaded step pays; on the 2-core Zen 5 VM ~190 ns in quiet "
-           "spells, ~400 in slow ones)"] if with_barrier else []),
+           "between cores every multi-threaded step pays; on the 2-core Zen 5 VM ~60 ns in quiet "
+           "spells; slow spells show as several times that)"] if with_barrier else []),
         "ratios are peer time / rnnfast time: above 1 means rnnfast is faster",
         "",
     ]
@@ -1378,7 +1378,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="seconds one measurement may take; slow peers get fewer samples")
     parser.add_argument("--settle", type=float, default=0.2,
                         help="seconds of idling before each warm-up and timed sample, for spinning "
-                        "BLAS and OpenMP threads to go to sleep")
+                        "BLAS and OpenMP threads (and rnnfast's pool) to go to sleep")
     parser.add_argument("--scaling", metavar="N1,N2,...", default=None,
                         type=_thread_counts,
                         help="instead of the peers table: rnnfast (and torch, when among "

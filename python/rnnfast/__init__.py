@@ -31,7 +31,7 @@ def set_num_threads(n):
 
 
 def get_num_threads():
-    """Threads rnnfast's kernels use by default in this process (1 in a forked child)."""
+    """Threads rnnfast's kernels use by default in this process."""
     return _core.get_num_threads()
 
 
