@@ -88,11 +88,13 @@ inline void cpu_relax() {
 // that lost its CPU gets it back sooner when threads outnumber cores).
 template <class Done>
 void wait_until(Done done) {
-  for (int i = 0; !done(); ++i) {
-    if (i < 2000)
+  for (int i = 0; !done();) {
+    if (i < 2000) {
       cpu_relax();
-    else
+      ++i;
+    } else {
       std::this_thread::yield();
+    }
   }
 }
 
