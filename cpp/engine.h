@@ -2,9 +2,11 @@
 // gradients in flat buffers (PyTorch's names, order and shapes), weights packed
 // when set, forward over sequences and BPTT backward through the kernel table.
 #pragma once
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <initializer_list>
 #include <mutex>
 #include <new>
 #include <shared_mutex>
@@ -149,31 +151,41 @@ class Stream {
     // costs (waking it, one cache-line round trip each way) swings with the machine: on the
     // 2-core Zen 5 VM, GRU-128 took 2.5 us on two threads in some spells and 4.3 in others,
     // against ~3 on one. So each cycle of kCycle steps starts with kProbe steps on each
-    // choice, alternating (0: the process-wide count, 1: one thread), and runs the rest on
-    // the one whose fastest probe step was faster; when one was over 1.5x the other, the
-    // next cycle is 16 times longer (probing a 2x slower choice costs a long step 3% of
-    // its time at kCycle). Either choice gives the same bits.
+    // choice (0: the process-wide count, 1: one thread) in blocks of kBlock, alternating,
+    // and runs the rest on the one whose median probe step was faster, a block's first
+    // step not counted; when one was over 1.5x the other, the next cycle is 16 times
+    // longer (probing a 2x slower choice costs a long step 3% of its time at kCycle).
+    // Blocks, not single steps: a step after one of the other choice finds the state on
+    // the other core, and every probe step of a choice walked the weights one way
+    // (recurrence.h). Medians, not the fastest: in slow spells two threads vary far more
+    // than one, and their fastest step misled (LSTM-128 ran ~3.4 us a step on the choice,
+    // 3.0 on one thread). Either choice gives the same bits.
     const long pos = pos_++;
     if (pos >= 2 * kProbe) {
       if (pos_ == cycle_) pos_ = 0;
       run(x, x_rows_apart, y, use_one_ ? 1 : 0);
       return;
     }
-    const int arm = pos & 1;
+    const int arm = (pos / kBlock) & 1, in_block = pos % kBlock;
     const auto t0 = std::chrono::steady_clock::now();
     run(x, x_rows_apart, y, arm);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (pos < 2 || dt < probe_[arm]) probe_[arm] = dt;
+    if (in_block > 0) probe_[arm][(pos / (2 * kBlock)) * (kBlock - 1) + in_block - 1] = dt;
     if (pos == 2 * kProbe - 1) {
-      use_one_ = probe_[1] < probe_[0];
-      const double fast = use_one_ ? probe_[1] : probe_[0], slow = use_one_ ? probe_[0] : probe_[1];
+      for (double* p : {probe_[0], probe_[1]}) {
+        std::sort(p, p + kCounted);
+        p[0] = (p[(kCounted - 1) / 2] + p[kCounted / 2]) / 2;  // the median
+      }
+      use_one_ = probe_[1][0] < probe_[0][0];
+      const double fast = use_one_ ? probe_[1][0] : probe_[0][0];
+      const double slow = use_one_ ? probe_[0][0] : probe_[1][0];
       cycle_ = slow > 1.5 * fast ? 16 * kCycle : kCycle;
     }
   }
 
  private:
   static constexpr long kCycle = 256;
-  static constexpr int kProbe = 8;
+  static constexpr int kProbe = 8, kBlock = 4, kCounted = kProbe / kBlock * (kBlock - 1);
   void run(const T* x, long x_rows_apart, T* y, int nthreads) {
     engine_.forward(x, 1, batch_, h(), c(), nullptr, nullptr, false, 0.0, 0, nthreads, y, h(),
                     c(), false, x_rows_apart);
@@ -186,7 +198,7 @@ class Stream {
   std::mutex mutex_;
   long pos_ = 0, cycle_ = kCycle;  // steps into this cycle (on the process-wide count), its length
   bool use_one_ = false;           // this cycle runs on one thread
-  double probe_[2] = {0, 0};       // fastest probe step of each choice, seconds
+  double probe_[2][kCounted] = {};  // counted probe steps of each choice, seconds
 };
 
 }  // namespace rnnfast
