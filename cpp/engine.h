@@ -6,7 +6,6 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <initializer_list>
 #include <mutex>
 #include <new>
 #include <shared_mutex>
@@ -172,14 +171,13 @@ class Stream {
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (in_block > 0) probe_[arm][(pos / (2 * kBlock)) * (kBlock - 1) + in_block - 1] = dt;
     if (pos == 2 * kProbe - 1) {
-      for (double* p : {probe_[0], probe_[1]}) {
+      auto median = [](double* p) {
         std::sort(p, p + kCounted);
-        p[0] = (p[(kCounted - 1) / 2] + p[kCounted / 2]) / 2;  // the median
-      }
-      use_one_ = probe_[1][0] < probe_[0][0];
-      const double fast = use_one_ ? probe_[1][0] : probe_[0][0];
-      const double slow = use_one_ ? probe_[0][0] : probe_[1][0];
-      cycle_ = slow > 1.5 * fast ? 16 * kCycle : kCycle;
+        return (p[(kCounted - 1) / 2] + p[kCounted / 2]) / 2;
+      };
+      const double all = median(probe_[0]), one = median(probe_[1]);
+      use_one_ = one < all;
+      cycle_ = std::max(all, one) > 1.5 * std::min(all, one) ? 16 * kCycle : kCycle;
     }
   }
 

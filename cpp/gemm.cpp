@@ -185,7 +185,8 @@ void gemm_impl(int M, int N, int K, const T* A, long rsa, long csa, const T* B, 
         const int kc = K - pc < KC ? K - pc : KC;
         const bool add = accumulate || pc > 0;
         const bool last_k = pc + kc >= K;  // the bias row goes in with the last K block
-        for (int p = rf_first(npanels), pe = rf_first_after(npanels); p < pe; ++p) {
+        const int p_end = rf_share(npanels, rf_thread_num() + 1, rf_team_size());
+        for (int p = rf_share(npanels, rf_thread_num(), rf_team_size()); p < p_end; ++p) {
           const int ncols = nc - p * NR < NR ? nc - p * NR : NR, c0 = jc + p * NR;
           T* dst = bbuf + (long)p * kc * NR;
           if (c0 + ncols <= n1)

@@ -31,6 +31,17 @@ int usable_cpus() {
   return hc > 0 ? (int)hc : 1;
 }
 
+// Adds to `in_use` what it takes of `limit` less what is in use, up to `want` and at least
+// one; -> that.
+int take_free(std::atomic<int>& in_use, int limit, int want) {
+  int cur = in_use.load(std::memory_order_relaxed), take;
+  do {
+    const int free_now = limit - cur;
+    take = want < free_now ? want : (free_now > 1 ? free_now : 1);
+  } while (!in_use.compare_exchange_weak(cur, cur + take));
+  return take;
+}
+
 int default_threads() {
   static const int n = [] {
     if (const char* env = std::getenv("OMP_NUM_THREADS")) {  // "4" or "4,2": the first
@@ -55,15 +66,7 @@ void set_max_threads(int n) { g_threads.store(n > 0 ? (n < kMaxThreads ? n : kMa
 ThreadBudget::ThreadBudget(int requested)
     : n_(requested > 0 ? (requested < kMaxThreads ? requested : kMaxThreads) : max_threads()),
       shared_(requested <= 0) {
-  if (!shared_) return;
-  // Take what is free of the process-wide count, at least one thread.
-  int in_use = g_threads_in_use.load();
-  int take;
-  do {
-    const int free_now = n_ - in_use;
-    take = free_now < 1 ? 1 : free_now;
-  } while (!g_threads_in_use.compare_exchange_weak(in_use, in_use + take));
-  n_ = take;
+  if (shared_) n_ = take_free(g_threads_in_use, n_, n_);  // what is free of the count
 }
 
 ThreadBudget::~ThreadBudget() {
@@ -308,13 +311,7 @@ void pool_run(int nt, void (*fn)(void*), void* ctx) {
   // running 2-thread models at once, 1.6x slower than OpenMP's teams.
   Pool& pl = pool();
   const int cpus = g_cpus.load(std::memory_order_relaxed);
-  if (nt > kMaxWorkers) nt = kMaxWorkers;
-  int running = g_team_threads.load(std::memory_order_relaxed), take;
-  do {
-    const int free_now = cpus - running;
-    take = nt < free_now ? nt : (free_now > 1 ? free_now : 1);
-  } while (!g_team_threads.compare_exchange_weak(running, running + take));
-  nt = take;
+  nt = take_free(g_team_threads, cpus, nt < kMaxWorkers ? nt : kMaxWorkers);
   if (nt <= 1) {
     fn(ctx);
     g_team_threads.fetch_sub(1, std::memory_order_relaxed);
@@ -327,14 +324,13 @@ void pool_run(int nt, void (*fn)(void*), void* ctx) {
   team.ctx = ctx;
   const int k = pl.claim(nt - 1, workers);
   team.n = k + 1;
-  unsigned gen[16];
-  unsigned* g = k <= 16 ? gen : new unsigned[k];
   for (int j = 0; j < k; ++j) {
     Worker* w = workers[j];
     w->team = &team;
     w->id = j + 1;
-    g[j] = w->go.load(std::memory_order_relaxed) + 1;
-    w->go.store(g[j]);  // sequentially consistent, against the worker's `sleeping`
+    // Sequentially consistent, against the worker's `sleeping`. Only the claiming caller
+    // writes go, so its job is done when done == go.
+    w->go.store(w->go.load(std::memory_order_relaxed) + 1);
     if (w->sleeping.load()) {
       { std::lock_guard<std::mutex> lock(w->mutex); }
       w->wake.notify_one();
@@ -343,11 +339,11 @@ void pool_run(int nt, void (*fn)(void*), void* ctx) {
   run_job(&team, 0);  // kernels do not throw
   for (int j = 0; j < k; ++j) {
     Worker* w = workers[j];
-    wait_until([&] { return w->done.load(std::memory_order_acquire) == g[j]; });
+    const unsigned g = w->go.load(std::memory_order_relaxed);
+    wait_until([&] { return w->done.load(std::memory_order_acquire) == g; });
     w->busy.store(false, std::memory_order_release);
   }
   g_team_threads.fetch_sub(nt, std::memory_order_relaxed);
-  if (g != gen) delete[] g;
   if (workers != stack_workers) delete[] workers;
 }
 
@@ -365,9 +361,7 @@ void barrier_probe_body(void* p) {
     b->seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() /
                  b->rounds;
 }
-}  // namespace
 
-namespace {
 struct TeamProbe {
   std::atomic<int> ran{0};
   std::thread::id ids[64];

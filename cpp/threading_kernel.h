@@ -17,10 +17,10 @@ static inline void rf_barrier() { pool_barrier(); }
 
 // The first of thread `id`'s items when n items are shared among `team` threads in
 // contiguous, near-equal runs (thread id has [rf_share(n, id, team), rf_share(n, id + 1, team))).
-static inline int rf_share(long n, int id, int team) { return (int)(n * id / team); }
+static inline long rf_share(long n, int id, int team) { return n * id / team; }
 
 // Runs body() on a team of nt threads of the pool (threading.h), or directly on this
-// one when nt <= 1. Bodies split their tasks with rf_for / rf_for_dynamic or by
+// one when nt <= 1. Bodies split their tasks with rf_for, pool_next_task or rf_share of
 // rf_thread_num() / rf_team_size(); either runs whole on a lone thread.
 template <class F>
 static inline void rf_parallel(int nt, F&& body) {
@@ -29,22 +29,13 @@ static inline void rf_parallel(int nt, F&& body) {
            const_cast<void*>(static_cast<const void*>(&body)));
 }
 
-// This thread's share of [0, n): [rf_first(n), rf_first_after(n)), contiguous, the first
-// n % team threads one more.
-static inline long rf_first(long n) {
-  const long id = rf_thread_num(), team = rf_team_size(), r = n % team;
-  return id * (n / team) + (id < r ? id : r);
-}
-static inline long rf_first_after(long n) {
-  const long id = rf_thread_num(), team = rf_team_size(), r = n % team;
-  return (id + 1) * (n / team) + (id + 1 < r ? id + 1 : r);
-}
-
-// f(i) for this thread's share of [0, n), then a barrier of the team. (Loops with large
-// bodies are written out with rf_first instead: GCC made gemm_impl's 12% slower as lambdas.)
+// f(i) for this thread's share of [0, n) (rf_share), then a barrier of the team. (Loops
+// with large bodies are written out with rf_share instead: as lambdas, GCC compiled
+// gemm_impl's 12% slower.)
 template <class F>
 static inline void rf_for(long n, F&& f) {
-  for (long i = rf_first(n), end = rf_first_after(n); i < end; ++i) f(i);
+  const int id = rf_thread_num(), team = rf_team_size();
+  for (long i = rf_share(n, id, team), end = rf_share(n, id + 1, team); i < end; ++i) f(i);
   rf_barrier();
 }
 

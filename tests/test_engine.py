@@ -272,9 +272,9 @@ def test_isa_switch_and_env(tmp_path):
 def test_batch_first_in_place_matches_time_major(isa, mode, shape, L, bidirectional):
     T, B, I, H = shape
     rng = np.random.default_rng(T * B)
-    kw = dict(num_layers=L, bidirectional=bidirectional, seed=4)
-    tm = _layer(mode, I, H, **kw)
-    bf = _layer(mode, I, H, batch_first=True, **kw)
+    kw = dict(L=L, bidirectional=bidirectional, dtype=np.float32, seed=4)
+    tm = make_pair(mode, I, H, **kw)[0]
+    bf = make_pair(mode, I, H, batch_first=True, **kw)[0]
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     xb = np.ascontiguousarray(x.transpose(1, 0, 2))
     lengths = rng.integers(1, T + 1, size=B)
@@ -312,12 +312,6 @@ def test_batch_first_in_place_matches_time_major(isa, mode, shape, L, bidirectio
 
 def _no_forward(*args, **kwargs):
     raise AssertionError("took forward()")
-
-
-def _layer(mode, I, H, **kw):
-    if mode.startswith("RNN"):
-        return rf.RNN(I, H, nonlinearity=mode[4:].lower(), **kw)
-    return getattr(rf, mode)(I, H, **kw)
 
 
 def test_all_options_combined(isa):

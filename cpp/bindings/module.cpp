@@ -65,20 +65,20 @@ const T* exact_data(PyObject* o, int type_num, std::initializer_list<long> shape
   return reinterpret_cast<const T*>(a->data);
 }
 
-// One step's input rows as they lie: o a typed_array (its `batch_axis` of length B, any
+// One step's input rows as they lie: o a typed_array (its first axis of length B, any
 // other but the last of length 1) whose rows of I contiguous values start a whole number
 // of rows apart (x[:, t] or x[:, t:t+1] of a batch-first (B, T, I) array); else null.
 // *rows_apart: that number, in rows of I.
 template <typename T>
 const T* spaced_rows(PyObject* o, int type_num, std::initializer_list<long> shape,
-                     int batch_axis, long* rows_apart) {
+                     long* rows_apart) {
   const auto* a = typed_array(o, type_num, shape);
   if (!a) return nullptr;
   const int nd = a->nd;
   const long row = (long)sizeof(T) * a->dimensions[nd - 1];
   if (a->dimensions[nd - 1] > 1 && a->strides[nd - 1] != (long)sizeof(T)) return nullptr;
-  const long apart = a->strides[batch_axis];
-  if (a->dimensions[batch_axis] == 1) {
+  const long apart = a->strides[0];
+  if (a->dimensions[0] == 1) {
     *rows_apart = 1;
   } else {
     if (row == 0 || apart <= 0 || apart % row) return nullptr;
@@ -191,7 +191,7 @@ PyObject* direct_call(PyObject* cap, PyObject* const* args, Py_ssize_t nargs, Py
                              : exact_data<T>(args[0], f->type_num, {steps, batch, I});
   long rows_apart = 0;  // a batch-first step sliced from a longer sequence: read in place
   if (!x && batch_first && steps == 1)
-    x = spaced_rows<T>(args[0], f->type_num, {batch, 1, I}, 0, &rows_apart);
+    x = spaced_rows<T>(args[0], f->type_num, {batch, 1, I}, &rows_apart);
   auto state_part = [&](PyObject* o) {
     return unbatched ? exact_data<T>(o, f->type_num, {LD, H})
                      : exact_data<T>(o, f->type_num, {LD, batch, H});
@@ -430,7 +430,7 @@ PyObject* direct_step(PyObject* cap, PyObject* const* args, Py_ssize_t nargs, Py
     const bool row = x != nullptr;  // (I,) -> (D*H,)
     long rows_apart = 0;  // x[:, t] of a batch-first (B, T, I) array: read in place
     if (!x) x = exact_data<T>(args[0], f->type_num, {B, I});
-    if (!x) x = spaced_rows<T>(args[0], f->type_num, {B, I}, 0, &rows_apart);
+    if (!x) x = spaced_rows<T>(args[0], f->type_num, {B, I}, &rows_apart);
     if (x)
       return python_errors([&] {
         py::array_t<T> y = step_output(s, row);
