@@ -143,14 +143,15 @@ void Engine<T>::repack_locked() {
 }
 
 template <typename T>
-void Engine<T>::ensure_packed() {
-  // Only a test that switches instruction sets at run time gets here with a mismatch.
-  bool stale;
-  {
-    std::shared_lock<std::shared_mutex> lock(pack_mutex_);
-    stale = packed_with_ != &kernels<T>();
+std::shared_lock<std::shared_mutex> Engine<T>::packed_lock() {
+  std::shared_lock<std::shared_mutex> lock(pack_mutex_);
+  // Only a test that switches instruction sets at run time finds the packing stale.
+  if (packed_with_ != &kernels<T>()) {
+    lock.unlock();
+    repack();
+    lock.lock();
   }
-  if (stale) repack();
+  return lock;
 }
 
 template <typename T>
@@ -178,10 +179,9 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
                         bool batch_first, long x_rows_apart) {
   if (x_rows_apart > 0 && (steps != 1 || training))
     throw std::logic_error("spaced input rows are for one inference step");
-  ensure_packed();
   std::unique_lock<std::mutex> train_lock(train_mutex_, std::defer_lock);
   if (training) train_lock.lock();
-  std::shared_lock<std::shared_mutex> lock(pack_mutex_);
+  const auto lock = packed_lock();
   const KernelTable<T>& kt = kernels<T>();
   const ThreadBudget budget(nthreads);
   const int nt = budget.threads();

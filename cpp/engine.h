@@ -104,7 +104,7 @@ class Engine {
     std::vector<LineVec<T>> hs, cs, gates;  // per slot
   };
 
-  void ensure_packed();
+  std::shared_lock<std::shared_mutex> packed_lock();  // held, on weights packed for the ISA
   void repack_locked();
   void build_tidx(int steps, int batch, const int32_t* lengths, const int32_t* starts,
                   std::vector<int32_t>* tidx) const;

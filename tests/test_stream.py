@@ -3,6 +3,7 @@ reference run on whole sequences, on every kernel build."""
 
 import gc
 import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -295,6 +296,76 @@ def test_direct_step_keeps_its_stream_alive():
     del m
     gc.collect()
     np.testing.assert_array_equal(step(np.ones(4, np.float32)), want)
+
+
+@pytest.mark.parametrize("batch", [None, 2])
+def test_direct_step_reuses_only_outputs_nothing_else_can_reach(batch):
+    # A step writes into an output it returned before only where nothing else refers to
+    # it: outputs kept by the caller, a view, a memoryview or a weak reference stay as
+    # they were; a dropped output's memory is written again (no allocation per step).
+    I, H, T = 5, 7, 12
+    m = rf.LSTM(I, H)
+    ref = m.stream(batch_size=batch)
+    rng = np.random.default_rng(9)
+    xs = rng.standard_normal((T, I) if batch is None else (T, batch, I)).astype(np.float32)
+    want = [ref._core.step(x).copy() for x in xs]  # the checked method: a new array each
+    s = m.stream(batch_size=batch)
+    kept = s.step(xs[0])
+    view = s.step(xs[1])[1:]
+    mv = memoryview(s.step(xs[2]))
+    y3 = s.step(xs[3])
+    weak = weakref.ref(y3)
+    del y3
+    dropped = s.step(xs[4])  # y3, free but for the weak reference, was not written
+    assert weak() is not None and weak() is not dropped
+    np.testing.assert_array_equal(weak(), want[3])
+    address = dropped.ctypes.data
+    del dropped
+    blocker = np.empty_like(want[4])  # takes the memory of an array freed just now
+    again = s.step(xs[5])
+    assert again.ctypes.data == address != blocker.ctypes.data  # dropped, not freed: reused
+    np.testing.assert_array_equal(again, want[5])
+    held = again
+    for t in range(6, T):
+        y = s.step(xs[t])  # the loop `y = s.step(x)`: y and the last output alternate
+        np.testing.assert_array_equal(y, want[t])
+        np.testing.assert_array_equal(held, want[t - 1])
+        held = y
+    np.testing.assert_array_equal(kept, want[0])
+    np.testing.assert_array_equal(view, want[1][1:])
+    np.testing.assert_array_equal(np.asarray(mv), want[2])
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_plain_call_reuses_only_outputs_nothing_else_can_reach(mode):
+    # The loop `y, state = m(x_t, state)` writes each call's y and state into the arrays of
+    # the call before last (dropped by then), and never into arrays still referred to.
+    I, H, B, T = 4, 6, 3, 10
+    m = getattr(rf, mode)(I, H)
+    xs = np.random.default_rng(2).standard_normal((T, 1, B, I)).astype(np.float32)
+    want_y, _ = m.forward(xs[:, 0])
+    parts = lambda st: st if isinstance(st, tuple) else (st,)  # noqa: E731
+    state, kept = None, []
+    for t in range(T):
+        y, state = m(xs[t], state)
+        np.testing.assert_array_equal(y[0], want_y[t])
+        if t % 3 == 0:
+            kept.append((t, y, [p.copy() for p in parts(state)], parts(state)))
+    for t, y, copies, arrays in kept:  # later calls left what was kept alone
+        np.testing.assert_array_equal(y[0], want_y[t])
+        for c, a in zip(copies, arrays):
+            np.testing.assert_array_equal(a, c)
+    fresh = getattr(rf, mode)(I, H)
+    y, state = fresh(xs[0], None)
+    address = y.ctypes.data
+    del y
+    blocker = np.empty((1, B, H), np.float32)  # takes the memory of an array freed just now
+    y, _ = fresh(xs[1], state)
+    assert y.ctypes.data == address != blocker.ctypes.data  # dropped, not freed: reused
+    y_long = m(np.zeros((20000, B, I), np.float32))[0]  # over 1 MiB: not kept for reuse
+    gone = weakref.ref(y_long)
+    del y_long
+    assert gone() is None
 
 
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])

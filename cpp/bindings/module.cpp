@@ -105,11 +105,59 @@ PyObject* python_errors(F&& f) {
 // What a direct callable (a plain CPython function, no pybind11 dispatch) is bound to:
 // its target, a reference that keeps the target alive, and the dtype its inputs must have.
 // The function's `self` is a capsule named after the payload type, which frees it.
+// True if nothing but its one reference can reach o: refcount 1 and no weak references
+// (views, memoryviews and buffer exports hold references). Not under free threading, where
+// the count alone proves nothing.
+inline bool unshared(PyObject* o) {
+#ifdef Py_GIL_DISABLED
+  (void)o;
+  return false;
+#else
+  if (Py_REFCNT(o) != 1) return false;
+  const Py_ssize_t off = Py_TYPE(o)->tp_weaklistoffset;
+  return off <= 0 || *reinterpret_cast<PyObject**>(reinterpret_cast<char*>(o) + off) == nullptr;
+#endif
+}
+
+// The arrays a direct callable returned last, written again once the caller has let go of
+// them (unshared, and still C-contiguous, writeable and of the shape wanted), so that a loop
+// of steps allocates no arrays: `s.step(x)` drops each output before the next step, `y =
+// s.step(x)` and `y, state = m(x, state)` hold the last call's. Arrays over kMaxBytes are
+// not kept (a long sequence's output would stay alive).
+struct Outputs {
+  static constexpr int kSlots = 6;  // two calls of the LSTM call's y, h and c
+  static constexpr long kMaxBytes = 1 << 20;
+  PyObject* slot[kSlots] = {};
+  int next = 0;
+  ~Outputs() {
+    for (PyObject* o : slot) Py_XDECREF(o);
+  }
+  template <typename T>
+  py::array_t<T> get(int type_num, std::initializer_list<long> shape) {
+    long bytes = sizeof(T);
+    for (const long n : shape) bytes *= n;
+    if (bytes > kMaxBytes) return py::array_t<T>(shape);
+    const int need = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ |
+                     py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+    for (PyObject* o : slot)
+      if (o && unshared(o)) {
+        const auto* a = typed_array(o, type_num, shape);
+        if (a && (a->flags & need) == need) return py::reinterpret_borrow<py::array_t<T>>(o);
+      }
+    py::array_t<T> fresh(shape);
+    Py_XDECREF(slot[next]);
+    slot[next] = fresh.inc_ref().ptr();
+    next = (next + 1) % kSlots;
+    return fresh;
+  }
+};
+
 template <class Target>
 struct Direct {
   Target* target;
   PyObject* keep;
   int type_num;
+  Outputs outputs;
   ~Direct() { Py_XDECREF(keep); }
   static Direct* from(PyObject* capsule) {
     return static_cast<Direct*>(PyCapsule_GetPointer(capsule, typeid(Direct).name()));
@@ -216,9 +264,11 @@ PyObject* direct_call(PyObject* cap, PyObject* const* args, Py_ssize_t nargs, Py
   }
   return python_errors([&] {
     auto out = [&](long rows, long cols) {
-      return unbatched ? py::array_t<T>({rows, cols}) : py::array_t<T>({rows, batch, cols});
+      return unbatched ? f->outputs.template get<T>(f->type_num, {rows, cols})
+                       : f->outputs.template get<T>(f->type_num, {rows, batch, cols});
     };
-    py::array_t<T> y = batch_first ? py::array_t<T>({batch, steps, DH}) : out(steps, DH);
+    py::array_t<T> y = batch_first ? f->outputs.template get<T>(f->type_num, {batch, steps, DH})
+                                   : out(steps, DH);
     py::array_t<T> hn = out(LD, H), cn;
     if (e.cell() == LSTM) cn = out(LD, H);
     {
@@ -433,7 +483,9 @@ PyObject* direct_step(PyObject* cap, PyObject* const* args, Py_ssize_t nargs, Py
     if (!x) x = spaced_rows<T>(args[0], f->type_num, {B, I}, &rows_apart);
     if (x)
       return python_errors([&] {
-        py::array_t<T> y = step_output(s, row);
+        const long DH = (long)s.engine().directions() * s.engine().hidden_size();
+        py::array_t<T> y = row ? f->outputs.template get<T>(f->type_num, {DH})
+                               : f->outputs.template get<T>(f->type_num, {B, DH});
         step_released(s, x, y.mutable_data(), rows_apart);
         return y.release().ptr();
       });
