@@ -106,24 +106,19 @@ PyObject* python_errors(F&& f) {
 // its target, a reference that keeps the target alive, and the dtype its inputs must have.
 // The function's `self` is a capsule named after the payload type, which frees it.
 // True if nothing but its one reference can reach o: refcount 1 and no weak references
-// (views, memoryviews and buffer exports hold references). Not under free threading, where
-// the count alone proves nothing.
+// (views, memoryviews and buffer exports hold references).
 inline bool unshared(PyObject* o) {
-#ifdef Py_GIL_DISABLED
-  (void)o;
-  return false;
-#else
   if (Py_REFCNT(o) != 1) return false;
   const Py_ssize_t off = Py_TYPE(o)->tp_weaklistoffset;
   return off <= 0 || *reinterpret_cast<PyObject**>(reinterpret_cast<char*>(o) + off) == nullptr;
-#endif
 }
 
 // The arrays a direct callable returned last, written again once the caller has let go of
 // them (unshared, and still C-contiguous, writeable and of the shape wanted), so that a loop
 // of steps allocates no arrays: `s.step(x)` drops each output before the next step, `y =
 // s.step(x)` and `y, state = m(x, state)` hold the last call's. Arrays over kMaxBytes are
-// not kept (a long sequence's output would stay alive).
+// not kept (a long sequence's output would stay alive). The GIL keeps the slots consistent;
+// without one (free threading) every call gets new arrays.
 struct Outputs {
   static constexpr int kSlots = 6;  // two calls of the LSTM call's y, h and c
   static constexpr long kMaxBytes = 1 << 20;
@@ -136,7 +131,12 @@ struct Outputs {
   py::array_t<T> get(int type_num, std::initializer_list<long> shape) {
     long bytes = sizeof(T);
     for (const long n : shape) bytes *= n;
-    if (bytes > kMaxBytes) return py::array_t<T>(shape);
+#ifdef Py_GIL_DISABLED
+    const bool keep = false;
+#else
+    const bool keep = bytes <= kMaxBytes;
+#endif
+    if (!keep) return py::array_t<T>(shape);
     const int need = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ |
                      py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
     for (PyObject* o : slot)
