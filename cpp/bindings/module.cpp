@@ -174,14 +174,17 @@ py::object make_direct(PyMethodDef* def, Target& target, py::object keep, int ty
   return py::reinterpret_steal<py::object>(fn);
 }
 
+// None, or the data of o as a C-contiguous array of T of this shape (converted if need be,
+// kept alive by `keep`).
 template <typename T>
 const T* optional_state(const py::object& o, std::initializer_list<long> shape, const char* what,
-                        Arr<T>& holder) {
+                        py::object& keep) {
   if (o.is_none()) return nullptr;
-  holder = Arr<T>::ensure(o);
-  if (!holder) throw py::type_error(std::string(what) + " must be a float array");
-  check_shape(holder, shape, what);
-  return holder.data();
+  Arr<T> a = Arr<T>::ensure(o);
+  if (!a) throw py::type_error(std::string(what) + " must be a float array");
+  check_shape(a, shape, what);
+  keep = a;
+  return a.data();
 }
 
 // None, or one integer per batch row in [lo, hi] -> int32 values in `out` (null for None).
@@ -269,15 +272,19 @@ PyObject* direct_call(PyObject* cap, PyObject* const* args, Py_ssize_t nargs, Py
     };
     py::array_t<T> y = batch_first ? f->outputs.template get<T>(f->type_num, {batch, steps, DH})
                                    : out(steps, DH);
-    py::array_t<T> hn = out(LD, H), cn;
-    if (e.cell() == LSTM) cn = out(LD, H);
+    py::array_t<T> hn = out(LD, H);
+    py::object st = hn;
+    T* cn = nullptr;
+    if (e.cell() == LSTM) {  // (no empty array_t for other cells: that allocates one)
+      py::array_t<T> c = out(LD, H);
+      cn = c.mutable_data();
+      st = py::make_tuple(hn, c);
+    }
     {
       py::gil_scoped_release release;
       e.forward(x, (int)steps, (int)batch, h0, c0, nullptr, nullptr, false, 0.0, 0,
-                (int)nthreads, y.mutable_data(), hn.mutable_data(),
-                e.cell() == LSTM ? cn.mutable_data() : nullptr, batch_first, rows_apart);
+                (int)nthreads, y.mutable_data(), hn.mutable_data(), cn, batch_first, rows_apart);
     }
-    py::object st = e.cell() == LSTM ? py::object(py::make_tuple(hn, cn)) : py::object(hn);
     return py::make_tuple(y, st).release().ptr();
   });
 }
@@ -351,7 +358,7 @@ void bind_engine(py::module_& m, const char* name) {
             if (steps < 1 || batch < 1) throw py::value_error("x must have T >= 1 and B >= 1");
             if (!(dropout >= 0.0 && dropout < 1.0))
               throw py::value_error("dropout must be in [0, 1)");
-            Arr<T> h0a, c0a;
+            py::object h0a, c0a;  // (an empty Arr<T> would allocate an array)
             const T* h0p = optional_state<T>(h0, {LD, batch, H}, "h0", h0a);
             const T* c0p = nullptr;
             if (e.cell() == LSTM) c0p = optional_state<T>(c0, {LD, batch, H}, "c0", c0a);
@@ -399,7 +406,7 @@ void bind_engine(py::module_& m, const char* name) {
               check_shape(dy, {batch, steps, DH}, "dy");
             else
               check_shape(dy, {steps, batch, DH}, "dy");
-            Arr<T> dha, dca;
+            py::object dha, dca;
             const T* dhp = optional_state<T>(dhn, {LD, batch, H}, "dh_n", dha);
             const T* dcp = nullptr;
             if (e.cell() == LSTM) dcp = optional_state<T>(dcn, {LD, batch, H}, "dc_n", dca);
@@ -537,11 +544,8 @@ void bind_stream(py::module_& m, const char* name) {
               check_shape(x, {I}, "x");
             else
               check_shape(x, {B, I}, "x");
-            py::array_t<T> y;
-            if (out.is_none()) {
-              y = step_output(s, row);
-            } else {
-              y = inplace_array<T>(out, "out");
+            py::array_t<T> y = out.is_none() ? step_output(s, row) : inplace_array<T>(out, "out");
+            if (!out.is_none()) {
               if (row)
                 check_shape(y, {DH}, "out");
               else
@@ -623,7 +627,7 @@ py::array_t<T> nn_dense_forward(Arr<T> x, Arr<T> W, py::object b, int act, int n
   if (x.ndim() != 2 || W.ndim() != 2 || x.shape(1) != W.shape(1))
     throw py::value_error("dense: x (N, in) and W (out, in) do not match");
   const long N = x.shape(0), in = x.shape(1), out = W.shape(0);
-  Arr<T> bh;
+  py::object bh;
   const T* bp = optional_state<T>(b, {out}, "bias", bh);
   if (act < ACT_NONE || act > ACT_SIGMOID) throw py::value_error("unknown activation");
   py::array_t<T> y({N, out});
@@ -717,20 +721,26 @@ py::tuple nn_loss(int kind, Arr<T> z, py::object target, py::object weights, dou
   if (z.ndim() != 2) throw py::value_error("logits must be 2-D (N, C)");
   const long N = z.shape(0), C = z.shape(1);
   if (kind < LOSS_SPARSE_XENT || kind > LOSS_MSE) throw py::value_error("unknown loss");
-  py::array_t<int64_t, py::array::c_style | py::array::forcecast> labels;
-  Arr<T> targets, wh;
+  typedef py::array_t<int64_t, py::array::c_style | py::array::forcecast> Labels;
+  py::object keep_target, wh;  // (empty array_t holders would allocate arrays)
+  const int64_t* lp = nullptr;
+  const T* tp = nullptr;
   if (kind == LOSS_SPARSE_XENT) {
-    labels = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(target);
+    Labels labels = Labels::ensure(target);
     if (!labels) throw py::type_error("labels must be integers");
     check_shape(labels, {N}, "labels");
+    lp = labels.data();
     for (long i = 0; i < N; ++i)
-      if (labels.data()[i] < 0 || labels.data()[i] >= C)
-        throw py::value_error("label " + std::to_string(labels.data()[i]) + " outside [0, " +
+      if (lp[i] < 0 || lp[i] >= C)
+        throw py::value_error("label " + std::to_string(lp[i]) + " outside [0, " +
                               std::to_string(C) + ")");
+    keep_target = labels;
   } else {
-    targets = Arr<T>::ensure(target);
+    Arr<T> targets = Arr<T>::ensure(target);
     if (!targets) throw py::type_error("targets must be a float array");
     check_shape(targets, {N, C}, "targets");
+    tp = targets.data();
+    keep_target = targets;
   }
   const T* wp = optional_state<T>(weights, {N}, "weights", wh);
   py::object grad_obj = py::none();
@@ -744,9 +754,7 @@ py::tuple nn_loss(int kind, Arr<T> z, py::object target, py::object weights, dou
   double total;
   {
     py::gil_scoped_release release;
-    total = loss<T>(kind, z.data(), N, C, kind == LOSS_SPARSE_XENT ? labels.data() : nullptr,
-                    kind == LOSS_SPARSE_XENT ? nullptr : targets.data(), wp, scale, gp, &correct,
-                    nthreads);
+    total = loss<T>(kind, z.data(), N, C, lp, tp, wp, scale, gp, &correct, nthreads);
   }
   return py::make_tuple(total, grad_obj, correct);
 }
