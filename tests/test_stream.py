@@ -344,7 +344,9 @@ def test_plain_call_reuses_only_outputs_nothing_else_can_reach(mode):
     m = getattr(rf, mode)(I, H)
     xs = np.random.default_rng(2).standard_normal((T, 1, B, I)).astype(np.float32)
     want_y, _ = m.forward(xs[:, 0])
-    parts = lambda st: st if isinstance(st, tuple) else (st,)  # noqa: E731
+    def parts(st):
+        return st if isinstance(st, tuple) else (st,)
+
     state, kept = None, []
     for t in range(T):
         y, state = m(xs[t], state)

@@ -102,9 +102,6 @@ PyObject* python_errors(F&& f) {
   return nullptr;
 }
 
-// What a direct callable (a plain CPython function, no pybind11 dispatch) is bound to:
-// its target, a reference that keeps the target alive, and the dtype its inputs must have.
-// The function's `self` is a capsule named after the payload type, which frees it.
 // True if nothing but its one reference can reach o: refcount 1 and no weak references
 // (views, memoryviews and buffer exports hold references).
 inline bool unshared(PyObject* o) {
@@ -152,6 +149,10 @@ struct Outputs {
   }
 };
 
+// What a direct callable (a plain CPython function, no pybind11 dispatch) is bound to:
+// its target, a reference that keeps the target alive, the dtype its inputs must have, and
+// the outputs it returned (Outputs). The function's `self` is a capsule named after the
+// payload type, which frees it.
 template <class Target>
 struct Direct {
   Target* target;
