@@ -336,9 +336,9 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
         if (split) range(0, I, true);
         range(fused && !split ? 0 : I, I + H, false);
       }
-      if (!by_rows) rf_barrier();
+      if (!by_rows && s + 1 < a.steps) rf_barrier();  // the last step's: the join
     }
-  });
+  }, a.steps == 1 || by_rows);  // no barrier: a late worker's share runs on the caller
 }
 
 template <typename T, class Cell>

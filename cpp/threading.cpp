@@ -96,6 +96,8 @@ inline void cpu_relax() {
 // as 1), and the CPUs there are for them (set with the pool).
 std::atomic<int> g_team_threads{0};
 std::atomic<int> g_cpus{1};
+std::atomic<int> g_worker_delay_us{0};  // test probes (delay_workers, late_shares_run)
+std::atomic<long> g_late_shares{0};
 
 // Waits until done() holds: spins, then yields the CPU between checks (a team member
 // that lost its CPU gets it back sooner), at once when teams outnumber the CPUs.
@@ -129,6 +131,7 @@ struct alignas(64) Worker {
   Team* team = nullptr;
   int id = 0;
   alignas(64) std::atomic<unsigned> done{0};  // = go once the job has finished
+  std::atomic<unsigned> taken{0};  // the last job the worker or (late worker) its caller took
   alignas(64) std::atomic<bool> busy{true};   // claimed by a caller (or being created)
   std::atomic<bool> sleeping{false};
   std::mutex mutex;
@@ -157,6 +160,15 @@ void run_job(Team* team, int id) {
   tls = Membership{team, id, 0};
   team->fn(team->ctx);
   tls = Membership();
+}
+
+// Takes job g of w for the calling thread (the worker, or its caller in place of a late
+// worker): true for exactly one of them. Every earlier job was taken before g was handed
+// out, so taken == g - 1 until one of them takes it; a worker late enough to find later
+// jobs handed out finds its own taken.
+bool take(Worker* w, unsigned g) {
+  unsigned before = g - 1;
+  return w->taken.compare_exchange_strong(before, g, std::memory_order_acq_rel);
 }
 
 void worker_main(Worker* w) {
@@ -190,7 +202,9 @@ void worker_main(Worker* w) {
       w->sleeping.store(false);
     }
     seen = g;
-    run_job(w->team, w->id);
+    const int delay = g_worker_delay_us.load(std::memory_order_relaxed);
+    if (delay > 0) std::this_thread::sleep_for(std::chrono::microseconds(delay));
+    if (take(w, g)) run_job(w->team, w->id);  // else its caller ran it (pool_run)
     w->done.store(g, std::memory_order_release);
   }
 }
@@ -297,7 +311,7 @@ bool pool_next_task(long n, long* task) {
   return false;
 }
 
-void pool_run(int nt, void (*fn)(void*), void* ctx) {
+void pool_run(int nt, void (*fn)(void*), void* ctx, bool independent) {
   if (nt <= 1 || tls.team) {  // alone, or nested: a team of one
     const Membership outer = tls;
     tls = Membership();
@@ -340,7 +354,14 @@ void pool_run(int nt, void (*fn)(void*), void* ctx) {
   for (int j = 0; j < k; ++j) {
     Worker* w = workers[j];
     const unsigned g = w->go.load(std::memory_order_relaxed);
-    wait_until([&] { return w->done.load(std::memory_order_acquire) == g; });
+    // A late worker's share runs here; the worker, when it comes, finds the job taken and
+    // touches nothing of the team (which lives on this stack).
+    if (independent && w->taken.load(std::memory_order_acquire) != g && take(w, g)) {
+      run_job(&team, j + 1);
+      g_late_shares.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      wait_until([&] { return w->done.load(std::memory_order_acquire) == g; });
+    }
     w->busy.store(false, std::memory_order_release);
   }
   g_team_threads.fetch_sub(nt, std::memory_order_relaxed);
@@ -373,6 +394,9 @@ void team_probe_body(void* p) {
   pool_barrier();  // all alive at once
 }
 }  // namespace
+
+void delay_workers(int us) { g_worker_delay_us.store(us > 0 ? us : 0); }
+long late_shares_run() { return g_late_shares.load(); }
 
 int team_threads(int nthreads) {
   TeamProbe t;

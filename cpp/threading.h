@@ -29,6 +29,10 @@ bool in_forked_child();
 double barrier_seconds(int nthreads, int rounds);
 // How many distinct threads ran a region asked to run on nthreads (test probe).
 int team_threads(int nthreads);
+// Test probes: workers wait `us` microseconds before taking a job (0: none); how many
+// members' shares their callers have run so far in place of late workers.
+void delay_workers(int us);
+long late_shares_run();
 
 // The pool (threading.cpp). pool_run runs fn(ctx) on a team of up to nt threads, the
 // caller as thread 0, and returns when all have finished; from inside a team, or with
@@ -40,6 +44,10 @@ void pool_barrier();     // all of the team's threads arrive before any leaves
 // while any are left. Every thread of the team must call it until it returns false, and
 // the team must pass a barrier before the next such loop.
 bool pool_next_task(long n, long* task);
-void pool_run(int nt, void (*fn)(void*), void* ctx);
+// independent: fn's members never wait for each other (no barrier, no pool_next_task), so
+// a worker that has not taken its job when the caller has finished its own share has that
+// share run by the caller instead of waited for (asleep, preempted, or sharing the
+// caller's CPU, a worker can be hundreds of microseconds late).
+void pool_run(int nt, void (*fn)(void*), void* ctx, bool independent = false);
 
 }  // namespace rnnfast

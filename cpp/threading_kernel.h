@@ -21,12 +21,13 @@ static inline long rf_share(long n, int id, int team) { return n * id / team; }
 
 // Runs body() on a team of nt threads of the pool (threading.h), or directly on this
 // one when nt <= 1. Bodies split their tasks with rf_for, pool_next_task or rf_share of
-// rf_thread_num() / rf_team_size(); either runs whole on a lone thread.
+// rf_thread_num() / rf_team_size(); either runs whole on a lone thread. independent:
+// body has no barrier (see pool_run).
 template <class F>
-static inline void rf_parallel(int nt, F&& body) {
+static inline void rf_parallel(int nt, F&& body, bool independent = false) {
   typedef std::remove_reference_t<F> Body;
   pool_run(nt, [](void* b) { (*static_cast<Body*>(b))(); },
-           const_cast<void*>(static_cast<const void*>(&body)));
+           const_cast<void*>(static_cast<const void*>(&body)), independent);
 }
 
 // f(i) for this thread's share of [0, n) (rf_share), then a barrier of the team. (Loops

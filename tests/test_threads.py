@@ -168,6 +168,38 @@ def test_row_split_steps_same_results(kind, B):
         assert_same(results[1], results[2], atol=0, rtol=0)
 
 
+@pytest.mark.skipif(CPUS < 2, reason="a late worker needs a team of two")
+def test_late_workers_shares_run_by_their_callers(kind):
+    # Regions whose threads never wait for each other (a single step; rows split with no
+    # barrier per step) do not wait for a worker that has not taken its job: the caller
+    # runs that share itself. With every worker 20 ms late, the results are the same bits
+    # as on one thread and the callers ran the shares; regions with barriers (panels split
+    # over a sequence) wait for the late workers and get the same bits too.
+    x8 = inputs(20, 8, I=32)
+    x1 = inputs(30, 1, I=32)
+    want = {}
+    for n in (1, 2):
+        if n == 2:
+            _core._delay_workers(20000)
+        try:
+            small = make(kind, I=32, H=128, num_threads=n)  # rows split, no barrier
+            wide = make(kind, I=32, H=256, num_threads=n)  # panels split, a barrier a step
+            before = _core._late_shares_run()
+            s = wide.stream(num_threads=n)
+            got = {"rows": small(x8)[0], "panels": wide(x1)[0],
+                   "stream": np.stack([s.step(x1[t, 0]) for t in range(5)])}
+            late = _core._late_shares_run() - before
+        finally:
+            _core._delay_workers(0)
+        if n == 1:
+            want = got
+            assert late == 0
+        else:
+            assert late >= 5  # the row-split call and each stream step
+            for key in want:
+                np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+
+
 def test_model_num_threads_same_results(kind):
     x = inputs()
     results = {}

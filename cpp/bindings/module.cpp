@@ -833,6 +833,10 @@ PYBIND11_MODULE(_core, m) {
   m.def("_team_threads", &team_threads, py::arg("nthreads"),
         py::call_guard<py::gil_scoped_release>(),
         "How many distinct threads ran a parallel region asked for nthreads (a test probe).");
+  m.def("_delay_workers", &delay_workers, py::arg("us"),
+        "Test probe: pool workers wait `us` microseconds before taking a job (0: none).");
+  m.def("_late_shares_run", &late_shares_run,
+        "Test probe: members' shares run so far by their callers in place of late workers.");
   m.def("isa", &current_isa);
   m.def("supported_isas", &supported_isas);
   m.def("set_isa", &set_isa, py::arg("name"));
