@@ -14,18 +14,13 @@ void col_sums(T* out, const T* a, long rows, int n, int nthreads) {
   // Split columns in blocks so each thread owns its outputs (no atomics).
   constexpr int CB = 64;
   const int nblocks = (n + CB - 1) / CB;
-  int nt = rf_threads_for(nthreads, 4.0 * rows * n);
-  if (nt > nblocks) nt = nblocks;
-  rf_parallel(nt, [&] {
-    RF_FLUSH_DENORMALS_SCOPE;
-    rf_for(nblocks, [&](long blk) {
-      const int j0 = blk * CB, j1 = j0 + CB < n ? j0 + CB : n;
-      T acc[CB];
-      for (int j = j0; j < j1; ++j) acc[j - j0] = T(0);
-      for (long r = 0; r < rows; ++r)
-        for (int j = j0; j < j1; ++j) acc[j - j0] += a[r * n + j];
-      for (int j = j0; j < j1; ++j) out[j] += acc[j - j0];
-    });
+  rf_parallel_for(rf_threads_for(nthreads, 4.0 * rows * n), nblocks, [&](long blk) {
+    const int j0 = blk * CB, j1 = j0 + CB < n ? j0 + CB : n;
+    T acc[CB];
+    for (int j = j0; j < j1; ++j) acc[j - j0] = T(0);
+    for (long r = 0; r < rows; ++r)
+      for (int j = j0; j < j1; ++j) acc[j - j0] += a[r * n + j];
+    for (int j = j0; j < j1; ++j) out[j] += acc[j - j0];
   });
 }
 
@@ -41,15 +36,11 @@ void dropout(const T* x, T* y, T* mask, long n, double p, uint64_t seed, int lay
              int nthreads) {
   const uint64_t base = mix64(seed ^ ((uint64_t)(layer + 1) * 0xD1B54A32D192ED03ull));
   const T scale = T(1) / (T(1) - T(p));
-  int nt = rf_threads_for(nthreads, 20.0 * n);
-  rf_parallel(nt, [&] {
-    RF_FLUSH_DENORMALS_SCOPE;
-    rf_for(n, [&](long e) {
-      const double u = (double)(mix64(base + (uint64_t)e) >> 40) * (1.0 / 16777216.0);
-      const T m = u < p ? T(0) : scale;
-      mask[e] = m;
-      y[e] = x[e] * m;
-    });
+  rf_parallel_for(rf_threads_for(nthreads, 20.0 * n), n, [&](long e) {
+    const double u = (double)(mix64(base + (uint64_t)e) >> 40) * (1.0 / 16777216.0);
+    const T m = u < p ? T(0) : scale;
+    mask[e] = m;
+    y[e] = x[e] * m;
   });
 }
 

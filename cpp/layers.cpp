@@ -18,12 +18,7 @@ namespace {
 
 template <class F>
 void parallel_rows(long n, int nthreads, double work_per_row, F&& f) {
-  int nt = rf_threads_for(nthreads, work_per_row * n);
-  if (nt > n) nt = n < 1 ? 1 : (int)n;
-  rf_parallel(nt, [&] {
-    RF_FLUSH_DENORMALS_SCOPE;
-    rf_for(n, f);
-  });
+  rf_parallel_for(rf_threads_for(nthreads, work_per_row * n), n, f);
 }
 
 }  // namespace

@@ -20,15 +20,11 @@ template <class F>
 void for_chunks(long n, int nthreads, double bytes_per_elem, F&& f) {
   const long nchunks = (n + kChunk - 1) / kChunk;
   // Memory-bound: a thread is worth it from ~256 KiB of traffic on.
-  int nt = rf_threads_for(nthreads, bytes_per_elem * n / 256e3 * 0.1e6);
-  if (nt > nchunks) nt = (int)nchunks;
-  rf_parallel(nt, [&] {
-    RF_FLUSH_DENORMALS_SCOPE;
-    rf_for(nchunks, [&](long c) {
-      const long i0 = c * kChunk, i1 = i0 + kChunk < n ? i0 + kChunk : n;
-      f(i0, i1);
-    });
-  });
+  rf_parallel_for(rf_threads_for(nthreads, bytes_per_elem * n / 256e3 * 0.1e6), nchunks,
+                  [&](long c) {
+                    const long i0 = c * kChunk, i1 = i0 + kChunk < n ? i0 + kChunk : n;
+                    f(i0, i1);
+                  });
 }
 
 template <typename T>

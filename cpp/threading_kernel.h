@@ -30,13 +30,18 @@ static inline void rf_parallel(int nt, F&& body, bool independent = false) {
            const_cast<void*>(static_cast<const void*>(&body)), independent);
 }
 
-// f(i) for this thread's share of [0, n) (rf_share), then a barrier of the team. (Loops
-// with large bodies are written out with rf_share instead: as lambdas, GCC compiled
-// gemm_impl's 12% slower.)
+// f(i) for this thread's share of [0, n) (rf_share).
 template <class F>
-static inline void rf_for(long n, F&& f) {
+static inline void rf_each(long n, F&& f) {
   const int id = rf_thread_num(), team = rf_team_size();
   for (long i = rf_share(n, id, team), end = rf_share(n, id + 1, team); i < end; ++i) f(i);
+}
+
+// rf_each, then a barrier of the team. (Loops with large bodies are written out with
+// rf_share instead: as lambdas, GCC compiled gemm_impl's 12% slower.)
+template <class F>
+static inline void rf_for(long n, F&& f) {
+  rf_each(n, f);
   rf_barrier();
 }
 
@@ -90,6 +95,21 @@ class FlushDenormals {
 };
 
 #define RF_FLUSH_DENORMALS_SCOPE FlushDenormals rf_ftz_scope_
+
+// A region that is one loop: f(i) for i in [0, n) on up to nt threads (no more than n),
+// denormals flushed. Its threads never wait for each other (the join is its only barrier),
+// so a late worker's share runs on the caller (pool_run).
+template <class F>
+static inline void rf_parallel_for(int nt, long n, F&& f) {
+  if (nt > n) nt = n < 1 ? 1 : (int)n;
+  rf_parallel(
+      nt,
+      [&] {
+        RF_FLUSH_DENORMALS_SCOPE;
+        rf_each(n, f);
+      },
+      true);
+}
 
 }  // namespace RF_NS
 }  // namespace rnnfast

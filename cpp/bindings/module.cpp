@@ -458,10 +458,14 @@ py::object state_view(py::object self, Stream<T>& s, T* data) {
                          (long)e.hidden_size()}, data, self);
 }
 
-// The output of one step of s: (D*H,) for an unbatched row, else (B, D*H).
+// The output of one step of s: (D*H,) for an unbatched row, else (B, D*H); one of
+// `reuse`'s arrays where it has one free.
 template <typename T>
-py::array_t<T> step_output(const Stream<T>& s, bool row) {
+py::array_t<T> step_output(const Stream<T>& s, bool row, Outputs* reuse = nullptr) {
   const long DH = (long)s.engine().directions() * s.engine().hidden_size();
+  constexpr int type_num = py::detail::npy_format_descriptor<T>::value;
+  if (reuse)
+    return row ? reuse->get<T>(type_num, {DH}) : reuse->get<T>(type_num, {(long)s.batch(), DH});
   return row ? py::array_t<T>(DH) : py::array_t<T>({(long)s.batch(), DH});
 }
 
@@ -491,9 +495,7 @@ PyObject* direct_step(PyObject* cap, PyObject* const* args, Py_ssize_t nargs, Py
     if (!x) x = spaced_rows<T>(args[0], f->type_num, {B, I}, &rows_apart);
     if (x)
       return python_errors([&] {
-        const long DH = (long)s.engine().directions() * s.engine().hidden_size();
-        py::array_t<T> y = row ? f->outputs.template get<T>(f->type_num, {DH})
-                               : f->outputs.template get<T>(f->type_num, {B, DH});
+        py::array_t<T> y = step_output(s, row, &f->outputs);
         step_released(s, x, y.mutable_data(), rows_apart);
         return y.release().ptr();
       });
