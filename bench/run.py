@@ -921,6 +921,9 @@ def run_row(
 
 def machine_info(threads: int) -> dict:
     cpu = _cpuinfo("model name") or platform.processor() or platform.machine()
+    family, model = _cpuinfo("cpu family"), _cpuinfo("model\t")
+    if family and model:  # e.g. "AMD EPYC" names both Zen 4 (25) and Zen 5 (26)
+        cpu += f" (family {family}, model {model})"
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -945,6 +948,8 @@ def machine_info(threads: int) -> dict:
             info[name] = f"n/a ({type(exc).__name__})"
     try:
         info["rnnfast_isa"] = importlib.import_module("rnnfast").get_isa()
+        far = importlib.import_module("rnnfast._core")._far_prefetch()
+        info["rnnfast_far_prefetch"] = "on" if far else "off"
     except Exception:
         pass
     try:
@@ -1023,7 +1028,7 @@ def format_report(
         + ", ".join(
             f"{k} {info[k]}"
             for k in ("python", "numpy", "numpy_blas", "numpy_blas_kernels", "rnnfast",
-                      "rnnfast_isa", "torch", "onnxruntime")
+                      "rnnfast_isa", "rnnfast_far_prefetch", "torch", "onnxruntime")
             if k in info
         ),
         "sgemm ceiling (NumPy 2048x2048 float32): "
@@ -1033,8 +1038,8 @@ def format_report(
         *("note: " + line for line in _blas_kernel_warning(info)),
         _row_ceilings_line(rows),
         *(["barrier ns: a barrier of the run's threads, timed in the row's rounds (the hand-off "
-           "between cores every multi-threaded step pays; on the 2-core Zen 5 VM ~60 ns in quiet "
-           "spells; slow spells show as several times that)"] if with_barrier else []),
+           "between cores every multi-threaded step pays; on the 2-core Zen 4 and Zen 5 VMs "
+           "40-70 ns in quiet spells; slow spells show as several times that)"] if with_barrier else []),
         "ratios are peer time / rnnfast time: above 1 means rnnfast is faster",
         "",
     ]

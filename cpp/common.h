@@ -33,6 +33,10 @@ struct RowOrder {
 };
 static inline long row_at(RowOrder o, long t, long b) { return t * o.t + b * o.b; }
 
+// Whether batch-1 steps on weights beyond L2 request each weight line ahead of use
+// (defined in dispatch.cpp: by CPU, see cpp/README.md item 2).
+bool far_prefetch();
+
 // One layer and direction of the recurrence, everything row-major. Sequences (x, xproj,
 // y, dy) have their rows in the order xo / yo / dyo; the engine's own buffers are
 // time-major.

@@ -13,5 +13,7 @@ const KernelTable<T>& kernels();
 std::string current_isa();
 std::vector<std::string> supported_isas();   // best first
 void set_isa(const std::string& name);       // throws std::invalid_argument if unsupported
+// far_prefetch() (common.h) for this CPU, and a setter for tests; returns the previous value.
+bool set_far_prefetch(bool on);
 
 }  // namespace rnnfast

@@ -66,8 +66,8 @@ static inline __attribute__((always_inline)) void micro_kernel(
 // independent FMA chains (>= 8 cover the FMA latency) instead of the rows of
 // micro_kernel, which would redo the same row.
 // Bp in slices as for micro_kernel_add. PF: each cache line of Bp is requested 1 KiB ahead,
-// for weights beyond L2 (over 4 MiB; Zen 5, batch-1 steps from L3: LSTM-512 44.7 -> 37.8 us,
-// GRU-512 34.5 -> 29.4; with the weights in L2, H = 256 steps ran 4-12% slower with it).
+// for weights beyond L2 (over 4 MiB) on CPUs where that helps (far_prefetch; cpp/README.md
+// item 2: Zen 5 faster, Zen 4 slower).
 template <typename T, int NV, int NVS = NV, bool PF = false>
 static inline __attribute__((always_inline)) void row_kernel_add(
     int K, const T* a, const T* Bp, typename Simd<T>::V (&acc)[1][NV], long ss = 0) {

@@ -150,8 +150,9 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
       kBlockK && !by_rows && MR > 1 && mblocks > 1 && panel_bytes > kPanelBlockBytes * 3 / 2;
   const int ntasks = kblocked ? npanels : npanels * mblocks;
   const bool prefetch = (double)npanels * panel_stride * sizeof(T) > (8 << 20);
-  // Batch 1 reads each weight once: beyond the cores' L2 (over 4 MiB), ahead of use.
-  const bool far = MR == 1 && (double)npanels * panel_bytes > (4 << 20);
+  // Batch 1 reads each weight once: beyond the cores' L2 (over 4 MiB), ahead of use where
+  // that helps (far_prefetch).
+  const bool far = MR == 1 && (double)npanels * panel_bytes > (4 << 20) && far_prefetch();
   const size_t tile = (size_t)MR * NV;  // partial sums per row tile (MR2 < MR)
   // f(rows-per-tile constant, first row) for row tile ib
   auto with_block = [&](int ib, auto&& f) {

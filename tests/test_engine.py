@@ -402,6 +402,32 @@ def test_read_probe_reads_every_element(isa):
         _core._read_probe(buf, 0)
 
 
+
+@pytest.mark.parametrize("mode,H,dtype", [("LSTM", 512, np.float32), ("GRU", 300, np.float64),
+                                          ("RNN_TANH", 520, np.float64)])
+def test_batch1_far_weights_with_and_without_prefetch(isa, mode, H, dtype):
+    """Batch-1 steps on weights over 4 MiB (from L3) prefetch them on some CPUs only: both
+    ways give the reference's answer, the same bits, for a sequence and a stream."""
+    fast, ref = make_pair(mode, H, H, dtype=dtype, seed=3)
+    assert sum(fast.state_dict()[k].nbytes for k in ("weight_ih_l0", "weight_hh_l0")) > 4 << 20
+    x = np.random.default_rng(4).standard_normal((5, 1, H)).astype(dtype)
+    want, _ = ref.forward(x.astype(np.float64))
+    before = _core._set_far_prefetch(True)
+    try:
+        got = {}
+        for on in (True, False):
+            _core._set_far_prefetch(on)
+            assert _core._far_prefetch() is on
+            s = fast.stream()
+            got[on] = (fast.forward(x)[0], np.stack([s.step(x[t]) for t in range(len(x))]))
+    finally:
+        _core._set_far_prefetch(before)
+    tol = dict(rtol=2e-5, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
+    for y in got[True] + got[False]:
+        np.testing.assert_allclose(y, want, **tol)
+    for a, b in zip(got[True], got[False]):
+        np.testing.assert_array_equal(a, b)
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_denormals_flushed_inside_kernels_only(isa, dtype):
     """Kernels run with flush-to-zero / denormals-are-zero (denormals make recurrent loops

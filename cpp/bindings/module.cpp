@@ -839,6 +839,10 @@ PYBIND11_MODULE(_core, m) {
         "Test probe: pool workers wait `us` microseconds before taking a job (0: none).");
   m.def("_late_shares_run", &late_shares_run,
         "Test probe: members' shares run so far by their callers in place of late workers.");
+  m.def("_set_far_prefetch", &set_far_prefetch, py::arg("on"),
+        "Test probe: batch-1 steps on weights over 4 MiB prefetch them (True) or not; returns "
+        "the previous setting.");
+  m.def("_far_prefetch", &far_prefetch, "Whether _set_far_prefetch's prefetch is on.");
   m.def("isa", &current_isa);
   m.def("supported_isas", &supported_isas);
   m.def("set_isa", &set_isa, py::arg("name"));
