@@ -402,7 +402,6 @@ def test_read_probe_reads_every_element(isa):
         _core._read_probe(buf, 0)
 
 
-
 @pytest.mark.parametrize("mode,H,dtype", [("LSTM", 512, np.float32), ("GRU", 300, np.float64),
                                           ("RNN_TANH", 520, np.float64)])
 def test_batch1_far_weights_with_and_without_prefetch(isa, mode, H, dtype):
@@ -412,7 +411,7 @@ def test_batch1_far_weights_with_and_without_prefetch(isa, mode, H, dtype):
     assert sum(fast.state_dict()[k].nbytes for k in ("weight_ih_l0", "weight_hh_l0")) > 4 << 20
     x = np.random.default_rng(4).standard_normal((5, 1, H)).astype(dtype)
     want, _ = ref.forward(x.astype(np.float64))
-    before = _core._set_far_prefetch(True)
+    before = _core._far_prefetch()
     try:
         got = {}
         for on in (True, False):
@@ -427,6 +426,7 @@ def test_batch1_far_weights_with_and_without_prefetch(isa, mode, H, dtype):
         np.testing.assert_allclose(y, want, **tol)
     for a, b in zip(got[True], got[False]):
         np.testing.assert_array_equal(a, b)
+
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_denormals_flushed_inside_kernels_only(isa, dtype):
