@@ -151,18 +151,20 @@ def test_global_threads_same_results(kind, shape):
     assert_same(results[1], results[2])
 
 
+@pytest.mark.parametrize("H", [128, 256])
 @pytest.mark.parametrize("B", [8, 13, 16])
-def test_row_split_steps_same_results(kind, B):
+def test_row_split_steps_same_results(kind, B, H):
     # I = 32, H = 128: weights small enough (recurrence.h, kRowSweepBytes) that two threads
     # split a step's rows rather than its panels, forward and backward, with no barrier per
-    # step; B = 13 leaves a padded row tile. Lengths freeze rows; the reverse direction and
-    # a second layer (wider input, panels again for LSTM) come along.
+    # step; B = 13 leaves a padded row tile. H = 256: GRU's 768 KiB at the limit, RNN's
+    # under it, LSTM's 1 MiB over it (panels). Lengths freeze rows; the reverse direction
+    # and a second layer (wider input, panels again for LSTM) come along.
     x = inputs(20, B, I=32)
     lengths = np.maximum(1, 20 - 3 * (np.arange(B) % 5))
     for config in ({"num_layers": 2}, {"bidirectional": True}):
         results = {}
         for n in (1, 2):
-            m = make(kind, I=32, H=128, num_threads=n, **config)
+            m = make(kind, I=32, H=H, num_threads=n, **config)
             results[n] = run_train(m, x, lengths=lengths)
             results[n]["inference"], _ = m(x, lengths=lengths)
         assert_same(results[1], results[2], atol=0, rtol=0)
