@@ -135,22 +135,28 @@ class Stream {
   const Engine<T>& engine() const { return engine_; }
   int batch() const { return batch_; }
   int num_threads() const { return nthreads_; }
-  void set_num_threads(int n) { nthreads_ = n; }
+  void set_num_threads(int n) {  // the next step probes the new count afresh
+    std::lock_guard<std::mutex> lock(mutex_);
+    nthreads_ = n;
+    pos_ = 0;
+    cycle_ = kCycle;
+  }
   T* h() { return h_.data(); }
   T* c() { return c_.empty() ? nullptr : c_.data(); }
   // x (B, I) -> y (B, D*H); the state moves one step. x's rows lie x_rows_apart rows of I
   // apart (0: next to each other).
   void step(const T* x, T* y, long x_rows_apart = 0) {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (nthreads_ > 0 || max_threads() == 1) {
-      run(x, x_rows_apart, y, nthreads_);
+    if ((nthreads_ > 0 ? nthreads_ : max_threads()) == 1) {
+      run(x, x_rows_apart, y, 1);
       return;
     }
-    // On the process-wide count a step lasts a few microseconds, and what a second thread
-    // costs (waking it, one cache-line round trip each way) swings with the machine: on the
-    // 2-core Zen 5 VM, GRU-128 took 2.5 us on two threads in some spells and 4.3 in others,
-    // against ~3 on one. So each cycle of kCycle steps starts with kProbe steps on each
-    // choice (0: the process-wide count, 1: one thread) in blocks of kBlock, alternating,
+    // A step lasts a few microseconds, and what a second thread costs (waking it, one
+    // cache-line round trip each way) swings with the machine: on the 2-core Zen 5 VM,
+    // GRU-128 took 2.5 us on two threads in some spells and 4.3 in others, against ~3 on
+    // one; on the Zen 4, RNN-256 5.5 us on two in a slow spell against 5.1 on one, 3.3
+    // against 5.2 in quiet ones. So each cycle of kCycle steps starts with kProbe steps
+    // on each choice (0: the stream's count, 1: one thread) in blocks of kBlock, alternating,
     // and runs the rest on the one whose median probe step was faster, a block's first
     // step not counted; when one was over 1.5x the other, the next cycle is 16 times
     // longer (probing a 2x slower choice costs a long step 3% of its time at kCycle).
@@ -162,12 +168,12 @@ class Stream {
     const long pos = pos_++;
     if (pos >= 2 * kProbe) {
       if (pos_ == cycle_) pos_ = 0;
-      run(x, x_rows_apart, y, use_one_ ? 1 : 0);
+      run(x, x_rows_apart, y, use_one_ ? 1 : nthreads_);
       return;
     }
     const int arm = (pos / kBlock) & 1, in_block = pos % kBlock;
     const auto t0 = std::chrono::steady_clock::now();
-    run(x, x_rows_apart, y, arm);
+    run(x, x_rows_apart, y, arm ? 1 : nthreads_);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (in_block > 0) probe_[arm][(pos / (2 * kBlock)) * (kBlock - 1) + in_block - 1] = dt;
     if (pos == 2 * kProbe - 1) {
@@ -191,7 +197,7 @@ class Stream {
 
   Engine<T>& engine_;
   int batch_;
-  int nthreads_ = 0;  // 0: the process-wide setting
+  int nthreads_ = 0;  // at most this many threads; 0: the process-wide setting
   LineVec<T> h_, c_;  // (L*D, B, H), zero at the start
   std::mutex mutex_;
   long pos_ = 0, cycle_ = kCycle;  // steps into this cycle (on the process-wide count), its length

@@ -370,17 +370,21 @@ def test_plain_call_reuses_only_outputs_nothing_else_can_reach(mode):
     assert gone() is None
 
 
+@pytest.mark.parametrize("count", ["process", "own"])
 @pytest.mark.parametrize("mode", ["LSTM", "GRU"])
-def test_long_stream_on_the_process_thread_count(mode):
-    # On the process-wide count a stream times its steps and runs each cycle of 256 on
-    # one thread or on all (cpp/engine.h): 600 steps hold probe steps of both choices and,
-    # unless one was far faster, three cycles; they must give what the whole sequence gives.
+def test_long_stream_probing_thread_counts(mode, count):
+    # A stream on more than one thread (the process-wide count, or its own) times its
+    # steps and runs each cycle of 256 on one thread or on all (cpp/engine.h): 600 steps
+    # hold probe steps of both choices and, unless one was far faster, three cycles; they
+    # must give what the whole sequence gives.
     previous = rf.get_num_threads()
     rf.set_num_threads(2)
     try:
         m = getattr(rf, mode)(16, 40)
         x = np.random.default_rng(3).standard_normal((600, 16)).astype(np.float32)
-        s = m.stream()
+        s = m.stream() if count == "process" else m.stream(num_threads=2)
+        if count == "own":
+            rf.set_num_threads(1)  # no bearing on a stream with a count of its own
         got = np.stack([s.step(x_t) for x_t in x])
         want, state = m(x)
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)

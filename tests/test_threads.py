@@ -197,7 +197,9 @@ def test_late_workers_shares_run_by_their_callers(kind):
             want = got
             assert late == 0
         else:
-            assert late >= 5  # the row-split call and each stream step
+            # the row-split call, and the stream's first four steps (its first probe block
+            # runs on its count, the next on one thread: cpp/engine.h)
+            assert late >= 5
             for key in want:
                 np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 

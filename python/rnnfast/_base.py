@@ -452,9 +452,9 @@ class Stream(_ThreadsSetting):
     ``s.state`` is a copy of the current state in the model's format; ``s.reset(state=None)``
     starts over. A stream follows later weight changes of its model. Steps are not meant to be
     shared between threads: give each thread its own stream (streams of one model run
-    concurrently). On the process-wide thread count (no ``num_threads`` of its own) a
-    stream of the C++ engine times its steps and runs them on one thread or on all,
-    whichever has been faster lately; the results are the same either way."""
+    concurrently). On more than one thread (its ``num_threads``, else the process-wide
+    count) a stream of the C++ engine times its steps and runs them on one thread or on
+    all, whichever has been faster lately; the results are the same either way."""
 
     def __init__(self, model, batch_size, state, num_threads):
         self.model = model
