@@ -27,8 +27,16 @@ constexpr long kFewRows = 32;
 // second charrnn layer too (36.0 -> 34.2, GRU 25.7 -> 24.5) while its [W_ih | W_hh]
 // stays well inside the last-level cache; large (1024/1024, 32 MB) 334 -> 362 ms, where
 // the one big GEMM wins.
-static bool fuse_input(int in_size, int hidden, int gates, size_t elem) {
-  const double bytes = (double)(in_size + hidden) * gates * hidden * elem;
+// Batch 1 over several steps with a large W_ih is the exception: a step is bound by reading
+// its weights, and fused it reads W_ih as well, where one GEMM over all the steps reads it
+// once. Zen 4, 2 threads, T 200, time in quiet spells / in slow ones: LSTM I 512 H 512
+// -14% / -11%, I 256 H 256 -22% / -5%, GRU 256/512 -10% / -6%, 256/256 -11% / -1%, RNN
+// 512/512 -15% / -8%. With W_ih under 512 KiB the GEMM and its hand-offs cost about what
+// they save: LSTM 64/128 -10% / +20%, RNN 256/256 -16% / +3%.
+static bool fuse_input(int in_size, int hidden, int gates, size_t elem, int batch) {
+  const long GH = (long)gates * hidden;
+  if (batch == 1 && (double)in_size * GH * elem >= (512 << 10)) return false;
+  const double bytes = (double)(in_size + hidden) * GH * elem;
   return in_size <= 64 || 2 * in_size <= hidden || (in_size <= hidden && bytes <= (8 << 20));
 }
 
@@ -255,8 +263,10 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
       const T* bias_row = bias_ ? s.bias_sum.data() : nullptr;
       // Fused input: each step multiplies [x_t | h] by [W_ih | W_hh] and no input projection
       // runs (GRU keeps the two sums apart: its reset gate multiplies the h part of n). For
-      // one step, and for narrow inputs, whose projection GEMM is bound by writing xproj.
-      const bool fused = steps == 1 || fuse_input(s.in_size, H_, cell_gates(cell_), sizeof(T));
+      // one step, and for narrow inputs, whose projection GEMM is bound by writing xproj
+      // (batch 1 aside, see fuse_input).
+      const bool fused =
+          steps == 1 || fuse_input(s.in_size, H_, cell_gates(cell_), sizeof(T), batch);
       if (!fused) {  // fused: the bias row stands for xproj in every batch row (ldx = 0)
         xproj.resize(TB * GH);
         if (TB <= kFewRows)  // weights packed at load time, nothing packed per call

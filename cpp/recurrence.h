@@ -390,8 +390,14 @@ void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
     by_rows = low_ok || mixed_ok;
     if (by_rows && !(low_tiles ? low_ok : mixed_ok)) low_tiles = !low_tiles;
   }
+  // Fewer rows than LR: one tile of exactly B rows (padded to LR, B = 2 took as long as
+  // B = 4; cpp/README.md).
   if (B == 1)
     recurrent_forward_tasks<T, Cell, 1, NV, 0>(a, nt, npanels, false);
+  else if (B == 2 && LR > 2)
+    recurrent_forward_tasks<T, Cell, 2, NV, 0>(a, nt, npanels, false);
+  else if (B == 3 && LR > 3)
+    recurrent_forward_tasks<T, Cell, 3, NV, 0>(a, nt, npanels, false);
   else if (low_tiles)
     recurrent_forward_tasks<T, Cell, LR, NV, 0>(a, capped(lblocks), npanels, by_rows);
   else

@@ -79,14 +79,16 @@ def test_float64_matches_reference(isa, mode, bidirectional, L, options):
 
 
 # Random shapes around the SIMD widths: odd I and H, B = 1, T = 1, B not a multiple of
-# the micro-kernel's rows (B = 22, 23, 64: tiles of 6 and 5 rows; B = 3, 4, 7, 8: tiles
-# of 4 on AVX-512; K blocks on AVX2, e.g. 8 x 130 x 270); H and I past the
-# 128- and 256-row K blocks of the recurrent product, with the input product inside the
-# time loop (I <= 64, 2 I <= H, or I <= H with weights of at most 8 MiB, and every T = 1)
-# or not.
-SHAPES = [(1, 1, 1, 1), (1, 3, 4, 5), (3, 1, 8, 16), (2, 7, 17, 15), (5, 13, 33, 31),
-          (4, 4, 16, 64), (37, 3, 45, 77), (3, 9, 3, 130), (2, 8, 130, 270), (1, 8, 140, 150),
-          (2, 5, 140, 150), (3, 22, 70, 140), (2, 23, 20, 300), (2, 64, 300, 290)]
+# the micro-kernel's rows (B = 22, 23, 64: tiles of 6 and 5 rows; B = 4, 7, 8: tiles
+# of 4 on AVX-512, B = 2 and 3 one tile of theirs; K blocks on AVX2, e.g. 8 x 130 x 270);
+# H and I past the 128- and 256-row K blocks of the recurrent product, with the input
+# product inside the time loop (I <= 64, 2 I <= H, or I <= H with weights of at most 8 MiB,
+# and every T = 1; B = 1 over several steps only with W_ih under 512 KiB, not 3 x 1 x 300 x
+# 230) or not.
+SHAPES = [(1, 1, 1, 1), (1, 3, 4, 5), (3, 1, 8, 16), (3, 1, 300, 230), (6, 2, 33, 40),
+          (2, 7, 17, 15), (5, 13, 33, 31), (4, 4, 16, 64), (37, 3, 45, 77), (3, 9, 3, 130),
+          (2, 8, 130, 270), (1, 8, 140, 150), (2, 5, 140, 150), (3, 22, 70, 140),
+          (2, 23, 20, 300), (2, 64, 300, 290)]
 
 
 @pytest.mark.parametrize("mode", MODES)

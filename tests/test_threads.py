@@ -197,9 +197,10 @@ def test_late_workers_shares_run_by_their_callers(kind):
             want = got
             assert late == 0
         else:
-            # the row-split call, and the stream's first four steps (its first probe block
-            # runs on its count, the next on one thread: cpp/engine.h)
-            assert late >= 5
+            # the stream's first four steps (its first probe block runs on its count, the
+            # next on one thread: cpp/engine.h), and the row-split call where the ISA's
+            # tiles split B = 8 evenly (AVX-512's)
+            assert late >= 4
             for key in want:
                 np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
