@@ -288,7 +288,12 @@ static void gemm_prepacked_tiles(int M, int N, int K, const T* A, long lda, cons
     const T* rows[MR];
     for (int r = 0; r < MR; ++r) rows[r] = A + (long)(i0 + (r < mr ? r : 0)) * lda;
     V acc[MR][NV];
-    micro_kernel<T, MR, NV>(K, rows, 1, Bp + (long)p * K * NR, acc);
+    if constexpr (MR == 1) {
+      zero_tile<T, 1, NV>(acc);
+      row_kernel_add<T, NV>(K, rows[0], Bp + (long)p * K * NR, acc);
+    } else {
+      micro_kernel<T, MR, NV>(K, rows, 1, Bp + (long)p * K * NR, acc);
+    }
     store_tile<T, MR>(acc, C + (long)i0 * ldc + p * NR, ldc, mr, nr, false,
                       D ? D + (long)i0 * ldd + p * NR : nullptr, ldd);
   };
@@ -309,12 +314,19 @@ void gemm_prepacked(int M, int N, int K, const T* A, long lda, const T* Bp, T* C
   // 4 rows (a thread's share of B = 8 in the backward's row split) take 4-row tiles.
   constexpr int MR = MicroRows<NV>::MR, MRS = MR * 2 / 3;
   const long full = (M + MR - 1) / MR * MR, small = (M + MRS - 1) / MRS * MRS;
+  // One row (batch-1 training): bound by reading Bp, so the row kernel, not one row done in
+  // every row of a tile. Two rows: a 2-row tile, half a padded one's FMAs with 4 chains
+  // (Zen 4, backward of B 2, T 200: LSTM 256/256 training -7%; 3-row tiles for B 3 +1%).
+  if (M == 1)
+    gemm_prepacked_tiles<T, 1>(M, N, K, A, lda, Bp, C, ldc, D, ldd, shared);
+  else if (M == 2)
+    gemm_prepacked_tiles<T, 2>(M, N, K, A, lda, Bp, C, ldc, D, ldd, shared);
 #if defined(RF_ISA_avx512)
-  if (M <= 4)
+  else if (M <= 4)
     gemm_prepacked_tiles<T, 4>(M, N, K, A, lda, Bp, C, ldc, D, ldd, shared);
   else if (small < full)
 #else
-  if (small * 9 < full * 8)
+  else if (small * 9 < full * 8)
 #endif
     gemm_prepacked_tiles<T, MRS>(M, N, K, A, lda, Bp, C, ldc, D, ldd, shared);
   else
