@@ -200,7 +200,7 @@ class Stream {
   int nthreads_ = 0;  // at most this many threads; 0: the process-wide setting
   LineVec<T> h_, c_;  // (L*D, B, H), zero at the start
   std::mutex mutex_;
-  long pos_ = 0, cycle_ = kCycle;  // steps into this cycle (on the process-wide count), its length
+  long pos_ = 0, cycle_ = kCycle;  // steps into this cycle (on more than one thread), its length
   bool use_one_ = false;           // this cycle runs on one thread
   double probe_[2][kCounted] = {};  // counted probe steps of each choice, seconds
 };
