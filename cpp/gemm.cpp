@@ -311,7 +311,9 @@ void gemm_prepacked(int M, int N, int K, const T* A, long lda, const T* Bp, T* C
   // the height hold 2/3 of the FMA chains (8 on AVX2: ~80% of the FMA rate, not ~90%).
   // AVX-512's 8-row tiles keep 16 chains, so any padding saved pays (Zen 5, batch 64:
   // 8 tiles of 8 rows, not 6 of 12; training mid LSTM -3.6%, large RNN -2.7%), and up to
-  // 4 rows (a thread's share of B = 8 in the backward's row split) take 4-row tiles.
+  // 4 rows (a thread's share of B = 8 in the backward's row split) take 4-row tiles, 5 and
+  // 6 rows 6-row ones (Zen 4, training T 100: B 6 LSTM 256/512 -7%, B 5 LSTM 64/256 -9%
+  // against 8-row tiles).
   constexpr int MR = MicroRows<NV>::MR, MRS = MR * 2 / 3;
   const long full = (M + MR - 1) / MR * MR, small = (M + MRS - 1) / MRS * MRS;
   // One row (batch-1 training): bound by reading Bp, so the row kernel, not one row done in
@@ -324,6 +326,8 @@ void gemm_prepacked(int M, int N, int K, const T* A, long lda, const T* Bp, T* C
 #if defined(RF_ISA_avx512)
   else if (M <= 4)
     gemm_prepacked_tiles<T, 4>(M, N, K, A, lda, Bp, C, ldc, D, ldd, shared);
+  else if (M <= 6)
+    gemm_prepacked_tiles<T, 6>(M, N, K, A, lda, Bp, C, ldc, D, ldd, shared);
   else if (small < full)
 #else
   else if (small * 9 < full * 8)
