@@ -227,3 +227,29 @@ def test_blas_kernel_note_and_coretype_argument(runner, monkeypatch):
     assert runner.os.environ["OPENBLAS_CORETYPE"] == "SkylakeX"
     runner._apply_openblas_coretype(["--openblas-coretype=Zen"])
     assert runner.os.environ["OPENBLAS_CORETYPE"] == "Zen"
+
+
+def test_tiny_small_batch_run(capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("rnnfast")
+    path = RUN_PY.parent / "small_batch.py"
+    spec = importlib.util.spec_from_file_location("rnnfast_bench_small_batch", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import rnnfast as rf
+    import torch
+    previous = rf.get_num_threads(), torch.get_num_threads()
+    try:
+        module.main(["--cells", "lstm,gru", "--shapes", "8/16", "--batches", "1,3", "--steps",
+                     "3", "--repeats", "1", "--threads", "1"])
+    finally:  # main sets both libraries' thread counts
+        rf.set_num_threads(0)
+        if rf.get_num_threads() != previous[0]:  # the session had set one explicitly
+            rf.set_num_threads(previous[0])
+        torch.set_num_threads(previous[1])
+    rows = [line for line in capsys.readouterr().out.splitlines()
+            if line.startswith(("| LSTM", "| GRU"))]
+    assert [r.split("|")[1:4] for r in rows] == [
+        [f" {c} ", " 8/16 ", f" {b} "] for c in ("LSTM", "GRU") for b in (1, 3)]
+    for r in rows:  # times and ratios are positive numbers
+        assert all(float(v) > 0 for v in r.split("|")[4:10])
