@@ -65,9 +65,9 @@ std::atomic<int> g_isa{initial_isa()};
 // loop's rate. Off where not measured.
 bool far_prefetch_default() {
 #if RF_X86
+  __builtin_cpu_init();
   unsigned a, b, c, d;
-  if (!__get_cpuid(0, &a, &b, &c, &d) || b != 0x68747541u) return false;  // "Auth"enticAMD
-  if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+  if (!__builtin_cpu_is("amd") || !__get_cpuid(1, &a, &b, &c, &d)) return false;
   unsigned family = (a >> 8) & 0xf;
   if (family == 0xf) family += (a >> 20) & 0xff;
   return family >= 0x1a;

@@ -408,7 +408,9 @@ def test_read_probe_reads_every_element(isa):
                                           ("RNN_TANH", 520, np.float64)])
 def test_batch1_far_weights_with_and_without_prefetch(isa, mode, H, dtype):
     """Batch-1 steps on weights over 4 MiB (from L3) prefetch them on some CPUs only: both
-    ways give the reference's answer, the same bits, for a sequence and a stream."""
+    ways give the reference's answer, the same bits. The stream's steps read [W_ih | W_hh]
+    (over 4 MiB: prefetched); the sequence runs its input product as one GEMM first (W_ih
+    over 512 KiB, engine.cpp fuse_input) and its steps read W_hh alone."""
     fast, ref = make_pair(mode, H, H, dtype=dtype, seed=3)
     assert sum(fast.state_dict()[k].nbytes for k in ("weight_ih_l0", "weight_hh_l0")) > 4 << 20
     x = np.random.default_rng(4).standard_normal((5, 1, H)).astype(dtype)
