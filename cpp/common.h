@@ -27,11 +27,15 @@ struct GemmCols2 {
 };
 
 // Where row (t, b) of a sequence of T steps of B rows lies, counted in rows:
-// t * B + b time-major ({B, 1}), b * T + t batch-first ({1, T}).
+// t * B + b time-major ({B, 1}), b * T + t batch-first ({1, T}). With perm, the engine's
+// row b is the caller's row perm[b] (rows sorted by length, see Engine::plan_rows).
 struct RowOrder {
   long t, b;
+  const int32_t* perm = nullptr;
 };
-static inline long row_at(RowOrder o, long t, long b) { return t * o.t + b * o.b; }
+static inline long row_at(RowOrder o, long t, long b) {
+  return t * o.t + (o.perm ? o.perm[b] : b) * o.b;
+}
 
 // Whether batch-1 steps on weights beyond L2 request each weight line ahead of use
 // (defined in dispatch.cpp: by CPU, see cpp/README.md item 2).
@@ -47,6 +51,9 @@ bool far_prefetch();
 //                     of `packed`, so no separate input projection runs (xproj is then
 //                     the bias row, ldx 0); null: the step multiplies h by the W_hh rows only
 //   tidx   (T,B)      time index processed by row b at step s, or -1 when inactive
+//   s0, steps, batch   this call runs steps [s0, steps) on rows [0, batch) of arrays whose
+//                     steps hold ldb rows each (tidx, hs, cs, cache); the engine calls once
+//                     per run of steps with the same rows active (rows sorted by length)
 //   hs     (S,B,H)    states in step order: hs[0] = h0, hs[s+1] = state after step s.
 //                     S = T+1 when training (kept for backward), 2 for inference (ping-pong)
 //   cs     (S,B,H)    LSTM cell states, same convention
@@ -56,6 +63,7 @@ bool far_prefetch();
 template <typename T>
 struct LayerFwd {
   int cell, steps, batch, hidden;
+  int s0 = 0, ldb = 0;
   int in_size;
   const T* xproj;
   long ldx;
@@ -82,6 +90,7 @@ struct LayerFwd {
 template <typename T>
 struct LayerBwd {
   int cell, steps, batch, hidden;
+  int s0 = 0, ldb = 0;  // as in LayerFwd: steps [s0, steps) of rows [0, batch), backwards
   const int32_t* tidx;
   const T* packed_whh_t;   // prepack() of W_hh (G*H x H), for dh_prev = dA W_hh
   const T* hs;

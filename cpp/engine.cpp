@@ -16,7 +16,7 @@ template <typename T>
 struct Workspace {
   LineVec<T> xproj, out_a, out_b, hs, cs, dinput_a, dinput_b, da_hh, da_ih, direct, dh, dc,
       db_part;
-  std::vector<int32_t> tidx[2];
+  RowPlan plan;  // inference's (training keeps its own in the cache)
 };
 // Input projections with at most this many rows (T*B) use the weights pre-packed at
 // load time; larger ones pack panels on the fly, which the row count amortises.
@@ -40,13 +40,43 @@ static bool fuse_input(int in_size, int hidden, int gates, size_t elem, int batc
   return in_size <= 64 || 2 * in_size <= hidden || (in_size <= hidden && bytes <= (8 << 20));
 }
 
-// a (R, C, F) -> out (C, R, F): swaps the leading axes of a row-major array (batch-first
-// <-> time-major).
+// Rows of F values between a sequence in `order` (the caller's: batch-first, or rows
+// permuted) and a time-major one in the engine's row order.
 template <typename T>
-void swap_leading(const T* a, long R, long C, long F, T* out) {
-  for (long r = 0; r < R; ++r)
-    for (long c = 0; c < C; ++c)
-      std::memcpy(out + (c * R + r) * F, a + (r * C + c) * F, sizeof(T) * F);
+void gather_rows(const T* src, RowOrder order, int steps, int batch, long F, T* dst) {
+  for (int t = 0; t < steps; ++t)
+    for (int b = 0; b < batch; ++b)
+      std::memcpy(dst + ((long)t * batch + b) * F, src + row_at(order, t, b) * F, sizeof(T) * F);
+}
+template <typename T>
+void scatter_rows(const T* src, RowOrder order, int steps, int batch, long F, T* dst) {
+  for (int t = 0; t < steps; ++t)
+    for (int b = 0; b < batch; ++b)
+      std::memcpy(dst + row_at(order, t, b) * F, src + ((long)t * batch + b) * F, sizeof(T) * F);
+}
+// States (B, H): the caller's rows into the engine's order (take) and back (put).
+template <typename T>
+void take_rows(const T* src, const int32_t* perm, int batch, long H, T* dst) {
+  for (int b = 0; b < batch; ++b)
+    std::memcpy(dst + b * H, src + (perm ? perm[b] : b) * H, sizeof(T) * H);
+}
+template <typename T>
+void put_rows(const T* src, const int32_t* perm, int batch, long H, T* dst) {
+  for (int b = 0; b < batch; ++b)
+    std::memcpy(dst + (perm ? perm[b] : b) * H, src + b * H, sizeof(T) * H);
+}
+// Zeroes rows [rows(s), batch) of each step s's block of F values (the rows past their
+// sequence's end, which the kernels leave unwritten) in a buffer whose block s starts at
+// s + first: products over all T*B rows then read zeros there, never stale values.
+template <typename T>
+void zero_ended(const RowPlan& plan, int steps, int batch, long F, int first, T* buf) {
+  size_t g = 0;
+  for (int s = 0; s < steps; ++s) {
+    while (g < plan.segments.size() && plan.segments[g].s1 <= s) ++g;
+    const int n = g < plan.segments.size() ? plan.segments[g].rows : 0;
+    if (n < batch)
+      std::memset(buf + ((long)(s + first) * batch + n) * F, 0, sizeof(T) * (batch - n) * F);
+  }
 }
 
 template <typename T>
@@ -168,15 +198,39 @@ void Engine<T>::zero_grad() {
 }
 
 template <typename T>
-void Engine<T>::build_tidx(int steps, int batch, const int32_t* lengths, const int32_t* starts,
-                           std::vector<int32_t>* tidx) const {
+void Engine<T>::plan_rows(int steps, int batch, const int32_t* lengths, const int32_t* starts,
+                          RowPlan& p) const {
+  p.lens.resize(batch);
+  bool sorted = true;
+  for (int b = 0; b < batch; ++b) {
+    p.lens[b] = lengths ? lengths[b] : steps;
+    sorted = sorted && (b == 0 || p.lens[b] <= p.lens[b - 1]);
+  }
+  p.perm.clear();
+  if (!sorted) {
+    p.perm.resize(batch);
+    for (int b = 0; b < batch; ++b) p.perm[b] = b;
+    std::stable_sort(p.perm.begin(), p.perm.end(),
+                     [&](int32_t i, int32_t j) { return lengths[i] > lengths[j]; });
+    for (int b = 0; b < batch; ++b) p.lens[b] = lengths[p.perm[b]];
+  }
+  const int32_t* order = p.order();
   for (int d = 0; d < D_; ++d) {
-    tidx[d].resize((size_t)steps * batch);
+    p.tidx[d].resize((size_t)steps * batch);
     for (int s = 0; s < steps; ++s)
       for (int b = 0; b < batch; ++b) {
-        const int len = lengths ? lengths[b] : steps, t0 = starts ? starts[b] : 0;
-        tidx[d][(size_t)s * batch + b] = s < len ? t0 + (d == 0 ? s : len - 1 - s) : -1;
+        const int len = p.lens[b], t0 = starts ? starts[order ? order[b] : b] : 0;
+        p.tidx[d][(size_t)s * batch + b] = s < len ? t0 + (d == 0 ? s : len - 1 - s) : -1;
       }
+  }
+  // Runs of steps with the same active rows: [s, lens[n - 1]) with the n rows longer than s.
+  p.segments.clear();
+  int n = batch;
+  for (int s = 0; s < steps;) {
+    while (n > 0 && p.lens[n - 1] <= s) --n;
+    if (n == 0) break;  // steps past every sequence's end: nothing runs
+    p.segments.push_back({s, p.lens[n - 1], n});
+    s = p.lens[n - 1];
   }
 }
 
@@ -196,16 +250,19 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
   const long TB = (long)steps * batch, BH = (long)batch * H_, GH = (long)G_ * H_;
   const long DH = (long)D_ * H_;
   const bool use_dropout = training && dropout > 0 && L_ > 1;
-  const RowOrder time_major{batch, 1}, caller{batch_first ? 1 : batch, batch_first ? steps : 1};
-  // One step runs the fused input product, which finds each x row through the order.
-  const RowOrder x_order = x_rows_apart > 0 ? RowOrder{caller.t, x_rows_apart} : caller;
-
   Workspace<T>& ws = workspace<T>();
+  RowPlan& plan = training ? cache_.plan : ws.plan;
+  plan_rows(steps, batch, lengths, starts, plan);
+  const int32_t* perm = plan.order();
+  // The engine's buffers are time-major in its row order; the caller's x and y are in
+  // `caller` order, which maps engine rows to the caller's.
+  const RowOrder time_major{batch, 1},
+      caller{batch_first ? 1 : batch, batch_first ? steps : 1, perm};
+  // One step runs the fused input product, which finds each x row through the order.
+  const RowOrder x_order = x_rows_apart > 0 ? RowOrder{caller.t, x_rows_apart, perm} : caller;
   // Steps alternate the direction of their walk over the weights from call to call as
   // within one (batch-1 streams make one step per call).
   const int parity = (int)(steps_run_.fetch_add(steps, std::memory_order_relaxed) & 1);
-  std::vector<int32_t>* tidx = training ? cache_.tidx : ws.tidx;
-  build_tidx(steps, batch, lengths, starts, tidx);
   if (training) {
     cache_.valid = false;
     cache_.steps = steps;
@@ -220,16 +277,16 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
     cache_.hs.resize(slots_.size());
     cache_.cs.resize(slots_.size());
     cache_.gates.resize(slots_.size());
-    if (batch_first) {  // kept time-major, as every later layer's input
+    if (batch_first || perm) {  // kept time-major in the engine's order, as later layers' input
       cache_.inputs[0].resize(TB * I_);
-      swap_leading(x, batch, steps, I_, cache_.inputs[0].data());
+      gather_rows(x, caller, steps, batch, I_, cache_.inputs[0].data());
     } else {
       cache_.inputs[0].assign(x, x + TB * I_);
     }
     // Padding past a sequence's end takes no part; zero it so that weight
     // gradients (dA^T X with dA = 0 there) cannot pick up NaN or inf from it.
     for (int b = 0; lengths && b < batch; ++b) {
-      const int t0 = starts ? starts[b] : 0, t1 = t0 + lengths[b];
+      const int t0 = starts ? starts[perm ? perm[b] : b] : 0, t1 = t0 + plan.lens[b];
       for (int t = 0; t < steps; ++t)
         if (t < t0 || t >= t1)
           std::memset(&cache_.inputs[0][((size_t)t * batch + b) * I_], 0, sizeof(T) * I_);
@@ -281,13 +338,13 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
       LineVec<T>& cs = training ? cache_.cs[si] : cs_local;
       hs.resize((size_t)stride_state * BH);
       if (h0)
-        std::memcpy(hs.data(), h0 + si * BH, sizeof(T) * BH);
+        take_rows(h0 + si * BH, perm, batch, H_, hs.data());
       else
         std::memset(hs.data(), 0, sizeof(T) * BH);
       if (cell_ == LSTM) {
         cs.resize((size_t)stride_state * BH);
         if (c0)
-          std::memcpy(cs.data(), c0 + si * BH, sizeof(T) * BH);
+          take_rows(c0 + si * BH, perm, batch, H_, cs.data());
         else
           std::memset(cs.data(), 0, sizeof(T) * BH);
       }
@@ -304,7 +361,7 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
       a.in_size = s.in_size;
       a.xproj = fused ? s.bias_sum.data() : xproj.data();
       a.ldx = fused ? 0 : GH;
-      a.tidx = tidx[d].data();
+      a.tidx = plan.tidx[d].data();
       a.packed = s.packed_cat.data();
       a.x = fused ? layer_in : nullptr;
       a.b_hn = (cell_ == GRU && bias_) ? params_.data() + s.b_hh + 2 * H_ : nullptr;
@@ -317,15 +374,39 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
       a.yo = last ? caller : time_major;
       a.keep_all = training;
       a.parity = parity;
-      kt.forward[cell_](a, nt);
-      const long fin = training ? steps : (steps & 1);
-      std::memcpy(hn + si * BH, hs.data() + fin * BH, sizeof(T) * BH);
-      if (cell_ == LSTM) std::memcpy(cn + si * BH, cs.data() + fin * BH, sizeof(T) * BH);
+      a.ldb = batch;
+      for (const RowPlan::Segment& g : plan.segments) {
+        a.s0 = g.s0;
+        a.steps = g.s1;
+        a.batch = g.rows;
+        kt.forward[cell_](a, nt);
+      }
+      if (training && lengths) zero_ended(plan, steps, batch, H_, 1, hs.data());
+      // Each row's final state is where its last step left it (inference: the ping-pong
+      // buffer of that step).
+      for (int b = 0; b < batch; ++b) {
+        const long fin = training ? plan.lens[b] : (plan.lens[b] & 1);
+        const long to = si * BH + (perm ? perm[b] : b) * H_, from = fin * BH + b * H_;
+        std::memcpy(hn + to, hs.data() + from, sizeof(T) * H_);
+        if (cell_ == LSTM) std::memcpy(cn + to, cs.data() + from, sizeof(T) * H_);
+      }
     }
     if (!last) {
-      if (use_dropout) {
-        cache_.masks[k + 1].resize(TB * DH);
-        kt.dropout(layer_out, layer_out, cache_.masks[k + 1].data(), TB * DH, dropout, seed, k, nt);
+      if (use_dropout) {  // the mask of each element in the caller's order (as the reference)
+        LineVec<T>& mask = cache_.masks[k + 1];
+        mask.resize(TB * DH);
+        if (perm) {
+          const RowOrder caller_tm{batch, 1, perm};
+          ws.out_a.resize(TB * DH);
+          ws.out_b.resize(TB * DH);
+          scatter_rows(layer_out, caller_tm, steps, batch, DH, ws.out_a.data());
+          kt.dropout(ws.out_a.data(), ws.out_a.data(), ws.out_b.data(), TB * DH, dropout, seed, k,
+                     nt);
+          gather_rows(ws.out_a.data(), caller_tm, steps, batch, DH, layer_out);
+          gather_rows(ws.out_b.data(), caller_tm, steps, batch, DH, mask.data());
+        } else {
+          kt.dropout(layer_out, layer_out, mask.data(), TB * DH, dropout, seed, k, nt);
+        }
       }
       layer_in = layer_out;
     }
@@ -352,7 +433,10 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
   const int steps = cache_.steps, batch = cache_.batch;
   const long TB = (long)steps * batch, BH = (long)batch * H_, GH = (long)G_ * H_;
   const long DH = (long)D_ * H_;
-  const RowOrder time_major{batch, 1};
+  const RowPlan& plan = cache_.plan;
+  const int32_t* perm = plan.order();
+  const RowOrder time_major{batch, 1},
+      caller{cache_.batch_first ? 1 : batch, cache_.batch_first ? steps : 1, perm};
 
   Workspace<T>& ws = workspace<T>();
   LineVec<T>&da_hh = ws.da_hh, &da_ih = ws.da_ih, &direct = ws.direct;
@@ -366,8 +450,8 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
   for (int k = L_ - 1; k >= 0; --k) {
     const int in_size = slots_[k * D_].in_size;
     T* dx_k = dx;
-    if (k > 0 || cache_.batch_first) {  // inner layers' input grads alternate between two
-      // buffers; batch-first's dx comes time-major from dinput_b, then swaps its axes
+    if (k > 0 || cache_.batch_first || perm) {  // inner layers' input grads alternate
+      // between two buffers; dx in another order than the engine's comes from dinput_b
       LineVec<T>& buf = k % 2 ? ws.dinput_a : ws.dinput_b;
       buf.resize(TB * in_size);
       dx_k = buf.data();
@@ -389,12 +473,12 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
         da_i = da_ih.data();
       }
       if (dhn)
-        std::memcpy(dh.data(), dhn + si * BH, sizeof(T) * BH);
+        take_rows(dhn + si * BH, perm, batch, H_, dh.data());
       else
         std::fill(dh.begin(), dh.end(), T(0));
       if (cell_ == LSTM) {
         if (dcn)
-          std::memcpy(dc.data(), dcn + si * BH, sizeof(T) * BH);
+          take_rows(dcn + si * BH, perm, batch, H_, dc.data());
         else
           std::fill(dc.begin(), dc.end(), T(0));
       }
@@ -403,14 +487,14 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
       a.steps = steps;
       a.batch = batch;
       a.hidden = H_;
-      a.tidx = cache_.tidx[d].data();
+      a.tidx = plan.tidx[d].data();
       a.packed_whh_t = s.packed_bwd.data();
       a.hs = cache_.hs[si].data();
       a.cs = cell_ == LSTM ? cache_.cs[si].data() : nullptr;
       a.cache = cell_cache_width(cell_) > 0 ? cache_.gates[si].data() : nullptr;
       a.dy = dlayer + d * H_;
       a.ldy = DH;
-      a.dyo = k == L_ - 1 && cache_.batch_first ? RowOrder{1, steps} : time_major;
+      a.dyo = k == L_ - 1 ? caller : time_major;
       a.dh = dh.data();
       a.dc = cell_ == LSTM ? dc.data() : nullptr;
       a.da_hh = da_hh.data();
@@ -420,9 +504,17 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
       a.db_hh = bias_ ? g + s.b_hh : nullptr;
       a.db_ih = bias_ ? g + s.b_ih : nullptr;
       a.db_part = bias_ ? ws.db_part.data() : nullptr;
-      kt.backward[cell_](a, nt);
-      std::memcpy(dh0 + si * BH, dh.data(), sizeof(T) * BH);
-      if (cell_ == LSTM) std::memcpy(dc0 + si * BH, dc.data(), sizeof(T) * BH);
+      a.ldb = batch;
+      // Rows past their end keep dh and dc as they are: the gradient passes through.
+      for (auto g = plan.segments.rbegin(); g != plan.segments.rend(); ++g) {
+        a.s0 = g->s0;
+        a.steps = g->s1;
+        a.batch = g->rows;
+        kt.backward[cell_](a, nt);
+      }
+      if (cache_.padded) zero_ended(plan, steps, batch, GH, 0, da_hh.data());
+      put_rows(dh.data(), perm, batch, H_, dh0 + si * BH);
+      if (cell_ == LSTM) put_rows(dc.data(), perm, batch, H_, dc0 + si * BH);
 
       // Weight gradients as large products after the sweep; where W_ih's and W_hh's share
       // dA, one product over [H_prev | X] packs dA once (mid LSTM: 56.1 -> 53.7 ms).
@@ -449,7 +541,7 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
       dlayer = dx_k;
     }
   }
-  if (cache_.batch_first) swap_leading(ws.dinput_b.data(), (long)steps, (long)batch, (long)I_, dx);
+  if (cache_.batch_first || perm) scatter_rows(ws.dinput_b.data(), caller, steps, batch, I_, dx);
   trim(ws);
 }
 

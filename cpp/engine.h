@@ -39,6 +39,21 @@ struct LineAllocator {
 template <typename T>
 using LineVec = std::vector<T, LineAllocator<T>>;
 
+// The order and grouping of a call's rows. Where some sequences end before the last step,
+// rows run sorted by length, longest first (stable), so the rows active at step s are the
+// first n(s) in either direction: the kernels run once per run of steps with the same n
+// (a segment) on those rows alone, and rows past their end cost nothing.
+struct RowPlan {
+  struct Segment {
+    int s0, s1, rows;  // steps [s0, s1) run rows [0, rows)
+  };
+  std::vector<int32_t> perm;     // engine row -> caller row; empty: the caller's order
+  std::vector<int32_t> lens;     // steps of each engine row
+  std::vector<int32_t> tidx[2];  // per direction: (step, engine row) -> time, -1 past the end
+  std::vector<Segment> segments;
+  const int32_t* order() const { return perm.empty() ? nullptr : perm.data(); }
+};
+
 struct ParamEntry {
   std::string name;
   long offset;
@@ -98,16 +113,16 @@ class Engine {
     bool padded = false;                 // some sequence shorter than steps
     bool shifted = false;                // some sequence starts after step 0
     bool batch_first = false;            // the caller's x, y, dy, dx are (B,T,.)
-    std::vector<int32_t> tidx[2];
-    std::vector<LineVec<T>> inputs;  // per layer: its input (after dropout)
+    RowPlan plan;
+    std::vector<LineVec<T>> inputs;  // per layer: its input (after dropout), engine row order
     std::vector<LineVec<T>> masks;   // per layer k >= 1: dropout mask of its input
     std::vector<LineVec<T>> hs, cs, gates;  // per slot
   };
 
   std::shared_lock<std::shared_mutex> packed_lock();  // held, on weights packed for the ISA
   void repack_locked();
-  void build_tidx(int steps, int batch, const int32_t* lengths, const int32_t* starts,
-                  std::vector<int32_t>* tidx) const;
+  void plan_rows(int steps, int batch, const int32_t* lengths, const int32_t* starts,
+                 RowPlan& plan) const;
 
   int cell_, I_, H_, L_, D_, G_;
   bool bias_;

@@ -141,7 +141,7 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
   constexpr int NV = Cell::NV, W = Simd<T>::W, LV = RecurrentTile<NV>::NVK, NP = NV / PV;
   constexpr int KC = kPanelBlockBytes / (PV * W * (int)sizeof(T));
   const int B = a.batch, H = a.hidden, I = a.in_size;
-  const long BH = (long)B * H, ss = (long)(I + H) * LV * W, panel_stride = ss * (NV / LV);
+  const long LB = a.ldb, BH = LB * H, ss = (long)(I + H) * LV * W, panel_stride = ss * (NV / LV);
   const bool fused = a.x != nullptr;
   const bool split = fused && Cell::kSplitInput;
   const int nfull = full_tiles(B, MR, MR2), mblocks = tile_count(B, MR, MR2);
@@ -168,13 +168,13 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
     std::vector<V> heap(kblocked ? (split ? 2 : 1) * mblocks * tile : 0);
     V* partial = heap.data();
     V* xpartial = kblocked && split ? partial + mblocks * tile : nullptr;
-    for (int s = 0; s < a.steps; ++s) {
+    for (int s = a.s0; s < a.steps; ++s) {
       const long in = a.keep_all ? s : (s & 1), out = a.keep_all ? s + 1 : ((s + 1) & 1);
       const T* h_prev = a.hs + in * BH;
       T* h_new = a.hs + out * BH;
       const T* c_prev = a.cs ? a.cs + in * BH : nullptr;
       T* c_new = a.cs ? a.cs + out * BH : nullptr;
-      const int32_t* tid = a.tidx + (long)s * B;
+      const int32_t* tid = a.tidx + (long)s * LB;
       // Batch 1: h (and x) come from the other core's cache; request every line now rather
       // than as the K loop reaches each one (a few at a time in the reorder window).
       if (MR == 1 && nt > 1) {
@@ -243,7 +243,7 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
           io[r].c_new = c_new ? c_new + row : nullptr;
           io[r].y = a.y ? a.y + row_at(a.yo, t, b) * a.ldy : nullptr;
           io[r].cache =
-              a.cache ? a.cache + ((long)s * B + b) * cell_cache_width(a.cell) * H : nullptr;
+              a.cache ? a.cache + ((long)s * LB + b) * cell_cache_width(a.cell) * H : nullptr;
           io[r].b_hn = a.b_hn;
         }
         if (live < 0) return;
@@ -341,7 +341,7 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
       }
       if (!by_rows && s + 1 < a.steps) rf_barrier();  // the last step's: the join
     }
-  }, a.steps == 1 || by_rows);  // no barrier: a late worker's share runs on the caller
+  }, a.steps - a.s0 == 1 || by_rows);  // no barrier: a late worker's share runs on the caller
 }
 
 template <typename T, class Cell>
@@ -416,7 +416,7 @@ static inline void add_row(T* acc, const T* x, long n) {
 template <typename T, class Cell>
 void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
   const int B = a.batch, H = a.hidden, G = cell_gates(a.cell);
-  const long BH = (long)B * H, GH = (long)G * H, PW = Cell::kSplitInput ? 2 * GH : GH;
+  const long LB = a.ldb, BH = LB * H, GH = (long)G * H, PW = Cell::kSplitInput ? 2 * GH : GH;
   int nt = rf_threads_for(nthreads, rf_step_work(B, (long)G * H, H));
   // Rows of a batch do not meet in the backward sweep: with W_hh small enough for each
   // thread to read whole from its L2 every step, each thread sweeps its own rows with
@@ -428,8 +428,8 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
   // summed in row order: the same result for any thread count. Only GRU's b_ih sums
   // differ from its b_hh sums.
   auto row = [&](int s, int b) {
-    const long t = a.tidx[(long)s * B + b];
-    T* dah = a.da_hh + ((long)s * B + b) * GH;
+    const long t = a.tidx[(long)s * LB + b];
+    T* dah = a.da_hh + ((long)s * LB + b) * GH;
     if (t < 0) {  // frozen step: the gradient passes through unchanged
       for (long j = 0; j < GH; ++j) dah[j] = T(0);
       for (int j = 0; j < H; ++j) direct[b * H + j] = a.dh[b * H + j];
@@ -442,9 +442,9 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
     io.h_prev = a.hs + s * BH + b * H;
     io.h_new = a.hs + (s + 1) * BH + b * H;
     io.c_prev = a.cs ? a.cs + s * BH + b * H : nullptr;
-    io.cache = a.cache ? a.cache + ((long)s * B + b) * cell_cache_width(a.cell) * H : nullptr;
+    io.cache = a.cache ? a.cache + ((long)s * LB + b) * cell_cache_width(a.cell) * H : nullptr;
     io.da_hh = dah;
-    io.da_ih = a.da_ih == a.da_hh ? nullptr : a.da_ih + (t * B + b) * GH;
+    io.da_ih = a.da_ih == a.da_hh ? nullptr : a.da_ih + (t * LB + b) * GH;
     io.direct = direct + b * H;
     Cell::template backward_row<T>(a.cell, H, io);
     if (T* db = a.db_part ? a.db_part + PW * b : nullptr) {
@@ -458,9 +458,9 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
       const int id = rf_thread_num(), n = rf_team_size();
       const int b0 = rf_share(B, id, n), b1 = rf_share(B, id + 1, n);
       if (a.db_part) std::fill(a.db_part + PW * b0, a.db_part + PW * b1, T(0));
-      for (int s = a.steps - 1; s >= 0; --s) {
+      for (int s = a.steps - 1; s >= a.s0; --s) {
         for (int b = b0; b < b1; ++b) row(s, b);
-        gemm_prepacked<T>(b1 - b0, H, (int)GH, a.da_hh + ((long)s * B + b0) * GH, GH,
+        gemm_prepacked<T>(b1 - b0, H, (int)GH, a.da_hh + ((long)s * LB + b0) * GH, GH,
                           a.packed_whh_t, a.dh + (long)b0 * H, H, direct + (long)b0 * H, H,
                           false);
       }
@@ -468,10 +468,10 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
     } else {
       if (a.db_part)
         rf_for(B, [&](long b) { std::fill(a.db_part + PW * b, a.db_part + PW * (b + 1), T(0)); });
-      for (int s = a.steps - 1; s >= 0; --s) {
+      for (int s = a.steps - 1; s >= a.s0; --s) {
         rf_for(B, [&](long b) { row(s, (int)b); });
         // dh_{s-1} = dA_s W_hh + direct  (implicit barriers around both phases)
-        gemm_prepacked<T>(B, H, (int)GH, a.da_hh + (long)s * B * GH, GH, a.packed_whh_t, a.dh,
+        gemm_prepacked<T>(B, H, (int)GH, a.da_hh + (long)s * LB * GH, GH, a.packed_whh_t, a.dh,
                           H, direct, H);
       }
     }
