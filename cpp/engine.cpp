@@ -15,7 +15,9 @@ namespace {
 template <typename T>
 struct Workspace {
   LineVec<T> xproj, out_a, out_b, hs, cs, dinput_a, dinput_b, da_hh, da_ih, direct, dh, dc,
-      db_part;
+      db_part, rows_h, rows_x, rows_dx;
+  std::vector<long> step_rows, time_rows;  // padded batches: the rows inside their sequences
+  std::vector<uint8_t> inside;
   RowPlan plan;  // inference's (training keeps its own in the cache)
 };
 // Input projections with at most this many rows (T*B) use the weights pre-packed at
@@ -65,18 +67,16 @@ void put_rows(const T* src, const int32_t* perm, int batch, long H, T* dst) {
   for (int b = 0; b < batch; ++b)
     std::memcpy(dst + (perm ? perm[b] : b) * H, src + b * H, sizeof(T) * H);
 }
-// Zeroes rows [rows(s), batch) of each step s's block of F values (the rows past their
-// sequence's end, which the kernels leave unwritten) in a buffer whose block s starts at
-// s + first: products over all T*B rows then read zeros there, never stale values.
+// Rows idx[i] (increasing) of F values: gathered into dst, or moved down to row i in place.
 template <typename T>
-void zero_ended(const RowPlan& plan, int steps, int batch, long F, int first, T* buf) {
-  size_t g = 0;
-  for (int s = 0; s < steps; ++s) {
-    while (g < plan.segments.size() && plan.segments[g].s1 <= s) ++g;
-    const int n = g < plan.segments.size() ? plan.segments[g].rows : 0;
-    if (n < batch)
-      std::memset(buf + ((long)(s + first) * batch + n) * F, 0, sizeof(T) * (batch - n) * F);
-  }
+void gather_listed(const T* src, const std::vector<long>& idx, long F, T* dst) {
+  for (size_t i = 0; i < idx.size(); ++i)
+    std::memcpy(dst + i * F, src + idx[i] * F, sizeof(T) * F);
+}
+template <typename T>
+void compact_listed(T* buf, const std::vector<long>& idx, long F) {
+  for (size_t i = 0; i < idx.size(); ++i)
+    if (idx[i] != (long)i) std::memcpy(buf + i * F, buf + idx[i] * F, sizeof(T) * F);
 }
 
 template <typename T>
@@ -99,7 +99,7 @@ template <typename T>
 void trim(Workspace<T>& ws) {
   for (LineVec<T>* v : {&ws.xproj, &ws.out_a, &ws.out_b, &ws.hs, &ws.cs, &ws.dinput_a,
                         &ws.dinput_b, &ws.da_hh, &ws.da_ih, &ws.direct, &ws.dh, &ws.dc,
-                        &ws.db_part})
+                        &ws.db_part, &ws.rows_h, &ws.rows_x, &ws.rows_dx})
     trim(*v);
 }
 }  // namespace
@@ -283,14 +283,6 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
     } else {
       cache_.inputs[0].assign(x, x + TB * I_);
     }
-    // Padding past a sequence's end takes no part; zero it so that weight
-    // gradients (dA^T X with dA = 0 there) cannot pick up NaN or inf from it.
-    for (int b = 0; lengths && b < batch; ++b) {
-      const int t0 = starts ? starts[perm ? perm[b] : b] : 0, t1 = t0 + plan.lens[b];
-      for (int t = 0; t < steps; ++t)
-        if (t < t0 || t >= t1)
-          std::memset(&cache_.inputs[0][((size_t)t * batch + b) * I_], 0, sizeof(T) * I_);
-    }
   }
 
   LineVec<T>& xproj = ws.xproj;
@@ -381,7 +373,6 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
         a.batch = g.rows;
         kt.forward[cell_](a, nt);
       }
-      if (training && lengths) zero_ended(plan, steps, batch, H_, 1, hs.data());
       // Each row's final state is where its last step left it (inference: the ping-pong
       // buffer of that step).
       for (int b = 0; b < batch; ++b) {
@@ -446,6 +437,25 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
   dh.resize(BH);
   dc.resize(BH);
   if (bias_) ws.db_part.resize(2 * GH * batch);
+  // A padded batch's weight and input gradients come from products over the rows inside
+  // their sequences alone, gathered: in step order (dA_hh, h_prev) and in time order
+  // (dA_ih, x, dx); the same rows for both directions.
+  const bool compact = cache_.padded;
+  std::vector<long>&step_rows = ws.step_rows, &time_rows = ws.time_rows;
+  if (compact) {
+    step_rows.clear();
+    time_rows.clear();
+    ws.inside.assign(TB, 0);
+    for (const RowPlan::Segment& seg : plan.segments)
+      for (int st = seg.s0; st < seg.s1; ++st)
+        for (int b = 0; b < seg.rows; ++b) {
+          step_rows.push_back((long)st * batch + b);
+          ws.inside[(long)plan.tidx[0][(long)st * batch + b] * batch + b] = 1;
+        }
+    for (long r = 0; r < TB; ++r)
+      if (ws.inside[r]) time_rows.push_back(r);
+  }
+  const long rows = compact ? (long)step_rows.size() : TB;
   const T* dlayer = dy;  // gradient w.r.t. the current layer's output
   for (int k = L_ - 1; k >= 0; --k) {
     const int in_size = slots_[k * D_].in_size;
@@ -465,11 +475,7 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
       const bool alias = d == 0 && cell_ != GRU && !cache_.shifted;
       T* da_i = da_hh.data();
       if (!alias) {
-        // Time positions past a sequence's end are never written: zero them first.
-        if (cache_.padded)
-          da_ih.assign(TB * GH, T(0));
-        else
-          da_ih.resize(TB * GH);
+        da_ih.resize(TB * GH);
         da_i = da_ih.data();
       }
       if (dhn)
@@ -506,32 +512,53 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
       a.db_part = bias_ ? ws.db_part.data() : nullptr;
       a.ldb = batch;
       // Rows past their end keep dh and dc as they are: the gradient passes through.
-      for (auto g = plan.segments.rbegin(); g != plan.segments.rend(); ++g) {
-        a.s0 = g->s0;
-        a.steps = g->s1;
-        a.batch = g->rows;
+      for (auto seg = plan.segments.rbegin(); seg != plan.segments.rend(); ++seg) {
+        a.s0 = seg->s0;
+        a.steps = seg->s1;
+        a.batch = seg->rows;
         kt.backward[cell_](a, nt);
       }
-      if (cache_.padded) zero_ended(plan, steps, batch, GH, 0, da_hh.data());
       put_rows(dh.data(), perm, batch, H_, dh0 + si * BH);
       if (cell_ == LSTM) put_rows(dc.data(), perm, batch, H_, dc0 + si * BH);
 
       // Weight gradients as large products after the sweep; where W_ih's and W_hh's share
       // dA, one product over [H_prev | X] packs dA once (mid LSTM: 56.1 -> 53.7 ms).
       const T* wih = params_.data() + s.w_ih;
-      if (da_i == da_hh.data()) {
-        const GemmCols2<T> ih{H_, x_k, s.in_size, 1, g + s.w_ih, s.in_size};
-        kt.gemm_cols2((int)GH, H_ + s.in_size, (int)TB, da_i, 1, GH, cache_.hs[si].data(), H_, 1,
+      const T *h_rows = cache_.hs[si].data(), *x_rows = x_k;
+      T* dx_rows = dx_k;
+      if (compact) {  // dA rows move down in place (the forward direction's da_ih is da_hh)
+        compact_listed(da_hh.data(), step_rows, GH);
+        if (!alias) compact_listed(da_i, time_rows, GH);
+        ws.rows_h.resize(rows * H_);
+        ws.rows_x.resize(rows * s.in_size);
+        ws.rows_dx.resize(rows * s.in_size);
+        gather_listed(h_rows, step_rows, H_, ws.rows_h.data());
+        gather_listed(x_rows, time_rows, s.in_size, ws.rows_x.data());
+        h_rows = ws.rows_h.data();
+        x_rows = ws.rows_x.data();
+        dx_rows = ws.rows_dx.data();
+      }
+      if (alias) {
+        const GemmCols2<T> ih{H_, x_rows, s.in_size, 1, g + s.w_ih, s.in_size};
+        kt.gemm_cols2((int)GH, H_ + s.in_size, (int)rows, da_i, 1, GH, h_rows, H_, 1,
                       g + s.w_hh, H_, ih, true, nt);
       } else {
-        kt.gemm((int)GH, H_, (int)TB, da_hh.data(), 1, GH, cache_.hs[si].data(), H_, 1,
-                g + s.w_hh, H_, true, nullptr, nt);
-        kt.gemm((int)GH, s.in_size, (int)TB, da_i, 1, GH, x_k, s.in_size, 1, g + s.w_ih,
+        kt.gemm((int)GH, H_, (int)rows, da_hh.data(), 1, GH, h_rows, H_, 1, g + s.w_hh, H_, true,
+                nullptr, nt);
+        kt.gemm((int)GH, s.in_size, (int)rows, da_i, 1, GH, x_rows, s.in_size, 1, g + s.w_ih,
                 s.in_size, true, nullptr, nt);
       }
       // dx = sum over directions: the first writes, the second adds.
-      kt.gemm((int)TB, s.in_size, (int)GH, da_i, GH, 1, wih, s.in_size, 1, dx_k, s.in_size, d > 0,
-              nullptr, nt);
+      kt.gemm((int)rows, s.in_size, (int)GH, da_i, GH, 1, wih, s.in_size, 1, dx_rows, s.in_size,
+              d > 0 && !compact, nullptr, nt);
+      if (compact) {  // zero outside the sequences
+        if (d == 0) std::memset(dx_k, 0, sizeof(T) * TB * s.in_size);
+        for (long i = 0; i < rows; ++i) {
+          T* to = dx_k + time_rows[i] * s.in_size;
+          const T* from = dx_rows + i * s.in_size;
+          for (int j = 0; j < s.in_size; ++j) to[j] += from[j];
+        }
+      }
     }
     if (k > 0) {  // through the dropout between layers k-1 and k
       if (cache_.dropout > 0) {
