@@ -482,6 +482,80 @@ def test_starts_match_reference_and_shifted_sequences(isa, mode):
         np.testing.assert_allclose(a, b, rtol=1e-12)
 
 
+def _padded_batch(rng, T, B, I, front):
+    """Distinct-ish lengths in a shuffled order (rows run sorted by length inside), padded at
+    the end or, with front, in front (starts = T - lengths)."""
+    lengths = np.concatenate([[T, T], rng.integers(1, T + 1, B - 2)])
+    rng.shuffle(lengths)
+    starts = T - lengths if front else None
+    x = rng.standard_normal((T, B, I))
+    inside = np.zeros((T, B), bool)
+    for b in range(B):
+        t0 = 0 if starts is None else starts[b]
+        inside[t0:t0 + lengths[b], b] = True
+    return x, lengths, starts, inside
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("front", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_padded_batch_matches_reference_and_never_reads_padding(isa, mode, front, threads):
+    """A batch of many lengths (B 23: 6- and 5-row tiles, whose count shrinks step by step as
+    rows end; rows split by rows or by panels): forward, dx, dstate0 and every gradient match
+    the reference, and NaN in x and dy past each sequence's end changes nothing (the
+    products run over the rows inside their sequences only; PyTorch's packed sequences ignore
+    padding too)."""
+    T, B, I, H, L = 13, 23, 9, 20, 2
+    rng = np.random.default_rng(5)
+    fast, ref = make_pair(mode, I, H, L, bidirectional=True, seed=3)
+    fast.num_threads = threads
+    x, lengths, starts, inside = _padded_batch(rng, T, B, I, front)
+    state = state_like(mode, (2 * L, B, H), rng, np.float64)
+    dy = rng.standard_normal((T, B, 2 * H))
+    dy[~inside] = 0
+    dstate = state_like(mode, (2 * L, B, H), rng, np.float64)
+    x_nan, dy_nan = x.copy(), dy.copy()
+    x_nan[~inside] = np.nan
+    dy_nan[~inside] = np.inf
+    outs, grads = [], []
+    for model, xi, dyi in ((fast, x_nan, dy_nan), (ref, x, dy)):
+        outs.append(model.forward(xi, state, lengths, training=True, starts=starts))
+        dx, dst = model.backward(dyi, dstate)
+        grads.append((dx, dst, {k: v.copy() for k, v in model.grads.items()}))
+    assert_match(outs, grads, rtol=1e-9, atol=1e-10)
+    assert not outs[0][0][~inside].any() and not grads[0][0][~inside].any()
+    y, st = fast(x_nan, state, lengths, starts=starts)  # inference
+    np.testing.assert_allclose(y, outs[1][0], rtol=1e-9, atol=1e-10)
+    for a, b in zip(flat_state(st), flat_state(outs[1][1])):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+def test_padded_batch_row_order_does_not_matter(mode):
+    """The same sequences in another batch order give the same results in that order."""
+    T, B, I, H = 11, 17, 7, 12
+    rng = np.random.default_rng(8)
+    x, lengths, _, _ = _padded_batch(rng, T, B, I, False)
+    state = state_like(mode, (2, B, H), rng, np.float64)
+    dy = rng.standard_normal((T, B, 2 * H))
+    order = rng.permutation(B)
+    model = make_pair(mode, I, H, 1, bidirectional=True, seed=4)[0]
+    runs = []
+    for o in (np.arange(B), order):
+        st = tuple(s[:, o] for s in state) if mode == "LSTM" else state[:, o]
+        model.zero_grad()
+        y, hn = model.forward(x[:, o], st, lengths[o], training=True)
+        dx, dh0 = model.backward(dy[:, o], None)
+        runs.append((y, hn, dx, dh0, {k: v.copy() for k, v in model.grads.items()}))
+    (y, hn, dx, dh0, g), (yo, hno, dxo, dh0o, go) = runs
+    np.testing.assert_allclose(yo, y[:, order], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(dxo, dx[:, order], rtol=1e-12, atol=1e-14)
+    for a, b in zip(flat_state(hno) + flat_state(dh0o), flat_state(hn) + flat_state(dh0)):
+        np.testing.assert_allclose(a, b[:, order], rtol=1e-12, atol=1e-14)
+    for k in g:
+        np.testing.assert_allclose(go[k], g[k], rtol=1e-10, atol=1e-12)
+
+
 def test_starts_bad_input():
     m = rf.GRU(3, 4)
     x = np.zeros((5, 2, 3))
