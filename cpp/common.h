@@ -105,7 +105,8 @@ struct LayerBwd {
   T* da_ih;
   T* direct;
   // Bias gradients (accumulated), summed while the sweep makes dA: null without biases.
-  // db_part is scratch for one partial sum per batch row (2*G*H each at most).
+  // db_part holds one partial sum per batch row (2*G*H each at most), zeroed by the engine
+  // before its first call; the call that ends at step 0 adds them (in row order) to db_*.
   T* db_hh;
   T* db_ih;
   T* db_part;

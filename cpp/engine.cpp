@@ -511,6 +511,7 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
       a.db_ih = bias_ ? g + s.b_ih : nullptr;
       a.db_part = bias_ ? ws.db_part.data() : nullptr;
       a.ldb = batch;
+      if (bias_) std::fill(ws.db_part.begin(), ws.db_part.end(), T(0));
       // Rows past their end keep dh and dc as they are: the gradient passes through.
       for (auto seg = plan.segments.rbegin(); seg != plan.segments.rend(); ++seg) {
         a.s0 = seg->s0;

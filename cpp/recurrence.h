@@ -457,7 +457,6 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
     if (by_rows) {
       const int id = rf_thread_num(), n = rf_team_size();
       const int b0 = rf_share(B, id, n), b1 = rf_share(B, id + 1, n);
-      if (a.db_part) std::fill(a.db_part + PW * b0, a.db_part + PW * b1, T(0));
       for (int s = a.steps - 1; s >= a.s0; --s) {
         for (int b = b0; b < b1; ++b) row(s, b);
         gemm_prepacked<T>(b1 - b0, H, (int)GH, a.da_hh + ((long)s * LB + b0) * GH, GH,
@@ -466,8 +465,6 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
       }
       rf_barrier();
     } else {
-      if (a.db_part)
-        rf_for(B, [&](long b) { std::fill(a.db_part + PW * b, a.db_part + PW * (b + 1), T(0)); });
       for (int s = a.steps - 1; s >= a.s0; --s) {
         rf_for(B, [&](long b) { row(s, (int)b); });
         // dh_{s-1} = dA_s W_hh + direct  (implicit barriers around both phases)
@@ -475,7 +472,7 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
                           H, direct, H);
       }
     }
-    if (a.db_part) {  // after a barrier
+    if (a.db_part && a.s0 == 0) {  // after a barrier; the engine's last call: all rows
       rf_for(GH, [&](long j) {
         T sum_hh = T(0), sum_ih = T(0);
         for (int b = 0; b < B; ++b) {
