@@ -67,6 +67,7 @@ struct LayerFwd {
   int in_size;
   const T* xproj;
   long ldx;
+  const int32_t* xrow = nullptr;  // if given, xproj's row of (t, b) is xrow[t * ldb + b]
   const int32_t* tidx;
   const T* packed;
   const T* x;

@@ -17,7 +17,7 @@ struct Workspace {
   LineVec<T> xproj, out_a, out_b, hs, cs, dinput_a, dinput_b, da_hh, da_ih, direct, dh, dc,
       db_part, rows_h, rows_x, rows_dx;
   std::vector<long> step_rows, time_rows;  // padded batches: the rows inside their sequences
-  std::vector<uint8_t> inside;
+  std::vector<int32_t> place;
   RowPlan plan;  // inference's (training keeps its own in the cache)
 };
 // Input projections with at most this many rows (T*B) use the weights pre-packed at
@@ -67,6 +67,27 @@ void put_rows(const T* src, const int32_t* perm, int batch, long H, T* dst) {
   for (int b = 0; b < batch; ++b)
     std::memcpy(dst + (perm ? perm[b] : b) * H, src + b * H, sizeof(T) * H);
 }
+// A padded batch's rows inside their sequences, in increasing order: (step, row) pairs as
+// s * B + b (step_rows, may be null) and (time, row) pairs as t * B + b (time_rows); place
+// gets each time row's index in time_rows, -1 outside (the same for both directions).
+static void rows_inside(const RowPlan& plan, int steps, int batch, std::vector<long>* step_rows,
+                        std::vector<long>& time_rows, std::vector<int32_t>& place) {
+  if (step_rows) step_rows->clear();
+  time_rows.clear();
+  place.assign((size_t)steps * batch, -1);
+  for (const RowPlan::Segment& seg : plan.segments)
+    for (int st = seg.s0; st < seg.s1; ++st)
+      for (int b = 0; b < seg.rows; ++b) {
+        if (step_rows) step_rows->push_back((long)st * batch + b);
+        place[(size_t)plan.tidx[0][(size_t)st * batch + b] * batch + b] = 0;
+      }
+  for (size_t r = 0; r < place.size(); ++r)
+    if (place[r] == 0) {
+      place[r] = (int32_t)time_rows.size();
+      time_rows.push_back((long)r);
+    }
+}
+
 // Rows idx[i] (increasing) of F values: gathered into dst, or moved down to row i in place.
 template <typename T>
 void gather_listed(const T* src, const std::vector<long>& idx, long F, T* dst) {
@@ -202,9 +223,11 @@ void Engine<T>::plan_rows(int steps, int batch, const int32_t* lengths, const in
                           RowPlan& p) const {
   p.lens.resize(batch);
   bool sorted = true;
+  p.padded = false;
   for (int b = 0; b < batch; ++b) {
     p.lens[b] = lengths ? lengths[b] : steps;
     sorted = sorted && (b == 0 || p.lens[b] <= p.lens[b - 1]);
+    p.padded = p.padded || p.lens[b] < steps;
   }
   p.perm.clear();
   if (!sorted) {
@@ -268,9 +291,8 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
     cache_.steps = steps;
     cache_.batch = batch;
     cache_.dropout = use_dropout ? dropout : 0.0;
-    cache_.padded = cache_.shifted = false;
+    cache_.shifted = false;
     cache_.batch_first = batch_first;
-    for (int b = 0; lengths && b < batch; ++b) cache_.padded |= lengths[b] < steps;
     for (int b = 0; starts && b < batch; ++b) cache_.shifted |= starts[b] > 0;
     cache_.inputs.resize(L_);
     cache_.masks.resize(L_);
@@ -292,6 +314,7 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
   const int stride_state = training ? steps + 1 : 2;
   LineVec<T>& hs_local = ws.hs;
   LineVec<T>& cs_local = ws.cs;
+  bool listed = false;  // ws.time_rows and ws.place hold this call's rows inside
 
   for (int k = 0; k < L_; ++k) {
     const bool last = k == L_ - 1;
@@ -305,25 +328,43 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
       layer_out = buf.data();
     }
     if (lengths) std::memset(layer_out, 0, sizeof(T) * TB * DH);
+    // Fused input: each step multiplies [x_t | h] by [W_ih | W_hh] and no input projection
+    // runs (GRU keeps the two sums apart: its reset gate multiplies the h part of n). For
+    // one step, and for narrow inputs, whose projection GEMM is bound by writing xproj
+    // (batch 1 aside, see fuse_input).
+    const int in_k = slots_[k * D_].in_size;
+    const bool fused = steps == 1 || fuse_input(in_k, H_, cell_gates(cell_), sizeof(T), batch);
+    // A padded batch projects the rows inside their sequences alone, gathered; the kernels
+    // find each one's projection through ws.place.
+    const bool gathered = !fused && plan.padded;
+    const T* proj_in = layer_in;
+    long proj_rows = TB;
+    if (gathered) {
+      if (!listed) rows_inside(plan, steps, batch, nullptr, ws.time_rows, ws.place);
+      listed = true;
+      const RowOrder in_order = layer_in == x ? x_order : time_major;
+      proj_rows = (long)ws.time_rows.size();
+      ws.rows_x.resize(proj_rows * in_k);
+      for (long i = 0; i < proj_rows; ++i) {
+        const long t = ws.time_rows[i] / batch, b = ws.time_rows[i] % batch;
+        std::memcpy(ws.rows_x.data() + i * in_k, layer_in + row_at(in_order, t, b) * in_k,
+                    sizeof(T) * in_k);
+      }
+      proj_in = ws.rows_x.data();
+    }
     for (int d = 0; d < D_; ++d) {
       const int si = k * D_ + d;
       Slot& s = slots_[si];
       const T* wih = params_.data() + s.w_ih;
       const T* bias_row = bias_ ? s.bias_sum.data() : nullptr;
-      // Fused input: each step multiplies [x_t | h] by [W_ih | W_hh] and no input projection
-      // runs (GRU keeps the two sums apart: its reset gate multiplies the h part of n). For
-      // one step, and for narrow inputs, whose projection GEMM is bound by writing xproj
-      // (batch 1 aside, see fuse_input).
-      const bool fused =
-          steps == 1 || fuse_input(s.in_size, H_, cell_gates(cell_), sizeof(T), batch);
       if (!fused) {  // fused: the bias row stands for xproj in every batch row (ldx = 0)
-        xproj.resize(TB * GH);
-        if (TB <= kFewRows)  // weights packed at load time, nothing packed per call
-          kt.gemm_prepacked((int)TB, (int)GH, s.in_size, layer_in, s.in_size,
-                            s.packed_ih.data(), xproj.data(), GH, bias_row, nt);
+        xproj.resize(proj_rows * GH);
+        if (proj_rows <= kFewRows)  // weights packed at load time, nothing packed per call
+          kt.gemm_prepacked((int)proj_rows, (int)GH, in_k, proj_in, in_k, s.packed_ih.data(),
+                            xproj.data(), GH, bias_row, nt);
         else
-          kt.gemm((int)TB, (int)GH, s.in_size, layer_in, s.in_size, 1, wih, 1, s.in_size,
-                  xproj.data(), GH, false, bias_row, nt);
+          kt.gemm((int)proj_rows, (int)GH, in_k, proj_in, in_k, 1, wih, 1, in_k, xproj.data(),
+                  GH, false, bias_row, nt);
       }
 
       LineVec<T>& hs = training ? cache_.hs[si] : hs_local;
@@ -353,6 +394,7 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
       a.in_size = s.in_size;
       a.xproj = fused ? s.bias_sum.data() : xproj.data();
       a.ldx = fused ? 0 : GH;
+      a.xrow = gathered ? ws.place.data() : nullptr;
       a.tidx = plan.tidx[d].data();
       a.packed = s.packed_cat.data();
       a.x = fused ? layer_in : nullptr;
@@ -440,21 +482,9 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
   // A padded batch's weight and input gradients come from products over the rows inside
   // their sequences alone, gathered: in step order (dA_hh, h_prev) and in time order
   // (dA_ih, x, dx); the same rows for both directions.
-  const bool compact = cache_.padded;
+  const bool compact = plan.padded;
   std::vector<long>&step_rows = ws.step_rows, &time_rows = ws.time_rows;
-  if (compact) {
-    step_rows.clear();
-    time_rows.clear();
-    ws.inside.assign(TB, 0);
-    for (const RowPlan::Segment& seg : plan.segments)
-      for (int st = seg.s0; st < seg.s1; ++st)
-        for (int b = 0; b < seg.rows; ++b) {
-          step_rows.push_back((long)st * batch + b);
-          ws.inside[(long)plan.tidx[0][(long)st * batch + b] * batch + b] = 1;
-        }
-    for (long r = 0; r < TB; ++r)
-      if (ws.inside[r]) time_rows.push_back(r);
-  }
+  if (compact) rows_inside(plan, steps, batch, &step_rows, time_rows, ws.place);
   const long rows = compact ? (long)step_rows.size() : TB;
   const T* dlayer = dy;  // gradient w.r.t. the current layer's output
   for (int k = L_ - 1; k >= 0; --k) {

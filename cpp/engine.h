@@ -51,6 +51,7 @@ struct RowPlan {
   std::vector<int32_t> lens;     // steps of each engine row
   std::vector<int32_t> tidx[2];  // per direction: (step, engine row) -> time, -1 past the end
   std::vector<Segment> segments;
+  bool padded = false;           // some sequence ends before the last step
   const int32_t* order() const { return perm.empty() ? nullptr : perm.data(); }
 };
 
@@ -110,7 +111,6 @@ class Engine {
     bool valid = false;
     int steps = 0, batch = 0;
     double dropout = 0;
-    bool padded = false;                 // some sequence shorter than steps
     bool shifted = false;                // some sequence starts after step 0
     bool batch_first = false;            // the caller's x, y, dy, dx are (B,T,.)
     RowPlan plan;

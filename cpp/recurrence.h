@@ -236,7 +236,7 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
             continue;
           }
           live = r;
-          io[r].x = a.xproj + row_at(a.xo, t, b) * a.ldx;
+          io[r].x = a.xproj + (a.xrow ? a.xrow[t * LB + b] : row_at(a.xo, t, b)) * a.ldx;
           io[r].h_prev = h_prev + row;
           io[r].h_new = h_new + row;
           io[r].c_prev = c_prev ? c_prev + row : nullptr;

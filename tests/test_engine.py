@@ -499,13 +499,15 @@ def _padded_batch(rng, T, B, I, front):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("front", [False, True])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_padded_batch_matches_reference_and_never_reads_padding(isa, mode, front, threads):
+@pytest.mark.parametrize("I,H", [(9, 20), (70, 40)])
+def test_padded_batch_matches_reference_and_never_reads_padding(isa, mode, front, threads, I, H):
     """A batch of many lengths (B 23: 6- and 5-row tiles, whose count shrinks step by step as
     rows end; rows split by rows or by panels): forward, dx, dstate0 and every gradient match
     the reference, and NaN in x and dy past each sequence's end changes nothing (the
     products run over the rows inside their sequences only; PyTorch's packed sequences ignore
-    padding too)."""
-    T, B, I, H, L = 13, 23, 9, 20, 2
+    padding too). I 9, H 20: both layers' input products run inside the time loop; I 70,
+    H 40: both layers project their gathered rows first."""
+    T, B, L = 13, 23, 2
     rng = np.random.default_rng(5)
     fast, ref = make_pair(mode, I, H, L, bidirectional=True, seed=3)
     fast.num_threads = threads
