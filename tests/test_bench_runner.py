@@ -253,3 +253,30 @@ def test_tiny_small_batch_run(capsys):
         [f" {c} ", " 8/16 ", f" {b} "] for c in ("LSTM", "GRU") for b in (1, 3)]
     for r in rows:  # times and ratios are positive numbers
         assert all(float(v) > 0 for v in r.split("|")[4:10])
+
+
+def test_tiny_padded_run(capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("rnnfast")
+    path = RUN_PY.parent / "padded.py"
+    spec = importlib.util.spec_from_file_location("rnnfast_bench_padded", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    import rnnfast as rf
+    import torch
+    previous = rf.get_num_threads(), torch.get_num_threads()
+    try:
+        module.main(["--cells", "lstm,gru", "--models", "mid,tagger", "--lengths",
+                     "full,uniform", "--repeats", "1", "--threads", "1", "--scale", "0.1"])
+    finally:  # main sets both libraries' thread counts
+        rf.set_num_threads(0)
+        if rf.get_num_threads() != previous[0]:  # the session had set one explicitly
+            rf.set_num_threads(previous[0])
+        torch.set_num_threads(previous[1])
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()
+            if line.startswith(("| LSTM", "| GRU"))]
+    assert [[c.strip() for c in r[:3]] for r in rows] == [
+        [c, m, k] for c in ("LSTM", "GRU") for m in ("mid", "tagger") for k in ("full", "uniform")]
+    for r in rows:  # token shares in (0, 1], times and ratios positive
+        assert 0 < float(r[3]) <= 1
+        assert all(float(r[i]) > 0 for i in (4, 5, 6, 7, 8, 9, 10, 11))
