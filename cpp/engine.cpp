@@ -221,6 +221,11 @@ void Engine<T>::zero_grad() {
 template <typename T>
 void Engine<T>::plan_rows(int steps, int batch, const int32_t* lengths, const int32_t* starts,
                           RowPlan& p) const {
+  // A stream's steps, and calls of one shape without lengths, reuse the plan as it is.
+  if (!lengths && p.plain_steps == steps && p.plain_batch == batch && p.plain_dirs == D_) return;
+  p.plain_steps = lengths ? -1 : steps;
+  p.plain_batch = lengths ? -1 : batch;
+  p.plain_dirs = lengths ? -1 : D_;
   p.lens.resize(batch);
   bool sorted = true;
   p.padded = false;

@@ -52,6 +52,7 @@ struct RowPlan {
   std::vector<int32_t> tidx[2];  // per direction: (step, engine row) -> time, -1 past the end
   std::vector<Segment> segments;
   bool padded = false;           // some sequence ends before the last step
+  int plain_steps = -1, plain_batch = -1, plain_dirs = -1;  // a plan without lengths, kept
   const int32_t* order() const { return perm.empty() ? nullptr : perm.data(); }
 };
 

@@ -558,6 +558,22 @@ def test_padded_batch_row_order_does_not_matter(mode):
         np.testing.assert_allclose(go[k], g[k], rtol=1e-10, atol=1e-12)
 
 
+def test_row_plans_follow_shape_directions_and_lengths():
+    """Calls without lengths reuse the thread's row plan while (T, B, directions) stay the
+    same: a one-direction model, then a two-direction one, then a padded call, then a plain
+    one again, each of the same T and B, all match the reference."""
+    T, B, I, H = 6, 3, 5, 4
+    x = np.random.default_rng(2).standard_normal((T, B, I))
+    one = make_pair("GRU", I, H, seed=1)
+    two = make_pair("GRU", I, H, bidirectional=True, seed=2)
+    for fast, ref in (one, two, one, two):
+        for lengths in (None, [6, 2, 4], None):
+            y, h = fast(x, None, lengths)
+            yr, hr = ref.forward(x, None, lengths)
+            np.testing.assert_allclose(y, yr, rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(h, hr, rtol=1e-10, atol=1e-12)
+
+
 def test_starts_bad_input():
     m = rf.GRU(3, 4)
     x = np.zeros((5, 2, 3))
