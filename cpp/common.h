@@ -86,7 +86,8 @@ struct LayerFwd {
 //   dh     (B,H)      in: gradient of the final state; out: gradient of h0
 //   dc     (B,H)      same for LSTM cell state
 //   da_hh  (T,B,G*H)  out: pre-activation grads for W_hh, in step order
-//   da_ih  (T,B,G*H)  out: pre-activation grads for W_ih, in time order (zero where inactive)
+//   da_ih  (T,B,G*H)  out: pre-activation grads for W_ih where they differ (GRU), in time
+//                     order (rows outside the sequences unwritten); else da_hh itself
 //   direct (B,H)      scratch: the part of dh_{s-1} that bypasses W_hh
 template <typename T>
 struct LayerBwd {
