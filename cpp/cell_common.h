@@ -1,5 +1,5 @@
-// Pieces shared by the cell files: per-row pointers handed to epilogues, and the
-// state copy for rows past their sequence's end.
+// Pieces shared by the cell files: per-row pointers handed to epilogues, loads and stores
+// of a panel's units.
 #pragma once
 #include "simd.h"
 
@@ -31,15 +31,6 @@ struct BwdRows {
   T* da_ih;         // same for W_ih, b_ih when it differs or lives elsewhere (else null)
   T* direct;        // (H) part of dL/dh_prev not going through W_hh
 };
-
-// A row past its sequence's end keeps its state: copies units [u0, u0 + n) of h (and c).
-template <typename T>
-static inline void freeze_units(int u0, int n, const T* h_prev, T* h_new, const T* c_prev,
-                                T* c_new) {
-  for (int u = u0; u < u0 + n; ++u) h_new[u] = h_prev[u];
-  if (c_prev)
-    for (int u = u0; u < u0 + n; ++u) c_new[u] = c_prev[u];
-}
 
 // Panel layout of cells with one vector per gate: panel p holds gate v of units
 // [p*W, p*W + W) in vector v.

@@ -53,7 +53,8 @@ bool far_prefetch();
 //   tidx   (T,B)      time index processed by row b at step s, or -1 when inactive
 //   s0, steps, batch   this call runs steps [s0, steps) on rows [0, batch) of arrays whose
 //                     steps hold ldb rows each (tidx, hs, cs, cache); the engine calls once
-//                     per run of steps with the same rows active (rows sorted by length)
+//                     per run of steps with the same rows active (rows sorted by length),
+//                     so every row of a call is inside its sequence at every step of it
 //   hs     (S,B,H)    states in step order: hs[0] = h0, hs[s+1] = state after step s.
 //                     S = T+1 when training (kept for backward), 2 for inference (ping-pong)
 //   cs     (S,B,H)    LSTM cell states, same convention

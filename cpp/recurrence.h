@@ -191,8 +191,7 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
         for (int r = 0; r < R; ++r) {
           const int b = i0 + (r < mr ? r : 0);
           if (xsrc) {
-            const long t = tid[b] < 0 ? 0 : tid[b];  // a frozen row computes, unstored
-            rows[r] = a.x + row_at(a.xo, t, b) * I + k0;
+            rows[r] = a.x + row_at(a.xo, tid[b], b) * I + k0;
           } else {
             rows[r] = h_prev + (long)b * H + k0;
           }
@@ -221,21 +220,12 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
             xacc[r][v] = split ? xsums[r * NV + v] : V{};
           }
         FwdRows<T> io[R];
-        int live = -1;  // a row that steps; rows that don't get no stores
         for (int r = 0; r < R; ++r) {
           io[r] = FwdRows<T>();
           if (r >= mr) continue;
           const int b = i0 + r;
           const long t = tid[b];
           const long row = b * (long)H;
-          if (t < 0) {  // past this sequence's end: state frozen
-            const int u0 = p * Cell::template units<T>();
-            const int n = H - u0 < Cell::template units<T>() ? H - u0 : Cell::template units<T>();
-            freeze_units(u0, n, h_prev + row, h_new + row, c_prev ? c_prev + row : nullptr,
-                         c_new ? c_new + row : nullptr);
-            continue;
-          }
-          live = r;
           io[r].x = a.xproj + (a.xrow ? a.xrow[t * LB + b] : row_at(a.xo, t, b)) * a.ldx;
           io[r].h_prev = h_prev + row;
           io[r].h_new = h_new + row;
@@ -246,14 +236,12 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
               a.cache ? a.cache + ((long)s * LB + b) * cell_cache_width(a.cell) * H : nullptr;
           io[r].b_hn = a.b_hn;
         }
-        if (live < 0) return;
-        for (int r = 0; r < R; ++r)
-          if (!io[r].h_new) {  // computed alongside from a live row's inputs, not stored
-            io[r].x = io[live].x;
-            io[r].h_prev = io[live].h_prev;
-            io[r].c_prev = io[live].c_prev;
-            io[r].b_hn = a.b_hn;
-          }
+        for (int r = mr; r < R; ++r) {  // padding: computed alongside from row 0, not stored
+          io[r].x = io[0].x;
+          io[r].h_prev = io[0].h_prev;
+          io[r].c_prev = io[0].c_prev;
+          io[r].b_hn = a.b_hn;
+        }
         // Full panels (all but maybe the last) load and store whole vectors, no lane checks.
         const V(*xa)[NV] = split ? xacc : nullptr;
         if ((p + 1) * Cell::template units<T>() <= H)
@@ -430,11 +418,6 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
   auto row = [&](int s, int b) {
     const long t = a.tidx[(long)s * LB + b];
     T* dah = a.da_hh + ((long)s * LB + b) * GH;
-    if (t < 0) {  // frozen step: the gradient passes through unchanged
-      for (long j = 0; j < GH; ++j) dah[j] = T(0);
-      for (int j = 0; j < H; ++j) direct[b * H + j] = a.dh[b * H + j];
-      return;
-    }
     BwdRows<T> io;
     io.dy = a.dy ? a.dy + row_at(a.dyo, t, b) * a.ldy : nullptr;
     io.dh = a.dh + b * H;
