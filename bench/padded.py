@@ -12,28 +12,21 @@ rnnfast's, and rnnfast's time as a share of its own full batch's next to the sha
 tokens (work done per token: the two should match).
 """
 import argparse
+import os
 import sys
-import time
 
 import numpy as np
 
 import rnnfast as rf
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from small_batch import CELLS, median_ms, with_torch  # noqa: E402
 
 # name: (T, B, I, H, layers, bidirectional)
 MODELS = {
     "mid": (50, 64, 256, 512, 1, False),   # bench-configs.md's mid row
     "tagger": (50, 64, 128, 256, 2, True),  # two bidirectional layers: the upper one projects
 }
-
-
-def median_ms(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e3
 
 
 def draw_lengths(kind, T, B, rng):
@@ -55,21 +48,15 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--scale", type=float, default=1.0, help="multiplies T, B, I, H (tests)")
     args = ap.parse_args(argv)
-    try:
-        import torch
-    except ImportError:
-        sys.exit("needs PyTorch: pip install torch")
+    torch = with_torch(args.threads)
     from torch.nn.utils.rnn import pack_padded_sequence
-    torch.set_num_threads(args.threads)
-    rf.set_num_threads(args.threads)
-    names = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
     print(f"{args.threads} threads, ms (medians of {args.repeats}); x = torch / rnnfast; "
           "of full = rnnfast's time / its time on the full batch\n")
     print("| cell | model | lengths | tokens | infer rf | torch | x | of full | train rf | torch "
           "| x | of full |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for cell in args.cells.split(","):
-        name = names[cell]
+        name = CELLS[cell]
         for model_name in args.models.split(","):
             T, B, I, H, L, bi = MODELS[model_name]
             T, B, I, H = (max(2, round(v * args.scale)) for v in (T, B, I, H))

@@ -15,6 +15,20 @@ import numpy as np
 import rnnfast as rf
 
 
+CELLS = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
+
+
+def with_torch(threads):
+    """PyTorch (or exit with a hint), both libraries set to `threads` threads."""
+    try:
+        import torch
+    except ImportError:
+        sys.exit("needs PyTorch: pip install torch")
+    torch.set_num_threads(threads)
+    rf.set_num_threads(threads)
+    return torch
+
+
 def median_ms(fn, repeats):
     fn()
     times = []
@@ -34,20 +48,14 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args(argv)
-    try:
-        import torch
-    except ImportError:
-        sys.exit("needs PyTorch: pip install torch")
-    torch.set_num_threads(args.threads)
-    rf.set_num_threads(args.threads)
-    names = {"rnn": "RNN", "lstm": "LSTM", "gru": "GRU"}
+    torch = with_torch(args.threads)
     rng = np.random.default_rng(0)
     print(f"T {args.steps}, {args.threads} threads, ms (medians of {args.repeats}); "
           "x = torch / rnnfast\n")
     print("| cell | I/H | B | infer rf | torch | x | train rf | torch | x |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for cell in args.cells.split(","):
-        name = names[cell]
+        name = CELLS[cell]
         for shape in args.shapes.split(","):
             I, H = map(int, shape.split("/"))
             for B in map(int, args.batches.split(",")):

@@ -229,54 +229,46 @@ def test_blas_kernel_note_and_coretype_argument(runner, monkeypatch):
     assert runner.os.environ["OPENBLAS_CORETYPE"] == "Zen"
 
 
-def test_tiny_small_batch_run(capsys):
+def _run_bench_script(name, argv, capsys):
+    """Runs bench/<name>.py's main(argv) and returns its table rows (LSTM and GRU) as
+    lists of stripped cells; main sets both libraries' thread counts, restored here."""
     pytest.importorskip("torch")
     pytest.importorskip("rnnfast")
-    path = RUN_PY.parent / "small_batch.py"
-    spec = importlib.util.spec_from_file_location("rnnfast_bench_small_batch", path)
+    path = RUN_PY.parent / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"rnnfast_bench_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     import rnnfast as rf
     import torch
     previous = rf.get_num_threads(), torch.get_num_threads()
     try:
-        module.main(["--cells", "lstm,gru", "--shapes", "8/16", "--batches", "1,3", "--steps",
-                     "3", "--repeats", "1", "--threads", "1"])
-    finally:  # main sets both libraries' thread counts
+        module.main(argv)
+    finally:
         rf.set_num_threads(0)
         if rf.get_num_threads() != previous[0]:  # the session had set one explicitly
             rf.set_num_threads(previous[0])
         torch.set_num_threads(previous[1])
-    rows = [line for line in capsys.readouterr().out.splitlines()
+    return [[c.strip() for c in line.split("|")[1:-1]]
+            for line in capsys.readouterr().out.splitlines()
             if line.startswith(("| LSTM", "| GRU"))]
-    assert [r.split("|")[1:4] for r in rows] == [
-        [f" {c} ", " 8/16 ", f" {b} "] for c in ("LSTM", "GRU") for b in (1, 3)]
+
+
+def test_tiny_small_batch_run(capsys):
+    rows = _run_bench_script("small_batch", [
+        "--cells", "lstm,gru", "--shapes", "8/16", "--batches", "1,3", "--steps", "3",
+        "--repeats", "1", "--threads", "1"], capsys)
+    assert [r[:3] for r in rows] == [[c, "8/16", str(b)] for c in ("LSTM", "GRU")
+                                     for b in (1, 3)]
     for r in rows:  # times and ratios are positive numbers
-        assert all(float(v) > 0 for v in r.split("|")[4:10])
+        assert all(float(v) > 0 for v in r[3:9])
 
 
 def test_tiny_padded_run(capsys):
-    pytest.importorskip("torch")
-    pytest.importorskip("rnnfast")
-    path = RUN_PY.parent / "padded.py"
-    spec = importlib.util.spec_from_file_location("rnnfast_bench_padded", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    import rnnfast as rf
-    import torch
-    previous = rf.get_num_threads(), torch.get_num_threads()
-    try:
-        module.main(["--cells", "lstm,gru", "--models", "mid,tagger", "--lengths",
-                     "full,uniform", "--repeats", "1", "--threads", "1", "--scale", "0.1"])
-    finally:  # main sets both libraries' thread counts
-        rf.set_num_threads(0)
-        if rf.get_num_threads() != previous[0]:  # the session had set one explicitly
-            rf.set_num_threads(previous[0])
-        torch.set_num_threads(previous[1])
-    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines()
-            if line.startswith(("| LSTM", "| GRU"))]
-    assert [[c.strip() for c in r[:3]] for r in rows] == [
+    rows = _run_bench_script("padded", [
+        "--cells", "lstm,gru", "--models", "mid,tagger", "--lengths", "full,uniform",
+        "--repeats", "1", "--threads", "1", "--scale", "0.1"], capsys)
+    assert [r[:3] for r in rows] == [
         [c, m, k] for c in ("LSTM", "GRU") for m in ("mid", "tagger") for k in ("full", "uniform")]
     for r in rows:  # token shares in (0, 1], times and ratios positive
         assert 0 < float(r[3]) <= 1
-        assert all(float(r[i]) > 0 for i in (4, 5, 6, 7, 8, 9, 10, 11))
+        assert all(float(v) > 0 for v in r[4:12])
