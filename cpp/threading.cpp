@@ -134,9 +134,39 @@ struct alignas(64) Worker {
   std::atomic<unsigned> taken{0};  // the last job the worker or (late worker) its caller took
   alignas(64) std::atomic<bool> busy{true};   // claimed by a caller (or being created)
   std::atomic<bool> sleeping{false};
+  int avoid_cpu = -1;  // its creator's or waker's CPU (set before the thread starts or wakes)
   std::mutex mutex;
   std::condition_variable wake;
 };
+
+// The CPU the calling thread runs on, -1 where unknown.
+int current_cpu() {
+#ifdef __linux__
+  return sched_getcpu();
+#else
+  return -1;
+#endif
+}
+
+// A worker created or woken onto its caller's CPU shares it with the caller until the
+// kernel moves it; seen for 50 ms and more on the 2-core VM when the other CPU was busy
+// (another library's spinning thread) as the worker started: a 2-thread `small` GRU then
+// ran at half the speed of one thread. Such a worker moves itself: barred from that CPU,
+// then allowed every CPU again (where it now runs, it stays). Only on creation and wake,
+// not per job.
+void leave_cpu(int cpu) {
+#ifdef __linux__
+  if (cpu < 0 || sched_getcpu() != cpu) return;
+  cpu_set_t all, others;
+  if (sched_getaffinity(0, sizeof(all), &all) != 0) return;
+  others = all;
+  CPU_CLR(cpu, &others);
+  if (CPU_COUNT(&others) == 0) return;
+  if (sched_setaffinity(0, sizeof(others), &others) == 0) sched_setaffinity(0, sizeof(all), &all);
+#else
+  (void)cpu;
+#endif
+}
 
 // A worker spins for kSpinTime, yields until kYieldTime, then sleeps until woken. A woken
 // worker may be placed on its waker's CPU and share it until the kernel moves it (a
@@ -172,6 +202,7 @@ bool take(Worker* w, unsigned g) {
 }
 
 void worker_main(Worker* w) {
+  leave_cpu(w->avoid_cpu);
   unsigned seen = 0;
   for (;;) {
     unsigned g;
@@ -200,6 +231,7 @@ void worker_main(Worker* w) {
         w->wake.wait(lock, [&] { return w->go.load() != seen; });
       }
       w->sleeping.store(false);
+      leave_cpu(w->avoid_cpu);
     }
     seen = g;
     const int delay = g_worker_delay_us.load(std::memory_order_relaxed);
@@ -233,6 +265,7 @@ struct Pool {
       const int i = count.load(std::memory_order_relaxed);
       if (i >= kMaxWorkers) break;
       Worker* w = new Worker();  // busy from the start: ours
+      w->avoid_cpu = current_cpu();
       try {
         std::thread(worker_main, w).detach();
       } catch (...) {  // no more threads: run with those we have
@@ -346,7 +379,10 @@ void pool_run(int nt, void (*fn)(void*), void* ctx, bool independent) {
     // writes go, so its job is done when done == go.
     w->go.store(w->go.load(std::memory_order_relaxed) + 1);
     if (w->sleeping.load()) {
-      { std::lock_guard<std::mutex> lock(w->mutex); }
+      {
+        std::lock_guard<std::mutex> lock(w->mutex);
+        w->avoid_cpu = current_cpu();
+      }
       w->wake.notify_one();
     }
   }

@@ -472,3 +472,32 @@ def test_concurrent_calls_share_the_process_thread_budget():
     assert sum(shared) <= 4 + 3, shared  # the first caller may hold 4 before others arrive
     assert shared.count(1) >= 3, shared
     assert run(2) == [2, 2, 2, 2]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or len(os.sched_getaffinity(0)) < 2,
+                    reason="reads /proc; needs two CPUs")
+def test_workers_keep_the_process_cpu_mask():
+    """A worker created or woken on its caller's CPU moves itself by barring that CPU for a
+    moment: afterwards every thread may again run on every CPU the process may (the mask is
+    restored, not left narrowed), and 2-thread results stay those of one thread. Workers
+    are created at the first call and woken after each pause longer than their 20 ms of
+    spinning and yielding."""
+    code = """
+import os, time, numpy as np, rnnfast as rf
+m1, m2 = rf.GRU(16, 64, num_threads=1), rf.GRU(16, 64, num_threads=2)
+m2.load_state_dict(m1.state_dict())
+x = np.random.default_rng(0).standard_normal((20, 8, 16)).astype(np.float32)
+want = m1(x)[0]
+for _ in range(15):
+    assert np.array_equal(m2(x)[0], want)
+    time.sleep(0.025)
+mask = lambda path: [l for l in open(path) if l.startswith("Cpus_allowed_list")][0]
+tasks = os.listdir("/proc/self/task")
+assert len(tasks) >= 2, tasks
+for t in tasks:
+    assert mask(f"/proc/self/task/{t}/status") == mask("/proc/self/status"), t
+print("ok")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
