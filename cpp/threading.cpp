@@ -134,7 +134,7 @@ struct alignas(64) Worker {
   std::atomic<unsigned> taken{0};  // the last job the worker or (late worker) its caller took
   alignas(64) std::atomic<bool> busy{true};   // claimed by a caller (or being created)
   std::atomic<bool> sleeping{false};
-  int avoid_cpu = -1;  // its creator's or waker's CPU (set before the thread starts or wakes)
+  std::atomic<int> avoid_cpu{-1};  // its creator's or waker's CPU (see leave_cpu)
   std::mutex mutex;
   std::condition_variable wake;
 };
@@ -202,7 +202,7 @@ bool take(Worker* w, unsigned g) {
 }
 
 void worker_main(Worker* w) {
-  leave_cpu(w->avoid_cpu);
+  leave_cpu(w->avoid_cpu.load(std::memory_order_relaxed));
   unsigned seen = 0;
   for (;;) {
     unsigned g;
@@ -231,7 +231,7 @@ void worker_main(Worker* w) {
         w->wake.wait(lock, [&] { return w->go.load() != seen; });
       }
       w->sleeping.store(false);
-      leave_cpu(w->avoid_cpu);
+      leave_cpu(w->avoid_cpu.load(std::memory_order_relaxed));
     }
     seen = g;
     const int delay = g_worker_delay_us.load(std::memory_order_relaxed);
@@ -265,7 +265,7 @@ struct Pool {
       const int i = count.load(std::memory_order_relaxed);
       if (i >= kMaxWorkers) break;
       Worker* w = new Worker();  // busy from the start: ours
-      w->avoid_cpu = current_cpu();
+      w->avoid_cpu.store(current_cpu(), std::memory_order_relaxed);
       try {
         std::thread(worker_main, w).detach();
       } catch (...) {  // no more threads: run with those we have
@@ -381,7 +381,7 @@ void pool_run(int nt, void (*fn)(void*), void* ctx, bool independent) {
     if (w->sleeping.load()) {
       {
         std::lock_guard<std::mutex> lock(w->mutex);
-        w->avoid_cpu = current_cpu();
+        w->avoid_cpu.store(current_cpu(), std::memory_order_relaxed);
       }
       w->wake.notify_one();
     }
