@@ -89,11 +89,14 @@ static void rows_inside(const RowPlan& plan, int steps, int batch, std::vector<l
     }
 }
 
-// Rows idx[i] (increasing) of F values: gathered into dst, or moved down to row i in place.
+// Rows idx[i] (increasing, t * B + b) of F values: gathered into dst from a sequence in
+// `order` (time-major in the engine's order: {B, 1}), or moved down to row i in place.
 template <typename T>
-void gather_listed(const T* src, const std::vector<long>& idx, long F, T* dst) {
+void gather_listed(const T* src, RowOrder order, int batch, const std::vector<long>& idx, long F,
+                   T* dst) {
   for (size_t i = 0; i < idx.size(); ++i)
-    std::memcpy(dst + i * F, src + idx[i] * F, sizeof(T) * F);
+    std::memcpy(dst + i * F, src + row_at(order, idx[i] / batch, idx[i] % batch) * F,
+                sizeof(T) * F);
 }
 template <typename T>
 void compact_listed(T* buf, const std::vector<long>& idx, long F) {
@@ -229,7 +232,8 @@ void Engine<T>::plan_rows(int steps, int batch, const int32_t* lengths, const in
   p.plain_dirs = lengths ? -1 : D_;
   p.lens.resize(batch);
   bool sorted = true;
-  p.padded = false;
+  p.padded = p.shifted = false;
+  for (int b = 0; starts && b < batch; ++b) p.shifted = p.shifted || starts[b] > 0;
   for (int b = 0; b < batch; ++b) {
     p.lens[b] = lengths ? lengths[b] : steps;
     sorted = sorted && (b == 0 || p.lens[b] <= p.lens[b - 1]);
@@ -297,9 +301,7 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
     cache_.steps = steps;
     cache_.batch = batch;
     cache_.dropout = use_dropout ? dropout : 0.0;
-    cache_.shifted = false;
     cache_.batch_first = batch_first;
-    for (int b = 0; starts && b < batch; ++b) cache_.shifted |= starts[b] > 0;
     cache_.inputs.resize(L_);
     cache_.masks.resize(L_);
     cache_.hs.resize(slots_.size());
@@ -333,7 +335,7 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
       buf.resize(TB * DH);
       layer_out = buf.data();
     }
-    if (lengths) std::memset(layer_out, 0, sizeof(T) * TB * DH);
+    if (plan.padded) std::memset(layer_out, 0, sizeof(T) * TB * DH);  // stays 0 outside
     // Fused input: each step multiplies [x_t | h] by [W_ih | W_hh] and no input projection
     // runs (GRU keeps the two sums apart: its reset gate multiplies the h part of n). For
     // one step, and for narrow inputs, whose projection GEMM is bound by writing xproj
@@ -348,14 +350,10 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
     if (gathered) {
       if (!listed) rows_inside(plan, steps, batch, nullptr, ws.time_rows, ws.place);
       listed = true;
-      const RowOrder in_order = layer_in == x ? x_order : time_major;
       proj_rows = (long)ws.time_rows.size();
       ws.rows_x.resize(proj_rows * in_k);
-      for (long i = 0; i < proj_rows; ++i) {
-        const long t = ws.time_rows[i] / batch, b = ws.time_rows[i] % batch;
-        std::memcpy(ws.rows_x.data() + i * in_k, layer_in + row_at(in_order, t, b) * in_k,
-                    sizeof(T) * in_k);
-      }
+      gather_listed(layer_in, layer_in == x ? x_order : time_major, batch, ws.time_rows, in_k,
+                    ws.rows_x.data());
       proj_in = ws.rows_x.data();
     }
     for (int d = 0; d < D_; ++d) {
@@ -508,7 +506,7 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
       Slot& s = slots_[si];
       // Only GRU's W_ih gradients differ from W_hh's (its n rows); the others share dA.
       // Step order equals time order in the forward direction unless rows start late.
-      const bool alias = cell_ != GRU, in_time_order = d == 0 && !cache_.shifted;
+      const bool alias = cell_ != GRU, in_time_order = d == 0 && !plan.shifted;
       T* da_i = da_hh.data();
       if (!alias) {
         da_ih.resize(TB * GH);
@@ -583,13 +581,13 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
         compact_listed(da_hh.data(), step_rows, GH);
         if (!alias) compact_listed(da_i, time_rows, GH);
         ws.rows_h.resize(rows * H_);
-        gather_listed(h_rows, step_rows, H_, ws.rows_h.data());
+        gather_listed(h_rows, time_major, batch, step_rows, H_, ws.rows_h.data());
         h_rows = ws.rows_h.data();
       }
       if (x_sel) {
         ws.rows_x.resize(rows * s.in_size);
         ws.rows_dx.resize(rows * s.in_size);
-        gather_listed(x_rows, *x_sel, s.in_size, ws.rows_x.data());
+        gather_listed(x_rows, time_major, batch, *x_sel, s.in_size, ws.rows_x.data());
         x_rows = ws.rows_x.data();
         dx_rows = ws.rows_dx.data();
       }

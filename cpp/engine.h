@@ -52,6 +52,7 @@ struct RowPlan {
   std::vector<int32_t> tidx[2];  // per direction: (step, engine row) -> time, -1 past the end
   std::vector<Segment> segments;
   bool padded = false;           // some sequence ends before the last step
+  bool shifted = false;          // some sequence starts after step 0
   int plain_steps = -1, plain_batch = -1, plain_dirs = -1;  // a plan without lengths, kept
   const int32_t* order() const { return perm.empty() ? nullptr : perm.data(); }
 };
@@ -112,7 +113,6 @@ class Engine {
     bool valid = false;
     int steps = 0, batch = 0;
     double dropout = 0;
-    bool shifted = false;                // some sequence starts after step 0
     bool batch_first = false;            // the caller's x, y, dy, dx are (B,T,.)
     RowPlan plan;
     std::vector<LineVec<T>> inputs;  // per layer: its input (after dropout), engine row order
