@@ -27,8 +27,7 @@ struct BwdRows {
   const T* h_new;
   const T* c_prev;
   const T* cache;
-  T* da_hh;         // (G*H) pre-activation grads for W_hh and b_hh
-  T* da_ih;         // same for W_ih, b_ih when it differs or lives elsewhere (else null)
+  T* da;            // (cell_da_width * H) pre-activation grads
   T* direct;        // (H) part of dL/dh_prev not going through W_hh
 };
 

@@ -13,6 +13,13 @@ enum Cell : int { RNN_TANH = 0, RNN_RELU = 1, LSTM = 2, GRU = 3 };
 static inline int cell_gates(int cell) { return cell == LSTM ? 4 : cell == GRU ? 3 : 1; }
 // Values cached per (step, row) for backward, in units of H.
 static inline int cell_cache_width(int cell) { return cell == LSTM ? 5 : cell == GRU ? 4 : 0; }
+// Pre-activation gradients per (step, row) in backward, in units of H: the G gates'
+// (W_hh's and W_ih's alike), and for GRU [dr | dz | dn*r | dn], W_hh's n rows then W_ih's.
+static inline int cell_da_width(int cell) { return cell == GRU ? 4 : cell_gates(cell); }
+// Where dA's column of W_ih's row j lies.
+static inline long da_ih_column(int cell, long j, int H) {
+  return cell == GRU && j >= 2L * H ? j + H : j;
+}
 
 // A second block of columns for a product: columns [n1, N) of B and C are read from B2
 // and written to C2 (both given from their own column 0). Lets the weight gradients
@@ -24,6 +31,13 @@ struct GemmCols2 {
   long rsb2, csb2;
   T* C2;
   long ldc2;
+};
+
+// A read with gaps: its rows from m_at on lie m_skip rows further on, and its columns (K)
+// from k_at on k_skip columns further on. GRU's one dA row [dr | dz | dn*r | dn] gives W_ih's
+// gradient ([dr | dz | dn] as rows) and dx ([dr | dz | dn] as K) through it.
+struct GemmGaps {
+  int m_at, m_skip, k_at, k_skip;
 };
 
 // Where row (t, b) of a sequence of T steps of B rows lies, counted in rows:
@@ -86,9 +100,8 @@ struct LayerFwd {
 //   dy     (T,B,ldy)  upstream gradient of this direction's outputs, rows in order dyo
 //   dh     (B,H)      in: gradient of the final state; out: gradient of h0
 //   dc     (B,H)      same for LSTM cell state
-//   da_hh  (T,B,G*H)  out: pre-activation grads for W_hh, in step order
-//   da_ih  (T,B,G*H)  out: pre-activation grads for W_ih where they differ (GRU), in time
-//                     order (rows outside the sequences unwritten); else da_hh itself
+//   da     (T,B,DW)   out: pre-activation grads, in step order (DW = cell_da_width * H),
+//                     rows ldda apart
 //   direct (B,H)      scratch: the part of dh_{s-1} that bypasses W_hh
 template <typename T>
 struct LayerBwd {
@@ -104,11 +117,11 @@ struct LayerBwd {
   RowOrder dyo;
   T* dh;
   T* dc;
-  T* da_hh;
-  T* da_ih;
+  T* da;
+  long ldda;
   T* direct;
   // Bias gradients (accumulated), summed while the sweep makes dA: null without biases.
-  // db_part holds one partial sum per batch row (2*G*H each at most), zeroed by the engine
+  // db_part holds one partial sum per batch row (DW each), zeroed by the engine
   // before its first call; the call that ends at step 0 adds them (in row order) to db_*.
   T* db_hh;
   T* db_ih;

@@ -1,6 +1,7 @@
 #include "engine.h"
 
 #include <algorithm>
+#include <climits>
 #include <cstring>
 #include <stdexcept>
 
@@ -14,7 +15,7 @@ namespace {
 // allocate nor page-fault: glibc serves large blocks with fresh mmap'd pages.
 template <typename T>
 struct Workspace {
-  LineVec<T> xproj, out_a, out_b, hs, cs, dinput_a, dinput_b, da_hh, da_ih, direct, dh, dc,
+  LineVec<T> xproj, out_a, out_b, hs, cs, dinput_a, dinput_b, da, direct, dh, dc,
       db_part, rows_h, rows_x, rows_dx;
   std::vector<long> step_rows, time_rows;  // padded batches: the rows inside their sequences
   std::vector<long> x_of_step;             // the x row of each product row, in step order
@@ -99,9 +100,9 @@ void gather_listed(const T* src, RowOrder order, int batch, const std::vector<lo
                 sizeof(T) * F);
 }
 template <typename T>
-void compact_listed(T* buf, const std::vector<long>& idx, long F) {
+void compact_listed(T* buf, const std::vector<long>& idx, long F, long ld) {
   for (size_t i = 0; i < idx.size(); ++i)
-    if (idx[i] != (long)i) std::memcpy(buf + i * F, buf + idx[i] * F, sizeof(T) * F);
+    if (idx[i] != (long)i) std::memcpy(buf + i * ld, buf + idx[i] * ld, sizeof(T) * F);
 }
 
 template <typename T>
@@ -123,7 +124,7 @@ void trim(LineVec<T>& v) {
 template <typename T>
 void trim(Workspace<T>& ws) {
   for (LineVec<T>* v : {&ws.xproj, &ws.out_a, &ws.out_b, &ws.hs, &ws.cs, &ws.dinput_a,
-                        &ws.dinput_b, &ws.da_hh, &ws.da_ih, &ws.direct, &ws.dh, &ws.dc,
+                        &ws.dinput_b, &ws.da, &ws.direct, &ws.dh, &ws.dc,
                         &ws.db_part, &ws.rows_h, &ws.rows_x, &ws.rows_dx})
     trim(*v);
 }
@@ -476,13 +477,19 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
       caller{cache_.batch_first ? 1 : batch, cache_.batch_first ? steps : 1, perm};
 
   Workspace<T>& ws = workspace<T>();
-  LineVec<T>&da_hh = ws.da_hh, &da_ih = ws.da_ih, &direct = ws.direct;
+  LineVec<T>&da = ws.da, &direct = ws.direct;
   LineVec<T>&dh = ws.dh, &dc = ws.dc;
-  da_hh.resize(TB * GH);
+  // A row of dA: DW values, LDA apart, an odd number of cache lines. At 4H floats rows
+  // were a multiple of 4 KiB apart for H 256 and 512, in the same L1 sets, and the products
+  // read 8-12 rows at once (LSTM backward, 2 threads: charrnn -4.4%, mid -4.5%).
+  const long DW = (long)cell_da_width(cell_) * H_, line = 64 / sizeof(T);
+  long LDA = (DW + line - 1) / line * line;
+  if (LDA / line % 2 == 0) LDA += line;
+  da.resize(TB * LDA);
   direct.resize(BH);
   dh.resize(BH);
   dc.resize(BH);
-  if (bias_) ws.db_part.resize(2 * GH * batch);
+  if (bias_) ws.db_part.resize(DW * batch);
   // A padded batch's weight and input gradients come from products over the rows inside
   // their sequences alone, gathered: in step order (dA_hh, h_prev) and in time order
   // (dA_ih, x, dx); the same rows for both directions.
@@ -504,14 +511,8 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
     for (int d = 0; d < D_; ++d) {
       const int si = k * D_ + d;
       Slot& s = slots_[si];
-      // Only GRU's W_ih gradients differ from W_hh's (its n rows); the others share dA.
       // Step order equals time order in the forward direction unless rows start late.
-      const bool alias = cell_ != GRU, in_time_order = d == 0 && !plan.shifted;
-      T* da_i = da_hh.data();
-      if (!alias) {
-        da_ih.resize(TB * GH);
-        da_i = da_ih.data();
-      }
+      const bool in_time_order = d == 0 && !plan.shifted;
       if (dhn)
         take_rows(dhn + si * BH, perm, batch, H_, dh.data());
       else
@@ -537,8 +538,8 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
       a.dyo = k == L_ - 1 ? caller : time_major;
       a.dh = dh.data();
       a.dc = cell_ == LSTM ? dc.data() : nullptr;
-      a.da_hh = da_hh.data();
-      a.da_ih = da_i;
+      a.da = da.data();
+      a.ldda = LDA;
       a.direct = direct.data();
       T* g = grads_.data();
       a.db_hh = bias_ ? g + s.b_hh : nullptr;
@@ -557,16 +558,18 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
       if (cell_ == LSTM) put_rows(dc.data(), perm, batch, H_, dc0 + si * BH);
 
       // Weight gradients as large products after the sweep; where W_ih's and W_hh's share
-      // dA, one product over [H_prev | X] packs dA once (mid LSTM: 56.1 -> 53.7 ms).
-      // With dA shared in another order than time (the reverse direction, late starts), x
-      // rows are gathered in step order and dx scattered back: one product over [h | x]
-      // and no second dA (bidirectional LSTM, backward, 2 threads: I 128 H 256 B 64 T 50
+      // dA (LSTM, RNN), one product over [H_prev | X] packs dA once (mid LSTM: 56.1 -> 53.7
+      // ms). GRU's differ in the n rows: W_hh's product reads dA's first 3H columns, W_ih's
+      // and dx skip its dn*r (GemmGaps).
+      // dA is in step order; in another order than time (the reverse direction, late
+      // starts), x rows are gathered in step order and dx scattered back: one dA, no second
+      // one in time order (bidirectional LSTM, backward, 2 threads: I 128 H 256 B 64 T 50
       // 62.9 -> 61.1 ms, I 32 H 128 B 8 2.39 -> 2.23).
       const T* wih = params_.data() + s.w_ih;
       const T *h_rows = cache_.hs[si].data(), *x_rows = x_k;
       T* dx_rows = dx_k;
       const std::vector<long>* x_sel = nullptr;  // x (and dx) rows of the products' rows
-      if (alias && !in_time_order) {
+      if (!in_time_order) {
         std::vector<long>& sel = ws.x_of_step;
         sel.clear();
         for (long i = 0; i < rows; ++i) {
@@ -575,11 +578,10 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
         }
         x_sel = &sel;
       } else if (compact) {
-        x_sel = &time_rows;  // the same rows as step_rows where aliased in time order
+        x_sel = &time_rows;  // the same rows as step_rows in time order
       }
       if (compact) {  // dA rows move down in place
-        compact_listed(da_hh.data(), step_rows, GH);
-        if (!alias) compact_listed(da_i, time_rows, GH);
+        compact_listed(da.data(), step_rows, DW, LDA);
         ws.rows_h.resize(rows * H_);
         gather_listed(h_rows, time_major, batch, step_rows, H_, ws.rows_h.data());
         h_rows = ws.rows_h.data();
@@ -591,19 +593,22 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
         x_rows = ws.rows_x.data();
         dx_rows = ws.rows_dx.data();
       }
-      if (alias) {
+      // GRU: W_ih's row j (as dA's rows) and dx's k = j (as its columns) lie at dA's column
+      // da_ih_column(j); no gaps elsewhere.
+      const int gap_at = cell_ == GRU ? 2 * H_ : INT_MAX;
+      if (cell_ != GRU) {
         const GemmCols2<T> ih{H_, x_rows, s.in_size, 1, g + s.w_ih, s.in_size};
-        kt.gemm_cols2((int)GH, H_ + s.in_size, (int)rows, da_i, 1, GH, h_rows, H_, 1,
+        kt.gemm_cols2((int)GH, H_ + s.in_size, (int)rows, da.data(), 1, LDA, h_rows, H_, 1,
                       g + s.w_hh, H_, ih, true, nt);
       } else {
-        kt.gemm((int)GH, H_, (int)rows, da_hh.data(), 1, GH, h_rows, H_, 1, g + s.w_hh, H_, true,
+        kt.gemm((int)GH, H_, (int)rows, da.data(), 1, LDA, h_rows, H_, 1, g + s.w_hh, H_, true,
                 nullptr, nt);
-        kt.gemm((int)GH, s.in_size, (int)rows, da_i, 1, GH, x_rows, s.in_size, 1, g + s.w_ih,
-                s.in_size, true, nullptr, nt);
+        kt.gemm_gapped((int)GH, s.in_size, (int)rows, da.data(), 1, LDA, {gap_at, H_, INT_MAX, 0},
+                       x_rows, s.in_size, 1, g + s.w_ih, s.in_size, true, nt);
       }
       // dx = sum over directions: the first writes, the second adds.
-      kt.gemm((int)rows, s.in_size, (int)GH, da_i, GH, 1, wih, s.in_size, 1, dx_rows, s.in_size,
-              d > 0 && !x_sel, nullptr, nt);
+      kt.gemm_gapped((int)rows, s.in_size, (int)GH, da.data(), LDA, 1, {INT_MAX, 0, gap_at, H_},
+                     wih, s.in_size, 1, dx_rows, s.in_size, d > 0 && !x_sel, nt);
       if (x_sel) {  // zero outside the sequences
         if (d == 0) std::memset(dx_k, 0, sizeof(T) * TB * s.in_size);
         for (long i = 0; i < rows; ++i) {

@@ -134,11 +134,12 @@ void pack_panel_straddling(T* dst, int kc, int ncols, int nfirst, const T* B, lo
 }
 
 // C (and cols->C2) = A [B | cols->B2]: the general product, over one block of columns when
-// cols is null.
+// cols is null, with A read through gaps when not null. Row blocks end where A's rows jump
+// and K blocks where its columns do, so a gap costs no more than a block boundary.
 template <typename T>
 void gemm_impl(int M, int N, int K, const T* A, long rsa, long csa, const T* B, long rsb,
-               long csb, T* C, long ldc, const GemmCols2<T>* cols, bool accumulate,
-               const T* bias, int nthreads) {
+               long csb, T* C, long ldc, const GemmCols2<T>* cols, const GemmGaps* gaps,
+               bool accumulate, const T* bias, int nthreads) {
   typedef Blocking<T> BL;
   typedef typename Simd<T>::V V;
   constexpr int MR = BL::MR, NR = BL::NR, MC = BL::MC, NC = BL::NC;
@@ -155,10 +156,14 @@ void gemm_impl(int M, int N, int K, const T* A, long rsa, long csa, const T* B, 
   const int nc_max = N < NC ? N : NC;
   const int kc_max = K < KC ? K : KC;
   const long bsize = panels_for<T, NV>(nc_max) * (long)kc_max * NR;
-  const long asize = (long)MC * kc_max;
+  const long asize = (long)(MC + MR) * kc_max;  // a block with gaps may hold a panel more
   // Row blocks of at most MC rows, as equal as whole micro-panels allow: 11 blocks of
-  // 96 rows for M = 1024 left one thread of two waiting ~5% of the time.
-  const int mpanels = (M + MR - 1) / MR;
+  // 96 rows for M = 1024 left one thread of two waiting ~5% of the time. Rows [0, m_at)
+  // and [m_at, M) have micro-panels of their own (the second's A rows m_skip further on).
+  const int m_at = gaps && gaps->m_at < M ? (gaps->m_at > 0 ? gaps->m_at : 0) : M;
+  const int k_at = gaps && gaps->k_at < K ? (gaps->k_at > 0 ? gaps->k_at : 0) : K;
+  const long m_skip = gaps ? gaps->m_skip : 0, k_skip = gaps ? gaps->k_skip : 0;
+  const int mp1 = (m_at + MR - 1) / MR, mpanels = mp1 + (M - m_at + MR - 1) / MR;
   int mblocks = (M + MC - 1) / MC;
   int nt = rf_threads_for(nthreads, 2.0 * M * N * K);
   if (nt > mblocks * 8) nt = mblocks * 8;
@@ -181,8 +186,10 @@ void gemm_impl(int M, int N, int K, const T* A, long rsa, long csa, const T* B, 
     for (int jc = 0; jc < N; jc += NC) {
       const int nc = N - jc < NC ? N - jc : NC;
       const int npanels = (int)panels_for<T, NV>(nc);
-      for (int pc = 0; pc < K; pc += KC) {
-        const int kc = K - pc < KC ? K - pc : KC;
+      for (int pc = 0, kc; pc < K; pc += kc) {
+        const int kend = pc < k_at ? k_at : K;
+        kc = kend - pc < KC ? kend - pc : KC;
+        const long ka = pc + (pc >= k_at ? k_skip : 0);  // A's column of k = pc
         const bool add = accumulate || pc > 0;
         const bool last_k = pc + kc >= K;  // the bias row goes in with the last K block
         const int p_end = rf_share(npanels, rf_thread_num() + 1, rf_team_size());
@@ -200,14 +207,9 @@ void gemm_impl(int M, int N, int K, const T* A, long rsa, long csa, const T* B, 
         }
         rf_barrier();
         const int ppt = (npanels + nsplit - 1) / nsplit;  // panels per task
-        for (long task; pool_next_task(mblocks * nsplit, &task);) {
-          const int ib = (int)(task / nsplit), part = (int)(task % nsplit);
-          const int p0 = part * ppt, p1 = p0 + ppt < npanels ? p0 + ppt : npanels;
-          if (p0 >= p1) continue;
-          const int ic = (int)((long)ib * mpanels / mblocks) * MR;
-          const int iend = (int)((long)(ib + 1) * mpanels / mblocks) * MR;
-          const int mc = (iend < M ? iend : M) - ic;
-          if (!direct_a) pack_a<T, MR>(my_a, mc, kc, A + ic * rsa + pc * csa, rsa, csa);
+        // Rows [ic, ic + mc) of C from rows [ia, ia + mc) of A, columns p0..p1 of B.
+        auto block = [&](int ic, int mc, long ia, int p0, int p1) {
+          if (!direct_a) pack_a<T, MR>(my_a, mc, kc, A + ia * rsa + ka * csa, rsa, csa);
           for (int p = p0; p < p1; ++p) {
             const int nr = nc - p * NR < NR ? nc - p * NR : NR, c0 = jc + p * NR;
             const T* bp = bbuf + (long)p * kc * NR;
@@ -219,7 +221,7 @@ void gemm_impl(int M, int N, int K, const T* A, long rsa, long csa, const T* B, 
               const T* rows[MR];
               int mr = mc - i0 < MR ? mc - i0 : MR;
               for (int r = 0; r < MR; ++r)
-                rows[r] = direct_a ? A + (long)(ic + i0 + (r < mr ? r : 0)) * rsa + pc : ap + r;
+                rows[r] = direct_a ? A + (ia + i0 + (r < mr ? r : 0)) * rsa + ka : ap + r;
               T* c = second ? cols->C2 + (long)(ic + i0) * ld + (c0 - n1)
                             : C + (long)(ic + i0) * ld + c0;
               for (int r = 0; r < mr; ++r) {  // the C tile arrives while the product runs
@@ -242,6 +244,22 @@ void gemm_impl(int M, int N, int K, const T* A, long rsa, long csa, const T* B, 
                 }
             }
           }
+        };
+        for (long task; pool_next_task(mblocks * nsplit, &task);) {
+          const int ib = (int)(task / nsplit), part = (int)(task % nsplit);
+          const int p0 = part * ppt, p1 = p0 + ppt < npanels ? p0 + ppt : npanels;
+          if (p0 >= p1) continue;
+          const int q0 = (int)((long)ib * mpanels / mblocks);  // micro-panels [q0, q1)
+          const int q1 = (int)((long)(ib + 1) * mpanels / mblocks);
+          if (q0 < mp1) {
+            const int ic = q0 * MR, iend = q1 < mp1 ? q1 * MR : m_at;
+            block(ic, iend - ic, ic, p0, p1);
+          }
+          if (q1 > mp1) {
+            const int ic = m_at + (q0 > mp1 ? q0 - mp1 : 0) * MR;
+            const int iend = m_at + (q1 - mp1) * MR;
+            block(ic, (iend < M ? iend : M) - ic, ic + m_skip, p0, p1);
+          }
         }
         rf_barrier();
       }
@@ -254,14 +272,23 @@ void gemm_impl(int M, int N, int K, const T* A, long rsa, long csa, const T* B, 
 template <typename T>
 void gemm(int M, int N, int K, const T* A, long rsa, long csa, const T* B, long rsb, long csb,
           T* C, long ldc, bool accumulate, const T* bias, int nthreads) {
-  gemm_impl<T>(M, N, K, A, rsa, csa, B, rsb, csb, C, ldc, nullptr, accumulate, bias, nthreads);
+  gemm_impl<T>(M, N, K, A, rsa, csa, B, rsb, csb, C, ldc, nullptr, nullptr, accumulate, bias,
+               nthreads);
+}
+
+template <typename T>
+void gemm_gapped(int M, int N, int K, const T* A, long rsa, long csa, const GemmGaps& gaps,
+                 const T* B, long rsb, long csb, T* C, long ldc, bool accumulate, int nthreads) {
+  gemm_impl<T>(M, N, K, A, rsa, csa, B, rsb, csb, C, ldc, nullptr, &gaps, accumulate, nullptr,
+               nthreads);
 }
 
 template <typename T>
 void gemm_cols2(int M, int N, int K, const T* A, long rsa, long csa, const T* B, long rsb,
                 long csb, T* C, long ldc, const GemmCols2<T>& cols, bool accumulate,
                 int nthreads) {
-  gemm_impl<T>(M, N, K, A, rsa, csa, B, rsb, csb, C, ldc, &cols, accumulate, nullptr, nthreads);
+  gemm_impl<T>(M, N, K, A, rsa, csa, B, rsb, csb, C, ldc, &cols, nullptr, accumulate, nullptr,
+               nthreads);
 }
 
 template <typename T>
@@ -352,6 +379,8 @@ void gemm_prepacked_par(int M, int N, int K, const T* A, long lda, const T* Bp, 
 #define RF_INSTANTIATE(T)                                                                       \
   template void gemm<T>(int, int, int, const T*, long, long, const T*, long, long, T*, long, bool, \
                         const T*, int);                                                        \
+  template void gemm_gapped<T>(int, int, int, const T*, long, long, const GemmGaps&, const T*,    \
+                               long, long, T*, long, bool, int);                               \
   template void gemm_cols2<T>(int, int, int, const T*, long, long, const T*, long, long, T*, long, \
                               const GemmCols2<T>&, bool, int);                                 \
   template long prepacked_size<T>(int, int);                                                    \

@@ -151,6 +151,12 @@ void gemm_cols2(int M, int N, int K, const T* A, long rsa, long csa, const T* B,
                 long csb, T* C, long ldc, const GemmCols2<T>& cols, bool accumulate,
                 int nthreads);
 
+// The same with A read through gaps (no bias): A(m, k) = A[m' * rsa + k' * csa] where
+// m' = m + (m >= gaps.m_at ? gaps.m_skip : 0) and k' likewise.
+template <typename T>
+void gemm_gapped(int M, int N, int K, const T* A, long rsa, long csa, const GemmGaps& gaps,
+                 const T* B, long rsb, long csb, T* C, long ldc, bool accumulate, int nthreads);
+
 // Packed-B layout for gemm_prepacked: pack_panels<T, kPrepackedNV> of the whole K.
 constexpr int kPrepackedNV = 2;
 template <typename T>

@@ -59,8 +59,9 @@ struct GruCell : GatePanels {
     constexpr int W = Simd<T>::W;
     const T *cr = io.cache, *cz = cr + H, *cn = cz + H, *chn = cn + H;
     const T* hp = io.h_prev;
-    T *ar = io.da_hh, *az = ar + H, *an = az + H, *direct = io.direct;
-    T* in = io.da_ih;  // always kept apart for GRU: its n rows differ
+    // dA row [dr | dz | dn*r | dn]: W_hh's gradients read its first 3H, W_ih's and dx skip
+    // dn*r (GemmGaps); one row of 4H stores rather than two of 3H.
+    T *ar = io.da, *az = ar + H, *anr = az + H, *an = anr + H, *direct = io.direct;
     const V one = vbcast<V>(T(1));
     for (int u = 0; u < H; u += W) {  // explicit vectors: GCC left the scalar loop alone
       const int n = H - u < W ? H - u : W;
@@ -72,10 +73,8 @@ struct GruCell : GatePanels {
       const V dpre_z = dh * (load_units<T>(hp + u, n) - nn) * z * (one - z);
       store_units<T>(ar + u, dpre_r, n);
       store_units<T>(az + u, dpre_z, n);
-      store_units<T>(an + u, dpre_n * r, n);
-      store_units<T>(in + u, dpre_r, n);
-      store_units<T>(in + H + u, dpre_z, n);
-      store_units<T>(in + 2 * H + u, dpre_n, n);
+      store_units<T>(anr + u, dpre_n * r, n);
+      store_units<T>(an + u, dpre_n, n);
       store_units<T>(direct + u, dh * z, n);
     }
   }

@@ -95,6 +95,7 @@ KernelTable<T> make_table() {
   t.name = RF_STR(RF_ISA);
   t.gemm = gemm<T>;
   t.gemm_cols2 = gemm_cols2<T>;
+  t.gemm_gapped = gemm_gapped<T>;
   t.prepacked_size = prepacked_size<T>;
   t.prepack = prepack<T>;
   t.gemm_prepacked = gemm_prepacked_par<T>;

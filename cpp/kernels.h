@@ -16,6 +16,10 @@ struct KernelTable {
   void (*gemm_cols2)(int M, int N, int K, const T* A, long rsa, long csa, const T* B, long rsb,
                      long csb, T* C, long ldc, const GemmCols2<T>& cols, bool accumulate,
                      int nthreads);
+  // C = A B (or +=) with A read through gaps; see GemmGaps in common.h.
+  void (*gemm_gapped)(int M, int N, int K, const T* A, long rsa, long csa, const GemmGaps& gaps,
+                      const T* B, long rsb, long csb, T* C, long ldc, bool accumulate,
+                      int nthreads);
   long (*prepacked_size)(int K, int N);
   void (*prepack)(T* dst, int K, int N, const T* B, long rsb, long csb);
   // C (M x N) = A (M x K, row-major lda) times B pre-packed by prepack() (+ the row bias).

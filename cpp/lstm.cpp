@@ -55,8 +55,7 @@ struct LstmCell : GatePanels {
     constexpr int W = Simd<T>::W;
     const T *ci = io.cache, *cf = ci + H, *cg = cf + H, *co = cg + H, *ctc = co + H;
     const T* cp = io.c_prev;
-    T *ai = io.da_hh, *af = ai + H, *ag = af + H, *ao = ag + H, *dcs = io.dc, *direct = io.direct;
-    T* ih = io.da_ih;  // the same values for W_ih, in time order, when kept apart
+    T *ai = io.da, *af = ai + H, *ag = af + H, *ao = ag + H, *dcs = io.dc, *direct = io.direct;
     const V one = vbcast<V>(T(1));
     for (int u = 0; u < H; u += W) {  // explicit vectors: GCC left the scalar loop alone
       const int n = H - u < W ? H - u : W;
@@ -67,10 +66,7 @@ struct LstmCell : GatePanels {
       const V dc = load_units<T>(dcs + u, n) + dh * o * (one - tc * tc);
       const V da[4] = {dc * g * i * (one - i), dc * load_units<T>(cp + u, n) * f * (one - f),
                        dc * i * (one - g * g), dh * tc * o * (one - o)};
-      for (int v = 0; v < 4; ++v) {
-        store_units<T>(ai + v * H + u, da[v], n);
-        if (ih) store_units<T>(ih + v * H + u, da[v], n);
-      }
+      for (int v = 0; v < 4; ++v) store_units<T>(ai + v * H + u, da[v], n);
       store_units<T>(dcs + u, dc * f, n);
       store_units<T>(direct + u, V{}, n);
     }

@@ -404,7 +404,7 @@ static inline void add_row(T* acc, const T* x, long n) {
 template <typename T, class Cell>
 void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
   const int B = a.batch, H = a.hidden, G = cell_gates(a.cell);
-  const long LB = a.ldb, BH = LB * H, GH = (long)G * H, PW = Cell::kSplitInput ? 2 * GH : GH;
+  const long LB = a.ldb, BH = LB * H, GH = (long)G * H, DW = (long)cell_da_width(a.cell) * H;
   int nt = rf_threads_for(nthreads, rf_step_work(B, (long)G * H, H));
   // Rows of a batch do not meet in the backward sweep: with W_hh small enough for each
   // thread to read whole from its L2 every step, each thread sweeps its own rows with
@@ -413,11 +413,11 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
   T* direct = a.direct;
   // Bias gradients: a partial sum per batch row, added to while the row's dA is in L1
   // (a separate pass over all T*B rows afterwards took 3% of mid LSTM training), then
-  // summed in row order: the same result for any thread count. Only GRU's b_ih sums
-  // differ from its b_hh sums.
+  // summed in row order: the same result for any thread count. b_ih's sums are b_hh's
+  // but for GRU's n rows (da_ih_column).
   auto row = [&](int s, int b) {
     const long t = a.tidx[(long)s * LB + b];
-    T* dah = a.da_hh + ((long)s * LB + b) * GH;
+    T* da = a.da + ((long)s * LB + b) * a.ldda;
     BwdRows<T> io;
     io.dy = a.dy ? a.dy + row_at(a.dyo, t, b) * a.ldy : nullptr;
     io.dh = a.dh + b * H;
@@ -426,14 +426,10 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
     io.h_new = a.hs + (s + 1) * BH + b * H;
     io.c_prev = a.cs ? a.cs + s * BH + b * H : nullptr;
     io.cache = a.cache ? a.cache + ((long)s * LB + b) * cell_cache_width(a.cell) * H : nullptr;
-    io.da_hh = dah;
-    io.da_ih = a.da_ih == a.da_hh ? nullptr : a.da_ih + (t * LB + b) * GH;
+    io.da = da;
     io.direct = direct + b * H;
     Cell::template backward_row<T>(a.cell, H, io);
-    if (T* db = a.db_part ? a.db_part + PW * b : nullptr) {
-      add_row(db, dah, GH);
-      if (Cell::kSplitInput) add_row(db + GH, io.da_ih, GH);
-    }
+    if (a.db_part) add_row(a.db_part + DW * b, da, DW);
   };
   rf_parallel(nt, [&] {
     RF_FLUSH_DENORMALS_SCOPE;
@@ -442,7 +438,7 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
       const int b0 = rf_share(B, id, n), b1 = rf_share(B, id + 1, n);
       for (int s = a.steps - 1; s >= a.s0; --s) {
         for (int b = b0; b < b1; ++b) row(s, b);
-        gemm_prepacked<T>(b1 - b0, H, (int)GH, a.da_hh + ((long)s * LB + b0) * GH, GH,
+        gemm_prepacked<T>(b1 - b0, H, (int)GH, a.da + ((long)s * LB + b0) * a.ldda, a.ldda,
                           a.packed_whh_t, a.dh + (long)b0 * H, H, direct + (long)b0 * H, H,
                           false);
       }
@@ -451,19 +447,17 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
       for (int s = a.steps - 1; s >= a.s0; --s) {
         rf_for(B, [&](long b) { row(s, (int)b); });
         // dh_{s-1} = dA_s W_hh + direct  (implicit barriers around both phases)
-        gemm_prepacked<T>(B, H, (int)GH, a.da_hh + (long)s * LB * GH, GH, a.packed_whh_t, a.dh,
+        gemm_prepacked<T>(B, H, (int)GH, a.da + (long)s * LB * a.ldda, a.ldda, a.packed_whh_t, a.dh,
                           H, direct, H);
       }
     }
     if (a.db_part && a.s0 == 0) {  // after a barrier; the engine's last call: all rows
-      rf_for(GH, [&](long j) {
-        T sum_hh = T(0), sum_ih = T(0);
-        for (int b = 0; b < B; ++b) {
-          sum_hh += a.db_part[PW * b + j];
-          if (Cell::kSplitInput) sum_ih += a.db_part[PW * b + GH + j];
-        }
-        a.db_hh[j] += sum_hh;
-        a.db_ih[j] += Cell::kSplitInput ? sum_ih : sum_hh;
+      rf_for(DW, [&](long j) {  // column j of dA: row j of b_hh, b_ih or both
+        T sum = T(0);
+        for (int b = 0; b < B; ++b) sum += a.db_part[DW * b + j];
+        if (j < GH) a.db_hh[j] += sum;
+        const long r = j < GH ? j : j - H;  // the row of b_ih whose column this may be
+        if (da_ih_column(a.cell, r, H) == j) a.db_ih[r] += sum;
       });
     }
   });

@@ -49,7 +49,7 @@ struct RnnCell {
     typedef typename Simd<T>::VI VI;
     constexpr int W = Simd<T>::W;
     const T* hs = io.h_new;
-    T *ah = io.da_hh, *ai = io.da_ih, *direct = io.direct;
+    T *ah = io.da, *direct = io.direct;
     const V one = vbcast<V>(T(1));
     for (int u = 0; u < H; u += W) {  // explicit vectors: GCC left the scalar loop alone
       const int n = H - u < W ? H - u : W;
@@ -57,7 +57,6 @@ struct RnnCell {
       const V h = load_units<T>(hs + u, n);
       const V da = cell == RNN_RELU ? (V)((VI)dh & (VI)(h > V{})) : dh * (one - h * h);
       store_units<T>(ah + u, da, n);
-      if (ai) store_units<T>(ai + u, da, n);
       store_units<T>(direct + u, V{}, n);
     }
   }

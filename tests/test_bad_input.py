@@ -200,6 +200,22 @@ def test_lengths_out_of_range(kind, backend, x, lengths):
         m.forward(x, lengths=np.array(lengths), training=True)
 
 
+@pytest.mark.parametrize("bad", [0, T + 1])
+def test_lengths_and_starts_out_of_range_in_large_batches(kind, backend, bad):
+    """Batches over 256 rows take NumPy's reductions for the range checks, smaller ones a
+    list's min and max: both name the argument and the range."""
+    big = np.zeros((T, 300, I), np.float32)
+    m = make(kind, backend)
+    lengths = np.full(300, T)
+    lengths[137] = bad
+    with pytest.raises(ValueError, match=rf"^lengths must lie in \[1, {T}\]"):
+        m(big, lengths=lengths)
+    starts = np.zeros(300, np.int64)
+    starts[299] = 1 if bad else -1
+    with pytest.raises(ValueError, match=r"^starts must satisfy 0 <= start and start \+ length"):
+        m(big, lengths=np.full(300, T), starts=starts)
+
+
 @pytest.mark.parametrize("lengths", [[T], [T, T, T], [], [[T, T]], T])
 def test_lengths_wrong_count(kind, backend, x, lengths):
     m = make(kind, backend)

@@ -251,6 +251,32 @@ def test_gemm_matches_numpy(isa, trans_a):
                                        err_msg=f"M={M} N={N} K={K} nthreads={nt}")
 
 
+# (M, N, K, gaps): GRU's dA shapes (m_at = k_at = 2H, skips H) and gaps off block edges.
+GAPPED = [(21, 6, 15, (14, 7, 14, 7)), (384, 40, 400, (256, 128, 256, 128)),
+          (300, 70, 1030, (13, 5, 700, 3)), (37, 300, 600, (0, 4, 0, 9)),
+          (40, 20, 30, (40, 6, 30, 2)), (1536, 20, 64, (1024, 512, 1024, 512))]
+
+
+@pytest.mark.parametrize("trans_a", [False, True])
+def test_gapped_gemm_matches_numpy(isa, trans_a):
+    """A read with gaps (GRU's one dA row [dr | dz | dn*r | dn]) against NumPy on the
+    same A with the skipped rows and columns deleted."""
+    rng = np.random.default_rng(4)
+    for M, N, K, gaps in GAPPED:
+        m_at, m_skip, k_at, k_skip = gaps
+        full = rng.standard_normal((M + m_skip, K + k_skip)).astype(np.float64)
+        used = np.delete(np.delete(full, np.s_[m_at:m_at + m_skip], 0),
+                         np.s_[k_at:k_at + k_skip], 1)[:M, :K]  # a gap at the end: none
+        b = rng.standard_normal((K, N)).astype(np.float32)
+        want = used.astype(np.float32).astype(np.float64) @ b.astype(np.float64)
+        a = (full.T if trans_a else full).astype(np.float32)
+        for nt in (1, 2, 3):
+            got = _core._gemm(np.ascontiguousarray(a), b, nthreads=nt, trans_a=trans_a,
+                              gaps=gaps)
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.sqrt(K),
+                                       err_msg=f"M={M} N={N} K={K} gaps={gaps} nthreads={nt}")
+
+
 def test_isa_switch_and_env(tmp_path):
     import subprocess
     import sys

@@ -848,26 +848,36 @@ PYBIND11_MODULE(_core, m) {
   m.def("set_isa", &set_isa, py::arg("name"));
   m.def(
       "_gemm",
-      [](Arr<float> a, Arr<float> b, int nthreads, bool trans_a) {
+      [](Arr<float> a, Arr<float> b, int nthreads, bool trans_a, py::tuple gaps) {
         const int ka = trans_a ? 0 : 1;
-        if (a.ndim() != 2 || b.ndim() != 2 || a.shape(ka) != b.shape(0))
-          throw py::value_error(trans_a ? "_gemm needs a (K, M) and b (K, N)"
-                                        : "_gemm needs a (M, K) and b (K, N)");
-        const long M = a.shape(1 - ka), K = a.shape(ka), N = b.shape(1);
+        GemmGaps g{0, 0, 0, 0};
+        if (gaps.size() == 4)
+          g = {gaps[0].cast<int>(), gaps[1].cast<int>(), gaps[2].cast<int>(), gaps[3].cast<int>()};
+        else if (gaps.size() != 0)
+          throw py::value_error("gaps must be () or (m_at, m_skip, k_at, k_skip)");
+        if (g.m_skip < 0 || g.k_skip < 0 || a.ndim() != 2 || b.ndim() != 2 ||
+            a.shape(ka) - g.k_skip != b.shape(0) || a.shape(1 - ka) - g.m_skip < 0)
+          throw py::value_error(trans_a ? "_gemm needs a (K + k_skip, M + m_skip) and b (K, N)"
+                                        : "_gemm needs a (M + m_skip, K + k_skip) and b (K, N)");
+        const long M = a.shape(1 - ka) - g.m_skip, K = b.shape(0), N = b.shape(1);
+        const long lda = a.shape(1);
         py::array_t<float> c({M, N});
         float* cp = c.mutable_data();
         {
           py::gil_scoped_release release;
           const ThreadBudget budget(nthreads);
-          kernels<float>().gemm((int)M, (int)N, (int)K, a.data(), trans_a ? 1 : K,
-                                trans_a ? M : 1, b.data(), N, 1, cp, N, false, nullptr,
-                                budget.threads());
+          kernels<float>().gemm_gapped((int)M, (int)N, (int)K, a.data(), trans_a ? 1 : lda,
+                                       trans_a ? lda : 1, g, b.data(), N, 1, cp, N, false,
+                                       budget.threads());
         }
         return c;
       },
       py::arg("a"), py::arg("b"), py::arg("nthreads") = 0, py::arg("trans_a") = false,
+      py::arg("gaps") = py::tuple(),
       "a @ b (a.T @ b with trans_a, the weight gradients' form) with the engine's own "
-      "float32 GEMM (for tests and benchmarks).");
+      "float32 GEMM (for tests and benchmarks). gaps (m_at, m_skip, k_at, k_skip): the rows "
+      "of a's product from m_at on lie m_skip further on, its K columns from k_at on "
+      "k_skip further on (a holds the skipped ones too).");
   m.def(
       "_read_probe",
       [](Arr<float> buf, int reps, int nthreads) {
