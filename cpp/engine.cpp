@@ -491,8 +491,8 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
   dc.resize(BH);
   if (bias_) ws.db_part.resize(DW * batch);
   // A padded batch's weight and input gradients come from products over the rows inside
-  // their sequences alone, gathered: in step order (dA_hh, h_prev) and in time order
-  // (dA_ih, x, dx); the same rows for both directions.
+  // their sequences alone, gathered in step order (dA, h_prev; x and dx through the rows'
+  // time order, time_rows or x_of_step); the same rows for both directions.
   const bool compact = plan.padded;
   std::vector<long>&step_rows = ws.step_rows, &time_rows = ws.time_rows;
   if (compact) rows_inside(plan, steps, batch, &step_rows, time_rows, ws.place);
