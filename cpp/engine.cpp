@@ -1,14 +1,27 @@
 #include "engine.h"
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
+#include <string>
 
 #include "dispatch.h"
 #include "threading.h"
 
 namespace rnnfast {
+
+namespace {
+std::atomic<bool> g_huge_pages{[] {
+  const char* env = std::getenv("RNNFAST_HUGE_PAGES");
+  return !(env && std::string(env) == "0");
+}()};
+}  // namespace
+
+bool huge_pages() { return g_huge_pages.load(std::memory_order_relaxed); }
+bool set_huge_pages(bool on) { return g_huge_pages.exchange(on); }
 
 namespace {
 // Buffers reused across calls (per thread), so repeated calls of one shape neither

@@ -272,3 +272,13 @@ def test_tiny_padded_run(capsys):
     for r in rows:  # token shares in (0, 1], times and ratios positive
         assert 0 < float(r[3]) <= 1
         assert all(float(v) > 0 for v in r[4:12])
+
+
+def test_tiny_paced_run(capsys):
+    rows = _run_bench_script("paced", [
+        "--cells", "lstm,gru", "--hidden", "16", "--pauses", "0,1", "--steps", "2",
+        "--threads", "1"], capsys)
+    assert [r[:4] for r in rows] == [[c, "16", "0.01", p] for c in ("LSTM", "GRU")
+                                     for p in ("0", "1")]
+    for r in rows:  # times and ratios are positive numbers
+        assert all(float(v) > 0 for v in r[4:8])

@@ -277,6 +277,49 @@ def test_gapped_gemm_matches_numpy(isa, trans_a):
                                        err_msg=f"M={M} N={N} K={K} gaps={gaps} nthreads={nt}")
 
 
+def _transparent_huge_pages():
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return "[never]" not in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _transparent_huge_pages(),
+                    reason="no transparent huge pages on this system")
+def test_huge_pages_for_big_buffers():
+    """Buffers of 2 MiB or more (the packed weights, gradients, workspaces) ask for huge
+    pages unless RNNFAST_HUGE_PAGES=0: a process's huge-page count grows by more than
+    NumPy's own when a model of ~30 MiB of buffers is made. Results are the same bits."""
+    import subprocess
+    import sys
+    code = """
+import numpy as np, rnnfast as rf
+from rnnfast import _core
+def huge_kib():
+    for line in open('/proc/self/smaps_rollup'):
+        if line.startswith('AnonHugePages'):
+            return int(line.split()[1])
+state = rf.LSTM(512, 512, seed=1).state_dict()
+before = huge_kib()
+m = rf.LSTM(512, 512)
+m.load_state_dict(state)
+y = m(np.ones((3, 2, 512), np.float32))[0]
+print(_core._huge_pages(), huge_kib() - before, float(np.abs(y).sum().astype(np.float64)))
+"""
+    out = {}
+    for setting in ("1", "0"):
+        env = dict(os.environ, RNNFAST_HUGE_PAGES=setting)
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        on, kib, checksum = proc.stdout.split()
+        assert on == ("True" if setting == "1" else "False")
+        out[setting] = (int(kib), checksum)
+    assert out["1"][0] >= out["0"][0] + 8 * 1024, out  # the 8 MiB packed weights at least
+    assert out["1"][1] == out["0"][1]
+
+
 def test_isa_switch_and_env(tmp_path):
     import subprocess
     import sys

@@ -843,6 +843,10 @@ PYBIND11_MODULE(_core, m) {
         "Test probe: batch-1 steps on weights over 4 MiB prefetch them (True) or not; returns "
         "the previous setting.");
   m.def("_far_prefetch", &far_prefetch, "Whether _set_far_prefetch's prefetch is on.");
+  m.def("_set_huge_pages", &set_huge_pages, py::arg("on"),
+        "Buffers of 2 MiB or more allocated from now on ask for huge pages (True, the default "
+        "unless RNNFAST_HUGE_PAGES=0) or not; returns the previous setting.");
+  m.def("_huge_pages", &huge_pages, "Whether _set_huge_pages's request is on.");
   m.def("isa", &current_isa);
   m.def("supported_isas", &supported_isas);
   m.def("set_isa", &set_isa, py::arg("name"));
