@@ -11,6 +11,7 @@ namespace RF_NS {
 struct LstmCell : GatePanels {
   static constexpr int NV = 4;  // one vector per gate, W hidden units per panel
   static constexpr bool kSplitInput = false;
+  static constexpr bool kDirect = false;  // all of dh_prev goes through W_hh
   // acc[r] holds row r's h_prev W_hh^T for gates i, f, g, o of units [u0, u0+W).
   template <typename T, int MR, bool Full>
   static void forward_epilogue(int, int p, int H, typename Simd<T>::V (&acc)[MR][NV],
@@ -55,7 +56,7 @@ struct LstmCell : GatePanels {
     constexpr int W = Simd<T>::W;
     const T *ci = io.cache, *cf = ci + H, *cg = cf + H, *co = cg + H, *ctc = co + H;
     const T* cp = io.c_prev;
-    T *ai = io.da, *af = ai + H, *ag = af + H, *ao = ag + H, *dcs = io.dc, *direct = io.direct;
+    T *ai = io.da, *af = ai + H, *ag = af + H, *ao = ag + H, *dcs = io.dc;
     const V one = vbcast<V>(T(1));
     for (int u = 0; u < H; u += W) {  // explicit vectors: GCC left the scalar loop alone
       const int n = H - u < W ? H - u : W;
@@ -68,7 +69,6 @@ struct LstmCell : GatePanels {
                        dc * i * (one - g * g), dh * tc * o * (one - o)};
       for (int v = 0; v < 4; ++v) store_units<T>(ai + v * H + u, da[v], n);
       store_units<T>(dcs + u, dc * f, n);
-      store_units<T>(direct + u, V{}, n);
     }
   }
 };

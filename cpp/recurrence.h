@@ -4,8 +4,9 @@
 // units), then the cell's epilogue in registers. Backward runs the cell's elementwise
 // step, then dh_{s-1} = dA W_hh on pre-packed weights.
 // Cells provide (see lstm.cpp): NV, kSplitInput (a product with x_t keeps the x and h
-// sums apart), units(), column(), forward_epilogue<T, R, Full>() (Full: every unit of the
-// panel is below H), backward_row().
+// sums apart), kDirect (backward_row writes a part of dh_prev besides W_hh's), units(),
+// column(), forward_epilogue<T, R, Full>() (Full: every unit of the panel is below H),
+// backward_row().
 #pragma once
 #include <algorithm>
 #include <type_traits>
@@ -410,7 +411,8 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
   // thread to read whole from its L2 every step, each thread sweeps its own rows with
   // no barrier per step (two otherwise: after dA, after the product).
   const bool by_rows = nt > 1 && B >= 4 * nt && GH * H * (long)sizeof(T) <= kRowSweepBytes;
-  T* direct = a.direct;
+  // Only GRU has a part of dh_prev beside W_hh's (RNN and LSTM stored zeros and added them).
+  T* direct = Cell::kDirect ? a.direct : nullptr;
   // Bias gradients: a partial sum per batch row, added to while the row's dA is in L1
   // (a separate pass over all T*B rows afterwards took 3% of mid LSTM training), then
   // summed in row order: the same result for any thread count. b_ih's sums are b_hh's
@@ -427,7 +429,7 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
     io.c_prev = a.cs ? a.cs + s * BH + b * H : nullptr;
     io.cache = a.cache ? a.cache + ((long)s * LB + b) * cell_cache_width(a.cell) * H : nullptr;
     io.da = da;
-    io.direct = direct + b * H;
+    io.direct = direct ? direct + b * H : nullptr;
     Cell::template backward_row<T>(a.cell, H, io);
     if (a.db_part) add_row(a.db_part + DW * b, da, DW);
   };
@@ -439,14 +441,14 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
       for (int s = a.steps - 1; s >= a.s0; --s) {
         for (int b = b0; b < b1; ++b) row(s, b);
         gemm_prepacked<T>(b1 - b0, H, (int)GH, a.da + ((long)s * LB + b0) * a.ldda, a.ldda,
-                          a.packed_whh_t, a.dh + (long)b0 * H, H, direct + (long)b0 * H, H,
-                          false);
+                          a.packed_whh_t, a.dh + (long)b0 * H, H,
+                          direct ? direct + (long)b0 * H : nullptr, H, false);
       }
       rf_barrier();
     } else {
       for (int s = a.steps - 1; s >= a.s0; --s) {
         rf_for(B, [&](long b) { row(s, (int)b); });
-        // dh_{s-1} = dA_s W_hh + direct  (implicit barriers around both phases)
+        // dh_{s-1} = dA_s W_hh (+ direct)  (implicit barriers around both phases)
         gemm_prepacked<T>(B, H, (int)GH, a.da + (long)s * LB * a.ldda, a.ldda, a.packed_whh_t, a.dh,
                           H, direct, H);
       }

@@ -10,6 +10,7 @@ namespace RF_NS {
 
 struct RnnCell {
   static constexpr bool kSplitInput = false;
+  static constexpr bool kDirect = false;  // all of dh_prev goes through W_hh
   static constexpr int NV = 4;  // four vectors of consecutive hidden units per panel
   template <typename T> static constexpr int units() { return NV * Simd<T>::W; }
   template <typename T> static long column(long p, int v, int u, int H) {
@@ -49,7 +50,7 @@ struct RnnCell {
     typedef typename Simd<T>::VI VI;
     constexpr int W = Simd<T>::W;
     const T* hs = io.h_new;
-    T *ah = io.da, *direct = io.direct;
+    T* ah = io.da;
     const V one = vbcast<V>(T(1));
     for (int u = 0; u < H; u += W) {  // explicit vectors: GCC left the scalar loop alone
       const int n = H - u < W ? H - u : W;
@@ -57,7 +58,6 @@ struct RnnCell {
       const V h = load_units<T>(hs + u, n);
       const V da = cell == RNN_RELU ? (V)((VI)dh & (VI)(h > V{})) : dh * (one - h * h);
       store_units<T>(ah + u, da, n);
-      store_units<T>(direct + u, V{}, n);
     }
   }
 };
