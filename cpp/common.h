@@ -2,6 +2,7 @@
 // std:: templates and non-static inline functions: kernels are compiled once per
 // instruction set and must not share out-of-line code with other copies.
 #pragma once
+#include <climits>
 #include <cstddef>
 #include <cstdint>
 
@@ -16,10 +17,9 @@ static inline int cell_cache_width(int cell) { return cell == LSTM ? 5 : cell ==
 // Pre-activation gradients per (step, row) in backward, in units of H: the G gates'
 // (W_hh's and W_ih's alike), and for GRU [dr | dz | dn*r | dn], W_hh's n rows then W_ih's.
 static inline int cell_da_width(int cell) { return cell == GRU ? 4 : cell_gates(cell); }
-// Where dA's column of W_ih's row j lies.
-static inline long da_ih_column(int cell, long j, int H) {
-  return cell == GRU && j >= 2L * H ? j + H : j;
-}
+// W_ih's rows (and dx's K) read dA with a gap of H columns at this one: GRU's dn*r, W_hh's
+// alone. INT_MAX: no gap (W_ih's and W_hh's rows share every column).
+static inline int da_ih_gap_at(int cell, int H) { return cell == GRU ? 2 * H : INT_MAX; }
 
 // A second block of columns for a product: columns [n1, N) of B and C are read from B2
 // and written to C2 (both given from their own column 0). Lets the weight gradients

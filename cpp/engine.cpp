@@ -606,9 +606,8 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
         x_rows = ws.rows_x.data();
         dx_rows = ws.rows_dx.data();
       }
-      // GRU: W_ih's row j (as dA's rows) and dx's k = j (as its columns) lie at dA's column
-      // da_ih_column(j); no gaps elsewhere.
-      const int gap_at = cell_ == GRU ? 2 * H_ : INT_MAX;
+      // W_ih's rows (as dA's rows) and dx's K (as its columns) skip GRU's dn*r.
+      const int gap_at = da_ih_gap_at(cell_, H_);
       if (cell_ != GRU) {
         const GemmCols2<T> ih{H_, x_rows, s.in_size, 1, g + s.w_ih, s.in_size};
         kt.gemm_cols2((int)GH, H_ + s.in_size, (int)rows, da.data(), 1, LDA, h_rows, H_, 1,

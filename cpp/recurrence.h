@@ -416,7 +416,7 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
   // Bias gradients: a partial sum per batch row, added to while the row's dA is in L1
   // (a separate pass over all T*B rows afterwards took 3% of mid LSTM training), then
   // summed in row order: the same result for any thread count. b_ih's sums are b_hh's
-  // but for GRU's n rows (da_ih_column).
+  // but for GRU's n rows (da_ih_gap_at).
   auto row = [&](int s, int b) {
     const long t = a.tidx[(long)s * LB + b];
     T* da = a.da + ((long)s * LB + b) * a.ldda;
@@ -454,12 +454,12 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
       }
     }
     if (a.db_part && a.s0 == 0) {  // after a barrier; the engine's last call: all rows
-      rf_for(DW, [&](long j) {  // column j of dA: row j of b_hh, b_ih or both
+      const long gap = da_ih_gap_at(a.cell, H);  // dA columns [gap, gap + H): b_hh's alone
+      rf_for(DW, [&](long j) {  // column j of dA: row j of b_hh, a row of b_ih, or both
         T sum = T(0);
         for (int b = 0; b < B; ++b) sum += a.db_part[DW * b + j];
         if (j < GH) a.db_hh[j] += sum;
-        const long r = j < GH ? j : j - H;  // the row of b_ih whose column this may be
-        if (da_ih_column(a.cell, r, H) == j) a.db_ih[r] += sum;
+        if (j < gap || j >= gap + H) a.db_ih[j < gap ? j : j - H] += sum;
       });
     }
   });
