@@ -175,8 +175,7 @@ class Stream {
   void set_num_threads(int n) {  // the next step probes the new count afresh
     std::lock_guard<std::mutex> lock(mutex_);
     nthreads_ = n;
-    pos_ = 0;
-    cycle_ = kCycle;
+    choice_.restart();
   }
   T* h() { return h_.data(); }
   T* c() { return c_.empty() ? nullptr : c_.data(); }
@@ -188,45 +187,19 @@ class Stream {
       run(x, x_rows_apart, y, 1);
       return;
     }
-    // A step lasts a few microseconds, and what a second thread costs (waking it, one
-    // cache-line round trip each way) swings with the machine: on the 2-core Zen 5 VM,
-    // GRU-128 took 2.5 us on two threads in some spells and 4.3 in others, against ~3 on
-    // one; on the Zen 4, RNN-256 5.5 us on two in a slow spell against 5.1 on one, 3.3
-    // against 5.2 in quiet ones. So each cycle of kCycle steps starts with kProbe steps
-    // on each choice (0: the stream's count, 1: one thread) in blocks of kBlock, alternating,
-    // and runs the rest on the one whose median probe step was faster, a block's first
-    // step not counted; when one was over 1.5x the other, the next cycle is 16 times
-    // longer (probing a 2x slower choice costs a long step 3% of its time at kCycle).
-    // Blocks, not single steps: a step after one of the other choice finds the state on
-    // the other core, and every probe step of a choice walked the weights one way
-    // (recurrence.h). Medians, not the fastest: in slow spells two threads vary far more
-    // than one, and their fastest step misled (LSTM-128 ran ~3.4 us a step on the choice,
-    // 3.0 on one thread). Either choice gives the same bits.
-    const long pos = pos_++;
-    if (pos >= 2 * kProbe) {
-      if (pos_ == cycle_) pos_ = 0;
-      run(x, x_rows_apart, y, use_one_ ? 1 : nthreads_);
+    const auto plan = choice_.next();  // one thread or the count (threading.h)
+    if (!plan.timed) {
+      run(x, x_rows_apart, y, plan.one ? 1 : nthreads_);
       return;
     }
-    const int arm = (pos / kBlock) & 1, in_block = pos % kBlock;
+    typedef std::chrono::duration<double> Seconds;
     const auto t0 = std::chrono::steady_clock::now();
-    run(x, x_rows_apart, y, arm ? 1 : nthreads_);
-    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (in_block > 0) probe_[arm][(pos / (2 * kBlock)) * (kBlock - 1) + in_block - 1] = dt;
-    if (pos == 2 * kProbe - 1) {
-      auto median = [](double* p) {
-        std::sort(p, p + kCounted);
-        return (p[(kCounted - 1) / 2] + p[kCounted / 2]) / 2;
-      };
-      const double all = median(probe_[0]), one = median(probe_[1]);
-      use_one_ = one < all;
-      cycle_ = std::max(all, one) > 1.5 * std::min(all, one) ? 16 * kCycle : kCycle;
-    }
+    run(x, x_rows_apart, y, plan.one ? 1 : nthreads_);
+    const auto t1 = std::chrono::steady_clock::now();
+    choice_.record(Seconds(t0.time_since_epoch()).count(), Seconds(t1 - t0).count());
   }
 
  private:
-  static constexpr long kCycle = 256;
-  static constexpr int kProbe = 8, kBlock = 4, kCounted = kProbe / kBlock * (kBlock - 1);
   void run(const T* x, long x_rows_apart, T* y, int nthreads) {
     engine_.forward(x, 1, batch_, h(), c(), nullptr, nullptr, false, 0.0, 0, nthreads, y, h(),
                     c(), false, x_rows_apart);
@@ -237,9 +210,7 @@ class Stream {
   int nthreads_ = 0;  // at most this many threads; 0: the process-wide setting
   LineVec<T> h_, c_;  // (L*D, B, H), zero at the start
   std::mutex mutex_;
-  long pos_ = 0, cycle_ = kCycle;  // steps into this cycle (on more than one thread), its length
-  bool use_one_ = false;           // this cycle runs on one thread
-  double probe_[2][kCounted] = {};  // counted probe steps of each choice, seconds
+  StepThreadChoice choice_;  // on more than one thread
 };
 
 }  // namespace rnnfast

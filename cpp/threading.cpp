@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <sched.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -402,6 +403,77 @@ void pool_run(int nt, void (*fn)(void*), void* ctx, bool independent) {
   }
   g_team_threads.fetch_sub(nt, std::memory_order_relaxed);
   if (workers != stack_workers) delete[] workers;
+}
+
+StepThreadChoice::Plan StepThreadChoice::next() {
+  switch (phase_) {
+    case kWarm:
+      slot_ = -1;
+      return {false, true};
+    case kProbing: {
+      const int arm = (int)(pos_ / kBlock) & 1, in_block = (int)(pos_ % kBlock);
+      slot_ = in_block > 0 ? arm * kCounted + (int)(pos_ / (2 * kBlock)) * (kBlock - 1) + in_block - 1
+                           : -1;
+      if (slot_ < 0 && ++pos_ == 2 * kProbe) decide();  // untimed: moves on at once
+      return {arm == 1, slot_ >= 0};
+    }
+    case kRun:
+      if (++pos_ == run_steps_) {
+        pos_ = 0;
+        phase_ = use_one_ ? kWarm : kProbing;
+      }
+      return {use_one_, false};
+  }
+  return {false, false};
+}
+
+void StepThreadChoice::record(double start, double seconds) {
+  if (phase_ == kWarm) {
+    if (pos_++ == 0) warm_start_ = start;
+    if ((pos_ >= kBlock && start + seconds - warm_start_ >= kWarmTime) || pos_ >= kWarmMax) {
+      pos_ = 0;
+      phase_ = kProbing;
+    }
+    return;
+  }
+  if (phase_ != kProbing || slot_ < 0) return;
+  probe_[slot_ / kCounted][slot_ % kCounted] = seconds;
+  slot_ = -1;
+  if (++pos_ == 2 * kProbe) decide();
+}
+
+void StepThreadChoice::decide() {
+  auto median = [](double* p) {
+    std::sort(p, p + kCounted);
+    return (p[(kCounted - 1) / 2] + p[kCounted / 2]) / 2;
+  };
+  const double all = median(probe_[0]), one = median(probe_[1]);
+  const bool was_one = use_one_;
+  use_one_ = one < all;
+  const bool far = std::max(all, one) > 1.5 * std::min(all, one);
+  run_steps_ = (far && (!use_one_ || was_one) ? 16 : 1) * kCycle - 2 * kProbe;
+  pos_ = 0;
+  phase_ = kRun;
+}
+
+void StepThreadChoice::restart() {
+  phase_ = kWarm;
+  pos_ = 0;
+  use_one_ = false;
+  slot_ = -1;
+}
+
+void step_thread_choice_trace(const double* count_s, const double* one_s, long n,
+                              signed char* out) {
+  StepThreadChoice choice;
+  double now = 0;
+  for (long i = 0; i < n; ++i) {
+    const auto plan = choice.next();
+    const double dt = plan.one ? one_s[i] : count_s[i];
+    if (plan.timed) choice.record(now, dt);
+    now += dt;
+    out[i] = plan.one;
+  }
 }
 
 namespace {

@@ -23,6 +23,61 @@ class ThreadBudget {
   bool shared_;
 };
 
+// Which thread count each step of a batch-1 stream runs on (Stream::step): the stream's
+// count or one thread. A step lasts a few microseconds, and what a second thread costs
+// (waking it, one cache-line round trip each way) swings with the machine: on the 2-core
+// Zen 5 VM, GRU-128 took 2.5 us on two threads in some spells and 4.3 in others, against
+// ~3 on one; on the Zen 4, RNN-256 5.5 us on two in a slow spell against 5.1 on one, 3.3
+// against 5.2 in quiet ones. So each cycle of kCycle steps starts with kProbe steps on
+// each choice in blocks of kBlock, alternating, and runs the rest on the one whose median
+// probe step was faster, a block's first step not counted.
+// - Blocks, not single steps: a step after one of the other choice finds the state on the
+//   other core, and every probe step of a choice walked the weights one way (recurrence.h).
+// - Medians, not the fastest: in slow spells two threads vary far more than one, and their
+//   fastest step misled (LSTM-128 ran ~3.4 us a step on the choice, 3.0 on one thread).
+// - A probe after a cycle on one thread (and a stream's first) starts with steps on the
+//   count, not timed into the choice, for at least kWarmTime: a worker idle for
+//   milliseconds is asleep or its CPU is, and the Zen 4 VM then ran the next steps on two
+//   threads slow for 0.1-0.4 ms (GRU-256: 90, 25, 40 us, then 11). Probed in that
+//   window, two threads looked slower than one, the cycle ran on one, its worker went back
+//   to sleep, and the next probe found the same.
+// - Where one choice was over 1.5x faster, the cycle is 16 times longer (probing a 2x
+//   slower choice costs a long step 3% of its time at kCycle); for one thread, only where
+//   the probe before chose one thread too (else 1x: a slow start looks the same).
+// - kWarmMax bounds the warm-up: where one thread wins by little, a warm-up each cycle
+//   costs a few percent (1.2x: 40 of 288 steps on the count, 2.8%).
+// Either choice gives the same bits.
+class StepThreadChoice {
+ public:
+  struct Plan {
+    bool one;    // run the step on one thread
+    bool timed;  // time it and pass the time to record()
+  };
+  Plan next();
+  // The step that next() asked to time began at `start` and lasted `seconds`.
+  void record(double start, double seconds);
+  void restart();  // probe afresh from the next step
+
+ private:
+  static constexpr long kCycle = 256;
+  static constexpr int kProbe = 8, kBlock = 4, kCounted = kProbe / kBlock * (kBlock - 1);
+  static constexpr int kWarmMax = 32;
+  static constexpr double kWarmTime = 300e-6;
+  enum Phase { kWarm, kProbing, kRun };
+  void decide();
+  Phase phase_ = kWarm;
+  long pos_ = 0;            // steps into the phase
+  long run_steps_ = 0;      // steps of this cycle's kRun phase
+  double warm_start_ = 0;   // when the warm-up's first step began
+  bool use_one_ = false;    // the last probe chose one thread
+  int slot_ = -1;           // probe_ slot of the step being timed (-1: warm-up)
+  double probe_[2][kCounted] = {};  // counted probe steps of each choice, seconds
+};
+// Test probe: the choices (0: the count, 1: one thread) StepThreadChoice makes over
+// n steps whose durations on each choice are count_s[i] and one_s[i].
+void step_thread_choice_trace(const double* count_s, const double* one_s, long n,
+                              signed char* out);
+
 bool in_forked_child();
 // Seconds per barrier of a team of nthreads passing `rounds` barriers (0 for one thread):
 // the hand-off between cores a step of the recurrence pays (bench probe).

@@ -115,6 +115,56 @@ def test_barrier_probe():
         _core._barrier_probe(0)
 
 
+def runs(choices):
+    """(value, length) of each run of equal choices, in order."""
+    edges = np.flatnonzero(np.diff(choices)) + 1
+    starts = np.concatenate(([0], edges))
+    ends = np.concatenate((edges, [len(choices)]))
+    return [(int(choices[a]), int(b - a)) for a, b in zip(starts, ends)]
+
+
+def test_stream_thread_choice_follows_the_faster():
+    # A batch-1 stream on more than one thread probes its count (0) against one thread (1)
+    # each cycle and runs the rest on the faster (cpp/threading.h, StepThreadChoice).
+    n = 20000
+    for count_us, one_us, faster in ((1.0, 2.0, 0), (2.0, 2.4, 0), (2.4, 2.0, 1)):
+        got = _core._step_thread_choice(np.full(n, count_us * 1e-6), np.full(n, one_us * 1e-6))
+        assert got.dtype == np.int8 and got.shape == (n,)
+        parts = runs(got)
+        # the first steps run on the count (a warm-up, then the probe's first block)
+        assert parts[0][0] == 0 and parts[0][1] >= 4
+        longest = max(length for value, length in parts if value == faster)
+        assert longest >= 200  # the cycles' runs
+        # the probes and warm-ups cost a few percent over the faster choice throughout
+        took = np.where(got == 1, one_us, count_us).sum()
+        assert took <= 1.05 * n * min(count_us, one_us)
+    with pytest.raises(ValueError, match="one length"):
+        _core._step_thread_choice(np.zeros(3), np.zeros(4))
+
+
+def test_stream_thread_choice_not_misled_by_a_slow_start():
+    # A worker that has idled is asleep (or its CPU is): the first steps on two threads run
+    # slow for a while (on the Zen 4 VM 0.1-0.4 ms). The choice is made after that, so the
+    # stream runs on its count, not on one thread for a long cycle.
+    n = 8000
+    count = np.full(n, 3e-6)
+    count[:10] = 25e-6  # 250 us slow, then three times faster than one thread
+    got = _core._step_thread_choice(count, np.full(n, 5e-6))
+    assert np.count_nonzero(got[:10]) == 0  # the slow steps: the warm-up's
+    assert np.count_nonzero(got) <= 8 * 2  # one thread only in probes (one or two cycles)
+    # one thread twice as fast for good: the first probe's choice gives a short cycle
+    # (the slow start above would look the same), the second a long one; each cycle on one
+    # thread is followed by a warm-up on the count before the next probe
+    got = _core._step_thread_choice(np.full(n, 10e-6), np.full(n, 5e-6))
+    parts = runs(got)
+    ones = [length for value, length in parts if value == 1]
+    assert max(ones) >= 16 * 256 - 16  # the long cycle
+    first_long = next(i for i, (v, length) in enumerate(parts) if v == 1 and length > 200)
+    assert parts[first_long][1] < 300  # the first cycle on one thread: a short one
+    warm = parts[first_long + 1]
+    assert warm[0] == 0 and warm[1] >= 30 + 4  # >= 0.3 ms of count steps, then a probe block
+
+
 def test_pool_gives_the_threads_asked_for():
     assert _core._team_threads(1) == 1
     for n in (2, 3, 8):

@@ -911,6 +911,20 @@ PYBIND11_MODULE(_core, m) {
       "Seconds per barrier of the call's threads over `rounds` barriers (0.0 on one thread): "
       "the bench's probe of the hand-off between cores.");
   m.def(
+      "_step_thread_choice",
+      [](Arr<double> count_s, Arr<double> one_s) {
+        if (count_s.ndim() != 1 || one_s.ndim() != 1 || count_s.size() != one_s.size())
+          throw py::value_error("count_s and one_s must be 1-d arrays of one length");
+        py::array_t<signed char> out(count_s.size());
+        step_thread_choice_trace(count_s.data(), one_s.data(), (long)count_s.size(),
+                                 out.mutable_data());
+        return out;
+      },
+      py::arg("count_s"), py::arg("one_s"),
+      "Test probe: the choice a stream on more than one thread makes for each of n steps (0: "
+      "its count, 1: one thread), where step i lasts count_s[i] seconds on its count and "
+      "one_s[i] on one thread.");
+  m.def(
       "_thread_budget_probe",
       [](int requested, double seconds) {
         py::gil_scoped_release release;
