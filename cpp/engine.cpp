@@ -499,9 +499,9 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
   long LDA = (DW + line - 1) / line * line;
   if (LDA / line % 2 == 0) LDA += line;
   da.resize(TB * LDA);
-  direct.resize(BH);
+  direct.resize(cell_ == GRU ? BH : 0);  // only GRU's backward writes a direct part (kDirect)
   dh.resize(BH);
-  dc.resize(BH);
+  dc.resize(cell_ == LSTM ? BH : 0);
   if (bias_) ws.db_part.resize(DW * batch);
   // A padded batch's weight and input gradients come from products over the rows inside
   // their sequences alone, gathered in step order (dA, h_prev; x and dx through the rows'
