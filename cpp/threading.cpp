@@ -412,8 +412,8 @@ StepThreadChoice::Plan StepThreadChoice::next() {
       return {false, true};
     case kProbing: {
       const int arm = (int)(pos_ / kBlock) & 1, in_block = (int)(pos_ % kBlock);
-      slot_ = in_block > 0 ? arm * kCounted + (int)(pos_ / (2 * kBlock)) * (kBlock - 1) + in_block - 1
-                           : -1;
+      const int counted = (int)(pos_ / (2 * kBlock)) * (kBlock - 1) + in_block - 1;
+      slot_ = in_block > 0 ? arm * kCounted + counted : -1;
       if (slot_ < 0 && ++pos_ == 2 * kProbe) decide();  // untimed: moves on at once
       return {arm == 1, slot_ >= 0};
     }
