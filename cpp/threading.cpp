@@ -430,7 +430,7 @@ StepThreadChoice::Plan StepThreadChoice::next() {
 void StepThreadChoice::record(double start, double seconds) {
   if (phase_ == kWarm) {
     if (pos_++ == 0) warm_start_ = start;
-    if ((pos_ >= kBlock && start + seconds - warm_start_ >= kWarmTime) || pos_ >= kWarmMax) {
+    if ((pos_ >= kBlock && start + seconds - warm_start_ >= kWarmTime) || pos_ >= warm_max_) {
       pos_ = 0;
       phase_ = kProbing;
     }
@@ -452,6 +452,7 @@ void StepThreadChoice::decide() {
   use_one_ = one < all;
   const bool far = std::max(all, one) > 1.5 * std::min(all, one);
   run_steps_ = (far && (!use_one_ || was_one) ? 16 : 1) * kCycle - 2 * kProbe;
+  warm_max_ = std::max<long>(kWarmMin, run_steps_ / 8);
   pos_ = 0;
   phase_ = kRun;
 }
@@ -461,6 +462,7 @@ void StepThreadChoice::restart() {
   pos_ = 0;
   use_one_ = false;
   slot_ = -1;
+  warm_max_ = kCycle;
 }
 
 void step_thread_choice_trace(const double* count_s, const double* one_s, long n,

@@ -40,12 +40,15 @@ class ThreadBudget {
 //   milliseconds is asleep or its CPU is, and the Zen 4 VM then ran the next steps on two
 //   threads slow for 0.1-0.4 ms (GRU-256: 90, 25, 40 us, then 11). Probed in that
 //   window, two threads looked slower than one, the cycle ran on one, its worker went back
-//   to sleep, and the next probe found the same.
+//   to sleep, and the next probe found the same. At most an eighth of the cycle before
+//   (at least kWarmMin steps; kCycle for a stream's first): a worker sleeps after 20 ms
+//   idle (threading.cpp), which only long cycles give it, and where one thread wins by
+//   little (short cycles), a warm-up each cycle costs a few percent (1.2x: 40 of 288 steps
+//   on the count, 2.8%). With 32 steps at most, LSTM-128 (3.4 us steps) still stuck on one
+//   thread in one process of four.
 // - Where one choice was over 1.5x faster, the cycle is 16 times longer (probing a 2x
 //   slower choice costs a long step 3% of its time at kCycle); for one thread, only where
 //   the probe before chose one thread too (else 1x: a slow start looks the same).
-// - kWarmMax bounds the warm-up: where one thread wins by little, a warm-up each cycle
-//   costs a few percent (1.2x: 40 of 288 steps on the count, 2.8%).
 // Either choice gives the same bits.
 class StepThreadChoice {
  public:
@@ -61,13 +64,14 @@ class StepThreadChoice {
  private:
   static constexpr long kCycle = 256;
   static constexpr int kProbe = 8, kBlock = 4, kCounted = kProbe / kBlock * (kBlock - 1);
-  static constexpr int kWarmMax = 32;
-  static constexpr double kWarmTime = 300e-6;
+  static constexpr int kWarmMin = 32;
+  static constexpr double kWarmTime = 500e-6;
   enum Phase { kWarm, kProbing, kRun };
   void decide();
   Phase phase_ = kWarm;
   long pos_ = 0;            // steps into the phase
   long run_steps_ = 0;      // steps of this cycle's kRun phase
+  long warm_max_ = kCycle;  // steps the next warm-up may take
   double warm_start_ = 0;   // when the warm-up's first step began
   bool use_one_ = false;    // the last probe chose one thread
   int slot_ = -1;           // probe_ slot of the step being timed (-1: warm-up)

@@ -162,7 +162,11 @@ def test_stream_thread_choice_not_misled_by_a_slow_start():
     first_long = next(i for i, (v, length) in enumerate(parts) if v == 1 and length > 200)
     assert parts[first_long][1] < 300  # the first cycle on one thread: a short one
     warm = parts[first_long + 1]
-    assert warm[0] == 0 and warm[1] >= 30 + 4  # >= 0.3 ms of count steps, then a probe block
+    assert warm[0] == 0 and warm[1] == 32 + 4  # 32 count steps after a short cycle, a block
+    # after the long cycle the worker has slept: count steps for 0.5 ms, then a probe block
+    long_cycle = next(i for i, (v, length) in enumerate(parts) if v == 1 and length > 4000)
+    warm = parts[long_cycle + 1]
+    assert warm[0] == 0 and 50 + 4 <= warm[1] <= 51 + 4  # 0.5 ms of 10 us steps (rounding)
 
 
 def test_pool_gives_the_threads_asked_for():
