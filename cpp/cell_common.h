@@ -28,7 +28,7 @@ struct BwdRows {
   const T* c_prev;
   const T* cache;
   T* da;            // (cell_da_width * H) pre-activation grads
-  T* direct;        // (H) part of dL/dh_prev not going through W_hh (Cell::kDirect)
+  T* direct;        // (H) part of dL/dh_prev not going through W_hh (cell_has_direct)
 };
 
 // Panel layout of cells with one vector per gate: panel p holds gate v of units

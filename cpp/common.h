@@ -20,6 +20,9 @@ static inline int cell_da_width(int cell) { return cell == GRU ? 4 : cell_gates(
 // W_ih's rows (and dx's K) read dA with a gap of H columns at this one: GRU's dn*r, W_hh's
 // alone. INT_MAX: no gap (W_ih's and W_hh's rows share every column).
 static inline int da_ih_gap_at(int cell, int H) { return cell == GRU ? 2 * H : INT_MAX; }
+// Whether backward has a part of dh_prev beside dA W_hh (GRU's z * dh; the others pass
+// all of it through W_hh).
+static inline bool cell_has_direct(int cell) { return cell == GRU; }
 
 // A second block of columns for a product: columns [n1, N) of B and C are read from B2
 // and written to C2 (both given from their own column 0). Lets the weight gradients
@@ -102,7 +105,8 @@ struct LayerFwd {
 //   dc     (B,H)      same for LSTM cell state
 //   da     (T,B,DW)   out: pre-activation grads, in step order (DW = cell_da_width * H),
 //                     rows ldda apart
-//   direct (B,H)      scratch: the part of dh_{s-1} that bypasses W_hh
+//   direct (B,H)      scratch: the part of dh_{s-1} that bypasses W_hh (cell_has_direct;
+//                     else null)
 template <typename T>
 struct LayerBwd {
   int cell, steps, batch, hidden;

@@ -499,7 +499,7 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
   long LDA = (DW + line - 1) / line * line;
   if (LDA / line % 2 == 0) LDA += line;
   da.resize(TB * LDA);
-  direct.resize(cell_ == GRU ? BH : 0);  // only GRU's backward writes a direct part (kDirect)
+  direct.resize(cell_has_direct(cell_) ? BH : 0);
   dh.resize(BH);
   dc.resize(cell_ == LSTM ? BH : 0);
   if (bias_) ws.db_part.resize(DW * batch);
@@ -553,7 +553,7 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
       a.dc = cell_ == LSTM ? dc.data() : nullptr;
       a.da = da.data();
       a.ldda = LDA;
-      a.direct = direct.data();
+      a.direct = cell_has_direct(cell_) ? direct.data() : nullptr;
       T* g = grads_.data();
       a.db_hh = bias_ ? g + s.b_hh : nullptr;
       a.db_ih = bias_ ? g + s.b_ih : nullptr;

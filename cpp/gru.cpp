@@ -11,7 +11,6 @@ namespace RF_NS {
 struct GruCell : GatePanels {
   static constexpr int NV = 3;
   static constexpr bool kSplitInput = true;  // r multiplies the h part of n alone
-  static constexpr bool kDirect = true;      // dh_prev gets z * dh besides W_hh's part
   // x holds x W_ih^T + b_ih, plus b_hh for r and z (not n: b_hn is added inside r*(.)).
   // A fused step passes x W_ih^T in xacc, and x holds the biases alone.
   template <typename T, int MR, bool Full>

@@ -11,7 +11,6 @@ namespace RF_NS {
 struct LstmCell : GatePanels {
   static constexpr int NV = 4;  // one vector per gate, W hidden units per panel
   static constexpr bool kSplitInput = false;
-  static constexpr bool kDirect = false;  // all of dh_prev goes through W_hh
   // acc[r] holds row r's h_prev W_hh^T for gates i, f, g, o of units [u0, u0+W).
   template <typename T, int MR, bool Full>
   static void forward_epilogue(int, int p, int H, typename Simd<T>::V (&acc)[MR][NV],

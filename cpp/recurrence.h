@@ -4,9 +4,8 @@
 // units), then the cell's epilogue in registers. Backward runs the cell's elementwise
 // step, then dh_{s-1} = dA W_hh on pre-packed weights.
 // Cells provide (see lstm.cpp): NV, kSplitInput (a product with x_t keeps the x and h
-// sums apart), kDirect (backward_row writes a part of dh_prev besides W_hh's), units(),
-// column(), forward_epilogue<T, R, Full>() (Full: every unit of the panel is below H),
-// backward_row().
+// sums apart), units(), column(), forward_epilogue<T, R, Full>() (Full: every unit of the
+// panel is below H), backward_row().
 #pragma once
 #include <algorithm>
 #include <type_traits>
@@ -411,8 +410,7 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
   // thread to read whole from its L2 every step, each thread sweeps its own rows with
   // no barrier per step (two otherwise: after dA, after the product).
   const bool by_rows = nt > 1 && B >= 4 * nt && GH * H * (long)sizeof(T) <= kRowSweepBytes;
-  // Only GRU has a part of dh_prev beside W_hh's (RNN and LSTM stored zeros and added them).
-  T* direct = Cell::kDirect ? a.direct : nullptr;
+  T* direct = a.direct;  // null but for GRU (cell_has_direct)
   // Bias gradients: a partial sum per batch row, added to while the row's dA is in L1
   // (a separate pass over all T*B rows afterwards took 3% of mid LSTM training), then
   // summed in row order: the same result for any thread count. b_ih's sums are b_hh's

@@ -10,7 +10,6 @@ namespace RF_NS {
 
 struct RnnCell {
   static constexpr bool kSplitInput = false;
-  static constexpr bool kDirect = false;  // all of dh_prev goes through W_hh
   static constexpr int NV = 4;  // four vectors of consecutive hidden units per panel
   template <typename T> static constexpr int units() { return NV * Simd<T>::W; }
   template <typename T> static long column(long p, int v, int u, int H) {

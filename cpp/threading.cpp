@@ -414,7 +414,7 @@ StepThreadChoice::Plan StepThreadChoice::next() {
       const int arm = (int)(pos_ / kBlock) & 1, in_block = (int)(pos_ % kBlock);
       const int counted = (int)(pos_ / (2 * kBlock)) * (kBlock - 1) + in_block - 1;
       slot_ = in_block > 0 ? arm * kCounted + counted : -1;
-      if (slot_ < 0 && ++pos_ == 2 * kProbe) decide();  // untimed: moves on at once
+      if (slot_ < 0) ++pos_;  // untimed: moves on at once (a block's last step is timed)
       return {arm == 1, slot_ >= 0};
     }
     case kRun:
