@@ -852,8 +852,17 @@ def test_model_does_not_alias_caller_arrays(kind, backend):
     np.testing.assert_array_equal(m(xx)[0], before)
 
 
+def unaligned(a):
+    """A C-contiguous copy of `a` one byte off its element alignment (as np.frombuffer at an
+    odd offset gives, reading a binary record)."""
+    u = np.frombuffer(bytearray(a.nbytes + 1), dtype=a.dtype, offset=1).reshape(a.shape)
+    u[...] = a
+    assert u.flags.c_contiguous and not u.flags.aligned
+    return u
+
+
 @pytest.mark.parametrize("layout", ["float64", "fortran", "strided", "transposed",
-                                    "readonly", "list", "int"])
+                                    "readonly", "list", "int", "unaligned"])
 def test_unusual_layouts_match_contiguous_float32(kind, layout):
     rng = np.random.default_rng(4)
     m = make(kind, num_layers=2, bidirectional=True)
@@ -876,6 +885,8 @@ def test_unusual_layouts_match_contiguous_float32(kind, layout):
         xin.flags.writeable = False
     elif layout == "list":
         xin = x32.tolist()
+    elif layout == "unaligned":
+        xin = unaligned(x32)
     else:
         xin = x32.astype(np.int64)
     if layout in ("fortran", "strided", "transposed"):
@@ -883,7 +894,8 @@ def test_unusual_layouts_match_contiguous_float32(kind, layout):
 
     st32 = state_for(kind, (4, B, H), 0.25)
     parts = list(st32) if kind == "LSTM" else [st32]
-    odd = [np.asfortranarray(p.astype(np.float64)) for p in parts]
+    odd = [unaligned(p) if layout == "unaligned" else np.asfortranarray(p.astype(np.float64))
+           for p in parts]
     st_odd = tuple(odd) if kind == "LSTM" else odd[0]
     lengths = np.array([T, 3], np.int32)
 
@@ -894,7 +906,7 @@ def test_unusual_layouts_match_contiguous_float32(kind, layout):
     g_a = {k: v.copy() for k, v in m.grads.items()}
 
     y_b, s_b = m.forward(xin, state=st_odd, lengths=[T, 3], training=True)
-    dy_odd = np.asfortranarray(dy.astype(np.float64))
+    dy_odd = unaligned(dy) if layout == "unaligned" else np.asfortranarray(dy.astype(np.float64))
     m.zero_grad()
     dx_b, ds_b = m.backward(dy_odd, dstate=st_odd)
 
@@ -908,6 +920,51 @@ def test_unusual_layouts_match_contiguous_float32(kind, layout):
     for k in g_a:
         np.testing.assert_array_equal(m.grads[k], g_a[k], err_msg=k)
     assert y_b.dtype == np.float32 and dx_b.dtype == np.float32
+
+
+def test_bindings_align_their_inputs():
+    # NumPy calls an array at any byte offset C-contiguous; the kernels read aligned T*
+    # (a misaligned float* is undefined behaviour, and vectorized code may trap on it).
+    # The conversion every binding applies to its inputs copies such an array, and only
+    # such an array.
+    base = np.arange(12, dtype=np.float32).reshape(3, 4)
+    u = unaligned(base)
+    got = rf._core._as_input(u)
+    assert got.flags.aligned and got.flags.c_contiguous and got is not u
+    np.testing.assert_array_equal(got, base)
+    assert rf._core._as_input(base) is base
+
+
+def test_unaligned_arrays_match_aligned(kind):
+    rng = np.random.default_rng(7)
+    m = make(kind)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    st = state_for(kind, (1, B, H), 0.25)
+    st_u = tuple(unaligned(p) for p in st) if kind == "LSTM" else unaligned(st)
+    # The plain call on one step (the engine's direct path declines unaligned arrays).
+    (y_a, s_a), (y_b, s_b) = m(x[:1], st), m(unaligned(x[:1]), st_u)
+    np.testing.assert_array_equal(y_a, y_b)
+    np.testing.assert_array_equal(np.asarray(s_a), np.asarray(s_b))
+    # A stream's step: x unaligned through the direct callable; `out` is written in place
+    # by the engine, so an unaligned one is refused.
+    s1, s2 = m.stream(batch_size=B), m.stream(batch_size=B)
+    for t in range(T):
+        np.testing.assert_array_equal(s1.step(x[t]), s2.step(unaligned(x[t])))
+    with pytest.raises(ValueError, match="out.*aligned"):
+        s2.step(x[0], out=unaligned(np.zeros((B, H), np.float32)))
+    # Feed-forward layers and a fused loss.
+    d = rf.Dense(I, H, seed=0)
+    y_a, _ = d.forward(x[0], training=True)
+    dx_a = d.backward(np.ones_like(y_a))
+    y_b, _ = d.forward(unaligned(x[0]), training=True)
+    dx_b = d.backward(unaligned(np.ones_like(y_a)))
+    np.testing.assert_array_equal(y_a, y_b)
+    np.testing.assert_array_equal(dx_a, dx_b)
+    labels = np.array([1, 3], np.int64)
+    loss = rf.losses.get_loss("sparse_categorical_crossentropy")
+    (l_a, g_a, *_), (l_b, g_b, *_) = loss(y_a, labels), loss(unaligned(y_a), unaligned(labels))
+    assert l_a == l_b
+    np.testing.assert_array_equal(g_a, g_b)
 
 
 def test_batch_first_and_unbatched_strided(kind):

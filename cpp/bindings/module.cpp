@@ -22,8 +22,13 @@ using namespace rnnfast;
 
 namespace {
 
+// Inputs as the kernels read them: C-contiguous, of type T and aligned (pybind11 copies an
+// array that is not; NumPy's C-contiguous flag allows a view at any byte offset, and a
+// misaligned T* is undefined behaviour that vectorized code may trap on).
+constexpr int kInputFlags =
+    py::array::c_style | py::array::forcecast | py::detail::npy_api::NPY_ARRAY_ALIGNED_;
 template <typename T>
-using Arr = py::array_t<T, py::array::c_style | py::array::forcecast>;
+using Arr = py::array_t<T, kInputFlags>;
 
 void check_shape(const py::array& a, std::initializer_list<long> want, const char* what) {
   bool ok = a.ndim() == (py::ssize_t)want.size();
@@ -439,14 +444,15 @@ constexpr const char* dtype_name() {
 }
 
 // An array of exactly dtype T that is written in place, so no converted copy may stand in
-// for it: TypeError for another type, ValueError unless C-contiguous and writeable.
+// for it: TypeError for another type, ValueError unless C-contiguous, aligned and writeable.
 template <typename T>
 py::array_t<T> inplace_array(const py::object& o, const char* what) {
   if (!py::isinstance<py::array_t<T>>(o))
     throw py::type_error(std::string(what) + " must be a " + dtype_name<T>() + " array");
   auto a = py::reinterpret_borrow<py::array_t<T>>(o);
-  if (!(a.flags() & py::array::c_style) || !a.writeable())
-    throw py::value_error(std::string(what) + " must be C-contiguous and writeable");
+  if (!(a.flags() & py::array::c_style) || !a.writeable() ||
+      !(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+    throw py::value_error(std::string(what) + " must be C-contiguous, aligned and writeable");
   return a;
 }
 
@@ -670,7 +676,7 @@ py::object nn_dense_backward(Arr<T> x, Arr<T> W, int act, Arr<T> y, Arr<T> dy, p
 }
 
 template <typename T>
-py::array_t<T> nn_embedding_forward(py::array_t<int64_t, py::array::c_style | py::array::forcecast> idx,
+py::array_t<T> nn_embedding_forward(Arr<int64_t> idx,
                                     Arr<T> W, int nthreads) {
   if (W.ndim() != 2) throw py::value_error("embedding weight must be 2-D");
   std::vector<py::ssize_t> shape(idx.shape(), idx.shape() + idx.ndim());
@@ -690,7 +696,7 @@ py::array_t<T> nn_embedding_forward(py::array_t<int64_t, py::array::c_style | py
 }
 
 template <typename T>
-void nn_embedding_backward(py::array_t<int64_t, py::array::c_style | py::array::forcecast> idx,
+void nn_embedding_backward(Arr<int64_t> idx,
                            Arr<T> dout, py::object dW, int nthreads) {
   if (!py::isinstance<py::array>(dW) || py::reinterpret_borrow<py::array>(dW).ndim() != 2)
     throw py::value_error("dW must be a 2-D array");
@@ -724,7 +730,7 @@ py::tuple nn_loss(int kind, Arr<T> z, py::object target, py::object weights, dou
   if (z.ndim() != 2) throw py::value_error("logits must be 2-D (N, C)");
   const long N = z.shape(0), C = z.shape(1);
   if (kind < LOSS_SPARSE_XENT || kind > LOSS_MSE) throw py::value_error("unknown loss");
-  typedef py::array_t<int64_t, py::array::c_style | py::array::forcecast> Labels;
+  typedef Arr<int64_t> Labels;
   py::object keep_target, wh;  // (empty array_t holders would allocate arrays)
   const int64_t* lp = nullptr;
   const T* tp = nullptr;
@@ -934,6 +940,9 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("requested"), py::arg("seconds"),
       "Holds a call's thread budget for `seconds` and returns its size (for tests).");
+  m.def(
+      "_as_input", [](Arr<float> x) { return x; }, py::arg("x"),
+      "x as the bindings receive a float32 input (for tests: converted, copied if need be).");
   m.def(
       "_activation",
       [](int kind, Arr<float> x) {
