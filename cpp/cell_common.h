@@ -15,6 +15,7 @@ struct FwdRows {
   T* c_new;
   T* y;             // output row (may be null)
   T* cache;         // (W*H) kept for backward (may be null)
+  bool cache_stream;  // store the cache past the caches (vstore_stream)
   const T* b_hn;    // GRU only
 };
 
@@ -53,6 +54,15 @@ static inline void store_units(T* p, typename Simd<T>::V v, int n) {
     vstore(p, v);
   else
     vstore_part(p, v, n);
+}
+
+// A forward row's cached values (read back by backward only).
+template <typename T>
+static inline void store_cache(const FwdRows<T>& io, T* p, typename Simd<T>::V v, int n) {
+  if (io.cache_stream && n >= Simd<T>::W)
+    vstore_stream(p, v);
+  else
+    store_units<T>(p, v, n);
 }
 
 // dL/dh of units [u, u + n) of a backward row: from the step after plus from the output.

@@ -93,6 +93,7 @@ struct LayerFwd {
   T* hs;
   T* cs;
   T* cache;
+  bool cache_stream = false;  // the cache is written past the caches (too big to stay)
   T* y;
   long ldy;
   RowOrder xo, yo;

@@ -32,6 +32,9 @@ namespace rnnfast {
 // RNNFAST_HUGE_PAGES=0 turns the request off (a huge page keeps 2 MiB resident at once).
 bool huge_pages();
 bool set_huge_pages(bool on);  // for tests and bench/paced.py; returns the previous value
+// Training's gate cache written past the caches: -1 by its size, 0 never, 1 always (tests);
+// returns the previous mode.
+int set_stream_cache(int mode);
 template <typename T>
 struct LineAllocator {
   typedef T value_type;

@@ -42,10 +42,10 @@ struct GruCell : GatePanels {
       store_units<T>(io[r].h_new + u0, h, n);
       if (io[r].y) store_units<T>(io[r].y + u0, h, n);
       if (T* cache = io[r].cache) {
-        store_units<T>(cache + u0, rz[2 * r], n);
-        store_units<T>(cache + H + u0, z, n);
-        store_units<T>(cache + 2 * H + u0, nn[r], n);
-        store_units<T>(cache + 3 * H + u0, hn[r], n);
+        store_cache<T>(io[r], cache + u0, rz[2 * r], n);
+        store_cache<T>(io[r], cache + H + u0, z, n);
+        store_cache<T>(io[r], cache + 2 * H + u0, nn[r], n);
+        store_cache<T>(io[r], cache + 3 * H + u0, hn[r], n);
       }
     }
   }

@@ -37,11 +37,11 @@ struct LstmCell : GatePanels {
       store_units<T>(io[r].h_new + u0, h, n);
       if (io[r].y) store_units<T>(io[r].y + u0, h, n);
       if (T* cache = io[r].cache) {
-        store_units<T>(cache + u0, ifo[3 * r], n);
-        store_units<T>(cache + H + u0, ifo[3 * r + 1], n);
-        store_units<T>(cache + 2 * H + u0, g[r], n);
-        store_units<T>(cache + 3 * H + u0, ifo[3 * r + 2], n);
-        store_units<T>(cache + 4 * H + u0, tc[r], n);
+        store_cache<T>(io[r], cache + u0, ifo[3 * r], n);
+        store_cache<T>(io[r], cache + H + u0, ifo[3 * r + 1], n);
+        store_cache<T>(io[r], cache + 2 * H + u0, g[r], n);
+        store_cache<T>(io[r], cache + 3 * H + u0, ifo[3 * r + 2], n);
+        store_cache<T>(io[r], cache + 4 * H + u0, tc[r], n);
       }
     }
   }

@@ -234,6 +234,7 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
           io[r].y = a.y ? a.y + row_at(a.yo, t, b) * a.ldy : nullptr;
           io[r].cache =
               a.cache ? a.cache + ((long)s * LB + b) * cell_cache_width(a.cell) * H : nullptr;
+          io[r].cache_stream = a.cache_stream;
           io[r].b_hn = a.b_hn;
         }
         for (int r = mr; r < R; ++r) {  // padding: computed alongside from row 0, not stored
@@ -329,6 +330,7 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
       }
       if (!by_rows && s + 1 < a.steps) rf_barrier();  // the last step's: the join
     }
+    if (a.cache_stream) stream_fence();
   }, a.steps - a.s0 == 1 || by_rows);  // no barrier: a late worker's share runs on the caller
 }
 

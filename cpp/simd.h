@@ -3,6 +3,9 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 #ifndef RF_ISA
 #define RF_ISA generic
@@ -70,6 +73,32 @@ static inline void vstore_part(T* p, V v, int n) {
   T tmp[sizeof(V) / sizeof(T)];
   std::memcpy(tmp, &v, sizeof(V));
   for (int i = 0; i < n; ++i) p[i] = tmp[i];
+}
+
+// A store that bypasses the caches (whole aligned vectors; a plain store otherwise), for
+// data read back long after: it neither evicts what the kernel reads nor reads the line
+// first. stream_fence() orders such stores before what follows (a join, another thread).
+template <typename V, typename T>
+static inline __attribute__((always_inline)) void vstore_stream(T* p, V v) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (((uintptr_t)p & (sizeof(V) - 1)) == 0) {
+    constexpr bool F = sizeof(T) == 4;
+#if RF_VBYTES == 64
+    if constexpr (F) _mm512_stream_ps((float*)p, (__m512)v); else _mm512_stream_pd((double*)p, (__m512d)v);
+#elif RF_VBYTES == 32
+    if constexpr (F) _mm256_stream_ps((float*)p, (__m256)v); else _mm256_stream_pd((double*)p, (__m256d)v);
+#else
+    if constexpr (F) _mm_stream_ps((float*)p, (__m128)v); else _mm_stream_pd((double*)p, (__m128d)v);
+#endif
+    return;
+  }
+#endif
+  vstore(p, v);
+}
+static inline void stream_fence() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_sfence();
+#endif
 }
 
 }  // namespace RF_NS

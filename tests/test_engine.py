@@ -501,6 +501,66 @@ def test_batch1_far_weights_with_and_without_prefetch(isa, mode, H, dtype):
         np.testing.assert_array_equal(a, b)
 
 
+def _train_with_stream_cache(mode_flag, fast, x, lengths, dy, dstate, threads):
+    before = _core._set_stream_cache(mode_flag)
+    try:
+        fast.num_threads = threads
+        y, st = fast.forward(x, None, lengths, training=True)
+        fast.zero_grad()
+        dx, dst = fast.backward(dy, dstate)
+    finally:
+        _core._set_stream_cache(before)
+    return [y, *flat_state(st), dx, *flat_state(dst), *[g.copy() for g in fast.grads.values()]]
+
+
+@pytest.mark.parametrize("mode", ["LSTM", "GRU"])
+@pytest.mark.parametrize("H,dtype", [(64, np.float32), (50, np.float32), (40, np.float64)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gate_cache_past_the_caches_matches(isa, mode, H, dtype, threads):
+    """Training's gate cache written past the caches (vstore_stream, for caches over 8 MiB;
+    forced here, and off) gives the reference's answer and the same bits either way, in
+    both directions, with lengths, whole vectors or not (H 50: rows off vector alignment)."""
+    fast, ref = make_pair(mode, 12, H, L=2, bidirectional=True, dtype=dtype, seed=5)
+    rng = np.random.default_rng(6)
+    T, B = 9, 7
+    x = rng.standard_normal((T, B, 12)).astype(dtype)
+    lengths = np.array([9, 3, 9, 1, 7, 9, 5])
+    dy = rng.standard_normal((T, B, 2 * H)).astype(dtype)
+    dstate = state_like(mode, (4, B, H), rng, dtype)
+    got = {flag: _train_with_stream_cache(flag, fast, x, lengths, dy, dstate, threads)
+           for flag in (1, 0)}
+    for a, b in zip(got[1], got[0]):
+        np.testing.assert_array_equal(a, b)
+    y, st = ref.forward(x.astype(np.float64), None, lengths, training=True)
+    dx, dst = ref.backward(dy.astype(np.float64), tuple(s.astype(np.float64) for s in dstate)
+                           if mode == "LSTM" else dstate.astype(np.float64))
+    want = [y, *flat_state(st), dx, *flat_state(dst), *ref.grads.values()]
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-9, atol=1e-11)
+    for a, b in zip(got[1], want):
+        np.testing.assert_allclose(a, b, **tol)
+
+
+def test_big_gate_cache_streams_by_size_and_matches():
+    """By size (the default), a cache over 8 MiB (here 13 MB) takes the streaming stores:
+    the same bits as plain stores, and the reference's answer."""
+    fast, ref = make_pair("LSTM", 16, 128, dtype=np.float64, seed=7)
+    rng = np.random.default_rng(8)
+    T, B = 40, 64
+    assert T * B * 5 * 128 * 8 > 8 << 20
+    x = rng.standard_normal((T, B, 16))
+    dy = rng.standard_normal((T, B, 128))
+    dstate = state_like("LSTM", (1, B, 128), rng, np.float64)
+    got = {flag: _train_with_stream_cache(flag, fast, x, None, dy, dstate, 2) for flag in (-1, 0)}
+    for a, b in zip(got[-1], got[0]):
+        np.testing.assert_array_equal(a, b)
+    y, st = ref.forward(x, None, None, training=True)
+    dx, dst = ref.backward(dy, dstate)
+    want = [y, *flat_state(st), dx, *flat_state(dst), *ref.grads.values()]
+    for a, b in zip(got[-1], want):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11)
+    assert _core._set_stream_cache(-1) == -1  # the default is left as it was
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_denormals_flushed_inside_kernels_only(isa, dtype):
     """Kernels run with flush-to-zero / denormals-are-zero (denormals make recurrent loops

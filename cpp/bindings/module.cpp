@@ -852,6 +852,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("_set_huge_pages", &set_huge_pages, py::arg("on"),
         "Buffers of 2 MiB or more allocated from now on ask for huge pages (True, the default "
         "unless RNNFAST_HUGE_PAGES=0) or not; returns the previous setting.");
+  m.def("_set_stream_cache", &set_stream_cache, py::arg("mode"),
+        "Test switch: training's gate cache written past the caches by its size (-1), never "
+        "(0) or always (1); returns the previous mode.");
   m.def("_huge_pages", &huge_pages, "Whether _set_huge_pages's request is on.");
   m.def("isa", &current_isa);
   m.def("supported_isas", &supported_isas);
