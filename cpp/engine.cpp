@@ -58,18 +58,19 @@ static bool fuse_input(int in_size, int hidden, int gates, size_t elem, int batc
 }
 
 // Whether training's gate cache of one layer and direction (T*B rows) is written past the
-// caches (vstore_stream). Over 8 MiB it cannot stay in L2 for backward anyway, and plain
-// stores made each step's weights (and h) leave L2 for it: Intel Xeon (family 6 model 207,
-// 2 MiB of L2 a core, 300 MiB L3 at ~50 GB/s a core), 2 threads, alternating rounds,
-// forward (training) / whole step: LSTM charrnn -11% / -4.6%, mid -11% / -3.5%, GRU mid
-// -17% / -9%; LSTM charrnn on one thread -14% / -6.4%. Backward, which now reads the cache
-// from memory, level (within +-2%); prefetching its next step's rows gained nothing.
-// LSTM small (1 MB, read back from L2) gained 3% in the forward and nothing in all.
+// caches (vstore_stream). Plain stores made each step's weights (and h) leave L2 for lines
+// that backward reads long after. Intel Xeon (family 6 model 207, 2 MiB of L2 a core, L3
+// at ~50 GB/s a core), 2 threads, alternating rounds, forward (training) / whole step:
+// LSTM charrnn (16 MB) -11% / -4.6%, mid (33 MB) -11% / -3.5%, GRU mid -17% / -9%; LSTM
+// charrnn on one thread -14% / -6.4%; caches of 3.3-6.6 MB -2 to -7% whole (one shape
+// level); 2-2.5 MB level to +2%, LSTM small (1 MB) level. Backward, which now reads the
+// cache from memory, level (+-2%); prefetching its next step's rows gained nothing.
+// Not measured on the AMD VMs.
 static std::atomic<int> g_stream_cache{-1};  // -1 by size, 0 never, 1 always (tests)
 static bool stream_gate_cache(long rows, int cell, int hidden, size_t elem) {
   const int mode = g_stream_cache.load(std::memory_order_relaxed);
   if (mode >= 0) return mode == 1;
-  return (double)rows * cell_cache_width(cell) * hidden * elem > (8 << 20);
+  return (double)rows * cell_cache_width(cell) * hidden * elem > (3 << 20);
 }
 }  // namespace
 int set_stream_cache(int mode) { return g_stream_cache.exchange(mode < 0 ? -1 : mode > 0); }
