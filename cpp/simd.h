@@ -82,14 +82,25 @@ template <typename V, typename T>
 static inline __attribute__((always_inline)) void vstore_stream(T* p, V v) {
 #if defined(__x86_64__) || defined(__i386__)
   if (((uintptr_t)p & (sizeof(V) - 1)) == 0) {
-    constexpr bool F = sizeof(T) == 4;
+    float* f = (float*)p;
+    double* d = (double*)p;
+    if constexpr (sizeof(T) == 4) {
 #if RF_VBYTES == 64
-    if constexpr (F) _mm512_stream_ps((float*)p, (__m512)v); else _mm512_stream_pd((double*)p, (__m512d)v);
+      _mm512_stream_ps(f, (__m512)v);
 #elif RF_VBYTES == 32
-    if constexpr (F) _mm256_stream_ps((float*)p, (__m256)v); else _mm256_stream_pd((double*)p, (__m256d)v);
+      _mm256_stream_ps(f, (__m256)v);
 #else
-    if constexpr (F) _mm_stream_ps((float*)p, (__m128)v); else _mm_stream_pd((double*)p, (__m128d)v);
+      _mm_stream_ps(f, (__m128)v);
 #endif
+    } else {
+#if RF_VBYTES == 64
+      _mm512_stream_pd(d, (__m512d)v);
+#elif RF_VBYTES == 32
+      _mm256_stream_pd(d, (__m256d)v);
+#else
+      _mm_stream_pd(d, (__m128d)v);
+#endif
+    }
     return;
   }
 #endif

@@ -541,8 +541,8 @@ def test_gate_cache_past_the_caches_matches(isa, mode, H, dtype, threads):
 
 
 def test_big_gate_cache_streams_by_size_and_matches():
-    """By size (the default), a cache over 3 MiB (here 13 MB) takes the streaming stores:
-    the same bits as plain stores, and the reference's answer."""
+    """The default rule on a 13 MB cache (over 3 MiB: streamed) gives the same bits as plain
+    stores and the reference's answer."""
     fast, ref = make_pair("LSTM", 16, 128, dtype=np.float64, seed=7)
     rng = np.random.default_rng(8)
     T, B = 40, 64
