@@ -81,26 +81,14 @@ static inline void vstore_part(T* p, V v, int n) {
 template <typename V, typename T>
 static inline __attribute__((always_inline)) void vstore_stream(T* p, V v) {
 #if defined(__x86_64__) || defined(__i386__)
-  if (((uintptr_t)p & (sizeof(V) - 1)) == 0) {
-    float* f = (float*)p;
-    double* d = (double*)p;
-    if constexpr (sizeof(T) == 4) {
+  if (((uintptr_t)p & (sizeof(V) - 1)) == 0) {  // the bits as they are: float or double
 #if RF_VBYTES == 64
-      _mm512_stream_ps(f, (__m512)v);
+    _mm512_stream_si512((__m512i*)p, (__m512i)v);
 #elif RF_VBYTES == 32
-      _mm256_stream_ps(f, (__m256)v);
+    _mm256_stream_si256((__m256i*)p, (__m256i)v);
 #else
-      _mm_stream_ps(f, (__m128)v);
+    _mm_stream_si128((__m128i*)p, (__m128i)v);
 #endif
-    } else {
-#if RF_VBYTES == 64
-      _mm512_stream_pd(d, (__m512d)v);
-#elif RF_VBYTES == 32
-      _mm256_stream_pd(d, (__m256d)v);
-#else
-      _mm_stream_pd(d, (__m128d)v);
-#endif
-    }
     return;
   }
 #endif
