@@ -8,6 +8,7 @@
 // panel is below H), backward_row().
 #pragma once
 #include <algorithm>
+#include <optional>
 #include <type_traits>
 #include <vector>
 #include "cell_common.h"
@@ -163,6 +164,12 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
     else if constexpr (MR2 > 0)
       f(std::integral_constant<int, MR2>(), nfull * MR + (ib - nfull) * MR2);
   };
+  // Several row tiles and steps: a thread done with its share of a step takes the other's
+  // last tasks (StealShares). Not for batch 1 (a stolen panel is read from the other
+  // core's cache for one row: RNN-256/512 streams 5-9% slower) nor by rows (no barrier).
+  std::optional<StealShares> shares;
+  if (!by_rows && nt > 1 && MR > 1 && a.steps - a.s0 > 1) shares.emplace(nt);
+  StealShares* const steal = shares ? &*shares : nullptr;
   rf_parallel(nt, [&] {
     RF_FLUSH_DENORMALS_SCOPE;
     std::vector<V> heap(kblocked ? (split ? 2 : 1) * mblocks * tile : 0);
@@ -250,7 +257,8 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
         else
           Cell::template forward_epilogue<T, R, false>(a.cell, p, H, acc, xa, io);
       };
-      // This thread's share of the tasks (a static split), walked in order or in reverse
+      // This thread's share of the tasks (a static split, whose last tasks another thread
+      // may take with steal), walked in order or in reverse
       // by the parity of s + a.parity, so each step runs opposite to the one before: going
       // back over its panels first finds the ones it read last still in L2, where a walk in
       // one direction over weights about the size of L2 would miss throughout (the least
@@ -260,8 +268,7 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
       const int ib0 = rf_share(mblocks, me, team), nib = rf_share(mblocks, me + 1, team) - ib0;
       const int first = by_rows ? 0 : rf_share(ntasks, me, team);
       const int last = by_rows ? npanels * nib : rf_share(ntasks, me + 1, team);
-      for (int i = first; i < last; ++i) {
-        const int j = ((s + a.parity) & 1) ? last - 1 - (i - first) : i;
+      auto run_task = [&](int j) {
         const int task = by_rows ? (j / nib) * mblocks + ib0 + j % nib : j;
         const int p = kblocked ? task : task / mblocks;
         const T* panel = a.packed + p * panel_stride;  // per slice: x rows, then h rows
@@ -281,7 +288,7 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
             }
             finish(R_c, p, i0, sums, xsums);
           });
-          continue;
+          return;
         }
         // Blocks of the slice rows [k0, k1): over [x | h] (x only for fused layers; GRU
         // sums x and h apart, so its blocks do not straddle them), split evenly into
@@ -327,7 +334,12 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
         };
         if (split) range(0, I, true);
         range(fused && !split ? 0 : I, I + H, false);
-      }
+      };
+      const bool reverse = (s + a.parity) & 1;
+      if (steal)
+        steal->run(s, ntasks, reverse, run_task);
+      else
+        for (int i = first; i < last; ++i) run_task(reverse ? last - 1 - (i - first) : i);
       if (!by_rows && s + 1 < a.steps) rf_barrier();  // the last step's: the join
     }
     if (a.cache_stream) stream_fence();

@@ -99,6 +99,7 @@ std::atomic<int> g_team_threads{0};
 std::atomic<int> g_cpus{1};
 std::atomic<int> g_worker_delay_us{0};  // test probes (delay_workers, late_shares_run)
 std::atomic<long> g_late_shares{0};
+std::atomic<long> g_steals{0};
 
 // Waits until done() holds: spins, then yields the CPU between checks (a team member
 // that lost its CPU gets it back sooner), at once when teams outnumber the CPUs.
@@ -507,6 +508,8 @@ void team_probe_body(void* p) {
 
 void delay_workers(int us) { g_worker_delay_us.store(us > 0 ? us : 0); }
 long late_shares_run() { return g_late_shares.load(); }
+void note_steal() { g_steals.fetch_add(1, std::memory_order_relaxed); }
+long steals() { return g_steals.load(); }
 
 int team_threads(int nthreads) {
   TeamProbe t;

@@ -89,9 +89,13 @@ double barrier_seconds(int nthreads, int rounds);
 // How many distinct threads ran a region asked to run on nthreads (test probe).
 int team_threads(int nthreads);
 // Test probes: workers wait `us` microseconds before taking a job (0: none); how many
-// members' shares their callers have run so far in place of late workers.
+// members' shares their callers have run so far in place of late workers; how many tasks
+// threads have taken from other threads' shares (StealShares, counted per share taken
+// from, not per task).
 void delay_workers(int us);
 long late_shares_run();
+void note_steal();
+long steals();
 
 // The pool (threading.cpp). pool_run runs fn(ctx) on a team of up to nt threads, the
 // caller as thread 0, and returns when all have finished; from inside a team, or with

@@ -1,7 +1,10 @@
 // Per-ISA helpers for kernels: thread ids, how many threads a product is worth,
 // and the flush-denormals-to-zero scope every parallel region opens.
 #pragma once
+#include <atomic>
+#include <cstdint>
 #include <type_traits>
+#include <vector>
 #include "simd.h"
 #include "threading.h"
 #if defined(__x86_64__) || defined(__i386__)
@@ -95,6 +98,63 @@ class FlushDenormals {
 };
 
 #define RF_FLUSH_DENORMALS_SCOPE FlushDenormals rf_ftz_scope_
+
+// Tasks [0, n) shared as rf_share does, each thread's run walked from its front, and a
+// thread done with its own run taking the other runs' last tasks one at a time, so a thread
+// slowed by its CPU (another tenant, a late wake) does not hold the barrier that follows.
+// Static runs keep each thread on the same weights step after step (its L2); the steals
+// are the imbalance. On the 2-core Intel VM, in alternating rounds, inference over
+// whole sequences: 2 threads, per run busy 37 / 55 ms (mid LSTM), times 0.80-1.04 of the
+// static split by row and host spell, median 0.91 (cpp/README.md).
+// run(gen, n, reverse, f) in a region: f(task) once per task, each run walked back to front
+// when reverse; calls with the same object must be apart
+// by a barrier and pass gens that differ from the call before (a step counter). A slot
+// packs (gen, front, back): a slot still of another gen is set up by whichever thread
+// reaches it first, so no call needs its own barrier.
+class StealShares {
+ public:
+  explicit StealShares(int nt) : slot_(nt > 0 ? nt : 1) {}
+
+  template <class F>
+  void run(long gen, long n, bool reverse, F&& f) {
+    const int me = rf_thread_num(), team = rf_team_size();
+    if (n >= (1L << 24)) {  // more tasks than a slot counts: the static runs
+      const long first = rf_share(n, me, team), count = rf_share(n, me + 1, team) - first;
+      for (long i = 0; i < count; ++i) f(first + (reverse ? count - 1 - i : i));
+      return;
+    }
+    const uint64_t g = (uint64_t)(gen % 0xFFFF) + 1;  // never 0, the unset slots' gen
+    for (int d = 0; d < team; ++d) {
+      const int v = (me + d) % team;
+      bool took = false;
+      const long first = rf_share(n, v, team), count = rf_share(n, v + 1, team) - first;
+      std::atomic<uint64_t>& c = slot_[v].v;
+      uint64_t st = c.load(std::memory_order_relaxed);
+      for (;;) {
+        if (st >> 48 != g) {
+          const uint64_t fresh = g << 48 | (uint64_t)count << 24;
+          if (!c.compare_exchange_weak(st, fresh, std::memory_order_relaxed)) continue;
+          st = fresh;
+        }
+        const long front = (long)(st & 0xFFFFFF), back = (long)(st >> 24 & 0xFFFFFF);
+        if (front >= back) break;
+        const bool own = d == 0;  // own run from the front, another's from the back
+        const uint64_t next = own ? st + 1 : st - (uint64_t(1) << 24);
+        if (!c.compare_exchange_weak(st, next, std::memory_order_relaxed)) continue;
+        const long i = own ? front : back - 1;
+        if (!own && !took) took = true, note_steal();
+        f(first + (reverse ? count - 1 - i : i));
+        st = c.load(std::memory_order_relaxed);
+      }
+    }
+  }
+
+ private:
+  struct alignas(64) Slot {
+    std::atomic<uint64_t> v{0};
+  };
+  std::vector<Slot> slot_;
+};
 
 // A region that is one loop: f(i) for i in [0, n) on up to nt threads (no more than n),
 // denormals flushed. Its threads never wait for each other (the join is its only barrier),

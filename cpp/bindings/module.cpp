@@ -845,6 +845,8 @@ PYBIND11_MODULE(_core, m) {
         "Test probe: pool workers wait `us` microseconds before taking a job (0: none).");
   m.def("_late_shares_run", &late_shares_run,
         "Test probe: members' shares run so far by their callers in place of late workers.");
+  m.def("_steals", &steals,
+        "Test probe: times so far a thread took tasks from another thread's share of a step.");
   m.def("_set_far_prefetch", &set_far_prefetch, py::arg("on"),
         "Test probe: batch-1 steps on weights over 4 MiB prefetch them (True) or not; returns "
         "the previous setting.");
