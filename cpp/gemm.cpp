@@ -303,7 +303,8 @@ void prepack(T* dst, int K, int N, const T* B, long rsb, long csb) {
 
 template <typename T, int MR>
 static void gemm_prepacked_tiles(int M, int N, int K, const T* A, long lda, const T* Bp, T* C,
-                                 long ldc, const T* D, long ldd, bool shared) {
+                                 long ldc, const T* D, long ldd, bool shared,
+                                 StealShares* steal, long gen) {
   typedef typename Simd<T>::V V;
   constexpr int NR = NV * Simd<T>::W;
   const int npanels = (int)panels_for<T, NV>(N);
@@ -328,12 +329,17 @@ static void gemm_prepacked_tiles(int M, int N, int K, const T* A, long lda, cons
     for (int task = 0; task < npanels * mblocks; ++task) tile(task);
     return;
   }
+  if (steal) {
+    steal->run(gen, npanels * mblocks, false, [&](long task) { tile((int)task); });
+    rf_barrier();
+    return;
+  }
   rf_for(npanels * mblocks, [&](long task) { tile((int)task); });
 }
 
 template <typename T>
 void gemm_prepacked(int M, int N, int K, const T* A, long lda, const T* Bp, T* C, long ldc,
-                    const T* D, long ldd, bool shared) {
+                    const T* D, long ldd, bool shared, StealShares* steal, long gen) {
   // Full-height tiles pad a few rows a lot (8 rows take 12 in 6-row tiles); tiles of 2/3
   // the height hold 2/3 of the FMA chains (8 on AVX2: ~80% of the FMA rate, not ~90%).
   // AVX-512's 8-row tiles keep 16 chains, so any padding saved pays (Zen 5, batch 64:
@@ -347,21 +353,21 @@ void gemm_prepacked(int M, int N, int K, const T* A, long lda, const T* Bp, T* C
   // every row of a tile. Two rows: a 2-row tile, half a padded one's FMAs with 4 chains
   // (Zen 4, backward of B 2, T 200: LSTM 256/256 training -7%; 3-row tiles for B 3 +1%).
   if (M == 1)
-    gemm_prepacked_tiles<T, 1>(M, N, K, A, lda, Bp, C, ldc, D, ldd, shared);
+    gemm_prepacked_tiles<T, 1>(M, N, K, A, lda, Bp, C, ldc, D, ldd, shared, steal, gen);
   else if (M == 2)
-    gemm_prepacked_tiles<T, 2>(M, N, K, A, lda, Bp, C, ldc, D, ldd, shared);
+    gemm_prepacked_tiles<T, 2>(M, N, K, A, lda, Bp, C, ldc, D, ldd, shared, steal, gen);
 #if defined(RF_ISA_avx512)
   else if (M <= 4)
-    gemm_prepacked_tiles<T, 4>(M, N, K, A, lda, Bp, C, ldc, D, ldd, shared);
+    gemm_prepacked_tiles<T, 4>(M, N, K, A, lda, Bp, C, ldc, D, ldd, shared, steal, gen);
   else if (M <= 6)
-    gemm_prepacked_tiles<T, 6>(M, N, K, A, lda, Bp, C, ldc, D, ldd, shared);
+    gemm_prepacked_tiles<T, 6>(M, N, K, A, lda, Bp, C, ldc, D, ldd, shared, steal, gen);
   else if (small < full)
 #else
   else if (small * 9 < full * 8)
 #endif
-    gemm_prepacked_tiles<T, MRS>(M, N, K, A, lda, Bp, C, ldc, D, ldd, shared);
+    gemm_prepacked_tiles<T, MRS>(M, N, K, A, lda, Bp, C, ldc, D, ldd, shared, steal, gen);
   else
-    gemm_prepacked_tiles<T, MR>(M, N, K, A, lda, Bp, C, ldc, D, ldd, shared);
+    gemm_prepacked_tiles<T, MR>(M, N, K, A, lda, Bp, C, ldc, D, ldd, shared, steal, gen);
 }
 
 template <typename T>
@@ -386,7 +392,7 @@ void gemm_prepacked_par(int M, int N, int K, const T* A, long lda, const T* Bp, 
   template long prepacked_size<T>(int, int);                                                    \
   template void prepack<T>(T*, int, int, const T*, long, long);                                 \
   template void gemm_prepacked<T>(int, int, int, const T*, long, const T*, T*, long, const T*,   \
-                                  long, bool);                                                  \
+                                  long, bool, StealShares*, long);                              \
   template void gemm_prepacked_par<T>(int, int, int, const T*, long, const T*, T*, long, const T*, \
                                       int);
 RF_INSTANTIATE(float)

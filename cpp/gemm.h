@@ -170,12 +170,14 @@ template <typename T>
 void gemm_prepacked_par(int M, int N, int K, const T* A, long lda, const T* Bp, T* C, long ldc,
                         const T* bias, int nthreads);
 
-// Inside a parallel region (work-shared with rf_for, or all on the
-// calling thread without barriers when not shared):
+class StealShares;
+// Inside a parallel region (work-shared with rf_for, or through steal->run(gen, ...) when
+// steal is given, or all on the calling thread without barriers when not shared):
 // C(m, :) = A(m, :) Bp + D(m, :) for m < M, A row-major with lda, D may be null.
 template <typename T>
 void gemm_prepacked(int M, int N, int K, const T* A, long lda, const T* Bp, T* C, long ldc,
-                    const T* D, long ldd, bool shared = true);
+                    const T* D, long ldd, bool shared = true, StealShares* steal = nullptr,
+                    long gen = 0);
 
 }  // namespace RF_NS
 }  // namespace rnnfast
