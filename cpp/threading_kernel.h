@@ -102,10 +102,10 @@ class FlushDenormals {
 // Tasks [0, n) shared as rf_share does, each thread's run walked from its front, and a
 // thread done with its own run taking the other runs' last tasks one at a time, so a thread
 // slowed by its CPU (another tenant, a late wake) does not hold the barrier that follows.
-// Static runs keep each thread on the same weights step after step (its L2); the steals
-// are the imbalance. On the 2-core Intel VM, in alternating rounds, inference over
-// whole sequences: 2 threads, per run busy 37 / 55 ms (mid LSTM), times 0.80-1.04 of the
-// static split by row and host spell, median 0.91 (cpp/README.md).
+// Static runs keep each thread on the same weights step after step (its L2); only the
+// imbalance moves. A grab is a compare-and-swap on the run's own line, which stays in its
+// owner's cache until a thief arrives (one grab per task from a shared counter, tried in
+// the ninth session, cost a line's trip between the cores each). cpp/README.md, Intel.
 // run(gen, n, reverse, f) in a region: f(task) once per task, each run walked back to front
 // when reverse; calls with the same object must be apart
 // by a barrier and pass gens that differ from the call before (a step counter). A slot
