@@ -89,9 +89,9 @@ double barrier_seconds(int nthreads, int rounds);
 // How many distinct threads ran a region asked to run on nthreads (test probe).
 int team_threads(int nthreads);
 // Test probes: workers wait `us` microseconds before taking a job (0: none); how many
-// members' shares their callers have run so far in place of late workers; how many tasks
-// threads have taken from other threads' shares (StealShares, counted per share taken
-// from, not per task).
+// members' shares their callers have run so far in place of late workers; how many times a
+// thread has taken tasks from another's share (StealShares: once per share robbed per run,
+// however many tasks).
 void delay_workers(int us);
 long late_shares_run();
 void note_steal();

@@ -107,10 +107,9 @@ class FlushDenormals {
 // owner's cache until a thief arrives (one grab per task from a shared counter, tried in
 // the ninth session, cost a line's trip between the cores each). cpp/README.md, Intel.
 // run(gen, n, reverse, f) in a region: f(task) once per task, each run walked back to front
-// when reverse; calls with the same object must be apart
-// by a barrier and pass gens that differ from the call before (a step counter). A slot
-// packs (gen, front, back): a slot still of another gen is set up by whichever thread
-// reaches it first, so no call needs its own barrier.
+// when reverse. Calls on one object must be apart by a barrier and pass a gen other than
+// the call before's (a step counter). A slot packs (gen, front, back); one still of another
+// gen is set up by whichever thread reaches it first, so a call needs no barrier of its own.
 class StealShares {
  public:
   explicit StealShares(int nt) : slot_(nt > 0 ? nt : 1) {}
