@@ -329,12 +329,7 @@ static void gemm_prepacked_tiles(int M, int N, int K, const T* A, long lda, cons
     for (int task = 0; task < npanels * mblocks; ++task) tile(task);
     return;
   }
-  if (steal) {
-    steal->run(gen, npanels * mblocks, false, [&](long task) { tile((int)task); });
-    rf_barrier();
-    return;
-  }
-  rf_for(npanels * mblocks, [&](long task) { tile((int)task); });
+  rf_for(npanels * mblocks, [&](long task) { tile((int)task); }, steal, gen);
 }
 
 template <typename T>

@@ -171,8 +171,8 @@ void gemm_prepacked_par(int M, int N, int K, const T* A, long lda, const T* Bp, 
                         const T* bias, int nthreads);
 
 class StealShares;
-// Inside a parallel region (work-shared with rf_for, or through steal->run(gen, ...) when
-// steal is given, or all on the calling thread without barriers when not shared):
+// Inside a parallel region (work-shared with rf_for, through steal when given, or all on
+// the calling thread without barriers when not shared):
 // C(m, :) = A(m, :) Bp + D(m, :) for m < M, A row-major with lda, D may be null.
 template <typename T>
 void gemm_prepacked(int M, int N, int K, const T* A, long lda, const T* Bp, T* C, long ldc,

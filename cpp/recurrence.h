@@ -465,12 +465,7 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
       rf_barrier();
     } else {
       for (int s = a.steps - 1; s >= a.s0; --s) {
-        if (steal) {
-          steal->run(2 * s, B, false, [&](long b) { row(s, (int)b); });
-          rf_barrier();
-        } else {
-          rf_for(B, [&](long b) { row(s, (int)b); });
-        }
+        rf_for(B, [&](long b) { row(s, (int)b); }, steal, 2 * s);
         // dh_{s-1} = dA_s W_hh (+ direct)  (implicit barriers around both phases)
         gemm_prepacked<T>(B, H, (int)GH, a.da + (long)s * LB * a.ldda, a.ldda, a.packed_whh_t, a.dh,
                           H, direct, H, true, steal, 2 * s + 1);

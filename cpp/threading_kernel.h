@@ -155,6 +155,14 @@ class StealShares {
   std::vector<Slot> slot_;
 };
 
+// rf_for shared through steal (its run for this gen, then the barrier) when given.
+template <class F>
+static inline void rf_for(long n, F&& f, StealShares* steal, long gen) {
+  if (!steal) return rf_for(n, f);
+  steal->run(gen, n, false, f);
+  rf_barrier();
+}
+
 // A region that is one loop: f(i) for i in [0, n) on up to nt threads (no more than n),
 // denormals flushed. Its threads never wait for each other (the join is its only barrier),
 // so a late worker's share runs on the caller (pool_run).
