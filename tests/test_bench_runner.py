@@ -76,7 +76,7 @@ def test_min_goal_met_by_either_clause(runner):
     assert goals_of(runner, [row], sgemm=gflops / 0.85)[peer_goal] is False
 
 
-GRU_GOAL = "time per FLOP <= 1.15x LSTM's (as shares of each row's sgemm)"
+GRU_GOAL = "time per FLOP <= 1.15x LSTM's"
 
 
 def test_small_stream_and_gru_goals(runner):
@@ -102,6 +102,20 @@ def test_small_stream_and_gru_goals(runner):
     assert goals_of(runner, rows, sgemm=190.0)[("GRU small train", GRU_GOAL)] is True
     rows[1].sgemm_gflops = 250.0
     assert goals_of(runner, rows, sgemm=190.0)[("GRU small train", GRU_GOAL)] is False
+    # rnnfast's LSTM timed in the GRU row's own rounds takes precedence over the LSTM row, and
+    # decides the goal without one: raw times per FLOP, no ceilings.
+    gru = rows[1]
+    gru.lstm_flops = rows[0].flops
+    gru.lstm_seconds = 1 / (0.75 * 1.10)  # GRU (3/4 the FLOPs in 1.0 s): 1.10x LSTM's per FLOP
+    assert gru.per_flop_vs_lstm() == pytest.approx(1.10)
+    for subset in (rows, rows[1:]):
+        checks = {(c.row, c.goal): c for c in runner.check_goals(subset, 190.0)}
+        check = checks[("GRU small train", GRU_GOAL)]
+        assert check.met is True and check.measured == "1.10x (LSTM in the same rounds)"
+    gru.lstm_seconds = 1 / (0.75 * 1.20)
+    assert goals_of(runner, rows[1:], sgemm=190.0)[("GRU small train", GRU_GOAL)] is False
+    gru.lstm_seconds = None  # neither the twin nor an LSTM row: no GRU goal
+    assert ("GRU small train", GRU_GOAL) not in goals_of(runner, rows[1:], sgemm=190.0)
 
     stream = make_row(runner, "lstm", "stream-128", "stream", 3e-6, onnx=1e-5, torch=2e-5)
     stream.floor_seconds = 2.5e-6
@@ -153,6 +167,25 @@ def test_tiny_run_prints_the_tables_and_goals(runner, tmp_path, capsys):
     goals = {(g["row"], g["goal"]) for g in document["goals"]}
     assert ("RNN tanh small train", ">= 3x torch") in goals
     assert ("RNN tanh stream-128 stream", "<= 1.25x weight-read floor") in goals
+
+
+def test_tiny_run_times_the_lstm_in_gru_rows(runner, tmp_path, capsys):
+    pytest.importorskip("rnnfast")
+    out = tmp_path / "bench.json"
+    code = runner.main(["--cells", "gru,rnn", "--configs", "small", "--modes", "infer",
+                        "--peers", "", "--repeats", "1", "--min-sample", "0.001",
+                        "--max-time", "1", "--settle", "0", "--json", str(out)])
+    assert code == 0
+    capsys.readouterr()
+    document = json.loads(out.read_text())
+    gru, rnn = document["rows"]
+    lstm_flops = runner.mode_flops(runner.CELLS["lstm"], runner.CONFIGS["small"], "infer")
+    assert gru["lstm_seconds"] > 0 and gru["lstm_flops"] == lstm_flops
+    assert rnn["lstm_seconds"] is None
+    goal = next(g for g in document["goals"] if g["goal"] == GRU_GOAL)
+    per_flop = (1 / (gru["gflops"] * 1e9)) / (gru["lstm_seconds"] / lstm_flops)
+    assert goal["measured"] == f"{per_flop:.2f}x (LSTM in the same rounds)"
+    assert goal["met"] is (per_flop <= 1.15)
 
 
 def scaling_row(runner, config, mode, seconds_by_threads, sgemm_at=None):
