@@ -873,8 +873,7 @@ def lstm_twin(cell: Cell, config: Config, mode: str, peers, rf, seed: int) -> Ru
     peer = next((p for p in peers if p.name == "rnnfast"), None)
     if cell.key != "gru" or peer is None or rf is None:
         return None
-    lstm = CELLS["lstm"]
-    return build_peer(peer, make_workload(lstm, config, mode, rf, seed))[1]
+    return build_peer(peer, make_workload(CELLS["lstm"], config, mode, rf, seed))[1]
 
 
 def run_row(
