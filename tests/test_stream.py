@@ -89,8 +89,10 @@ def test_stream_bad_input():
         s.step(np.zeros((2, 8)), out=np.zeros((2, 16)))  # float64 out for a float32 model
     with pytest.raises(ValueError, match="out"):
         s.step(np.zeros((2, 8)), out=np.zeros((2, 15), np.float32))
-    with pytest.raises(ValueError, match="out"):
-        s.step(np.zeros((2, 8)), out=np.zeros((16, 2), np.float32).T)  # not C-contiguous
+    with pytest.raises(ValueError, match="out.*writeable"):
+        readonly = np.zeros((2, 16), np.float32)
+        readonly.flags.writeable = False
+        s.step(np.zeros((2, 8)), out=readonly)
     with pytest.raises(ValueError, match="state"):
         m.stream(batch_size=2, state=np.zeros((1, 3, 16)))
     with pytest.raises(ValueError, match="batch_size"):
@@ -100,6 +102,40 @@ def test_stream_bad_input():
     ref = rf.reference.GRU(8, 16).stream(batch_size=2)
     with pytest.raises(ValueError, match="x"):
         ref.step(np.zeros((3, 8)))
+
+
+@pytest.mark.parametrize("backend", [rf, rf.reference])
+def test_step_out_of_any_layout(backend):
+    # out= takes any writeable array of the dtype and shape, as NumPy's out= does: the
+    # engine writes a C-contiguous aligned one in place and any other through a copy.
+    rng = np.random.default_rng(3)
+    m = backend.LSTM(8, 16)
+    x = rng.standard_normal((4, 2, 8)).astype(np.float32)
+    plain, other = m.stream(batch_size=2), m.stream(batch_size=2)
+    bases = [np.zeros((16, 2), np.float32).T,  # Fortran order
+             np.zeros((2, 32), np.float32)[:, ::2],  # strided
+             np.frombuffer(bytearray(2 * 16 * 4 + 1), np.float32, 32, offset=1).reshape(2, 16),
+             np.zeros((2, 16), np.float32)]
+    for t, out in enumerate(bases):
+        want = plain.step(x[t])
+        got = other.step(x[t], out=out)
+        assert got is out
+        np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(other.state[0], plain.state[0])
+    readonly = np.zeros((2, 16), np.float32)
+    readonly.flags.writeable = False
+    with pytest.raises(ValueError, match="out must be writeable"):
+        other.step(x[0], out=readonly)
+    with pytest.raises(ValueError, match="out must have shape"):
+        other.step(x[0], out=np.zeros((2, 15), np.float32))
+    np.testing.assert_array_equal(other.state[0], plain.state[0])  # a refused step moves nothing
+    # out over x (feeding a step's output back, I = H): the step reads x while writing.
+    m = backend.LSTM(128, 128)
+    x = rng.standard_normal((2, 128)).astype(np.float32)
+    plain, other = m.stream(batch_size=2), m.stream(batch_size=2)
+    want = plain.step(x)
+    np.testing.assert_array_equal(other.step(x, out=x), want)
+    np.testing.assert_array_equal(x, want)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

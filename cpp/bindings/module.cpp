@@ -553,15 +553,30 @@ void bind_stream(py::module_& m, const char* name) {
               check_shape(x, {I}, "x");
             else
               check_shape(x, {B, I}, "x");
-            py::array_t<T> y = out.is_none() ? step_output(s, row) : inplace_array<T>(out, "out");
-            if (!out.is_none()) {
-              if (row)
-                check_shape(y, {DH}, "out");
-              else
-                check_shape(y, {B, DH}, "out");
+            if (out.is_none()) {
+              py::array_t<T> y = step_output(s, row);
+              step_released(s, x.data(), y.mutable_data());
+              return std::move(y);
             }
+            // Any writeable array of the dtype and shape, as NumPy's out= takes: written in
+            // place when the kernels can (C-contiguous, aligned, not over x: the step reads
+            // x while it writes y), else through a copy.
+            if (!py::isinstance<py::array_t<T>>(out))
+              throw py::type_error(std::string("out must be a ") + dtype_name<T>() + " array");
+            auto o = py::reinterpret_borrow<py::array_t<T>>(out);
+            if (!o.writeable()) throw py::value_error("out must be writeable");
+            if (row)
+              check_shape(o, {DH}, "out");
+            else
+              check_shape(o, {B, DH}, "out");
+            const char *xb = (const char*)x.data(), *ob = (const char*)o.data();
+            const bool apart = ob + o.nbytes() <= xb || xb + x.nbytes() <= ob;
+            const bool direct = apart && (o.flags() & py::array::c_style) &&
+                                (o.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_);
+            py::array_t<T> y = direct ? o : step_output(s, row);
             step_released(s, x.data(), y.mutable_data());
-            return std::move(y);
+            if (!direct) out.attr("__setitem__")(py::ellipsis(), y);
+            return out;
           },
           py::arg("x"), py::arg("out") = py::none())
       .def_property_readonly("direct_step", &make_direct_step<T>,

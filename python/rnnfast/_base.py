@@ -458,7 +458,8 @@ class ElmanArgs:
 class Stream(_ThreadsSetting):
     """Step-by-step inference: ``y_t = s.step(x_t)`` (or ``s(x_t)``) feeds one time step and
     keeps the state for the next call, as ``y, state = model(x_t[None], state)`` would, without
-    passing the state around. ``s.step(x_t, out=y)`` writes into ``y`` instead of allocating.
+    passing the state around. ``s.step(x_t, out=y)`` writes into ``y`` instead of allocating
+    (any writeable array of the model's dtype and the output's shape, as NumPy's ``out=``).
     ``s.state`` is a copy of the current state in the model's format; ``s.reset(state=None)``
     starts over. A stream follows later weight changes of its model. Steps are not meant to be
     shared between threads: give each thread its own stream (streams of one model run
@@ -507,19 +508,23 @@ class Stream(_ThreadsSetting):
         """Feeds one time step x_t; returns y_t (or fills ``out``) and keeps the new state."""
         m = self.model
         x = self._check_x(x)
+        shape = x.shape[:-1] + (m.num_directions * m.hidden_size,)
+        if out is not None:  # checked before the state moves
+            if not isinstance(out, np.ndarray) or out.dtype != m.dtype:
+                raise TypeError(f"out must be a {m.dtype} array")
+            if not out.flags.writeable:
+                raise ValueError("out must be writeable")
+            if out.shape != shape:
+                raise ValueError(f"out must have shape {_shape_str(shape)}, got "
+                                 f"{_shape_str(out.shape)}")
         y, hn, cn = m._compute_forward(x.reshape(1, self.batch_size, m.input_size), self._h,
                                        self._c, None, False, 0)
         self._h[...] = hn
         if self._c is not None:
             self._c[...] = cn
-        y = y.reshape(x.shape[:-1] + (y.shape[-1],))
+        y = y.reshape(shape)
         if out is None:
             return y
-        if not isinstance(out, np.ndarray) or out.dtype != m.dtype:
-            raise TypeError(f"out must be a {m.dtype} array")
-        if out.shape != y.shape:
-            raise ValueError(f"out must have shape {_shape_str(y.shape)}, got "
-                             f"{_shape_str(out.shape)}")
         out[...] = y
         return out
 
