@@ -301,11 +301,13 @@ void prepack(T* dst, int K, int N, const T* B, long rsb, long csb) {
   pack_panels<T, kPrepackedNV>(dst, K, N, B, rsb, csb);
 }
 
-// PP panels per tile: 2 for AVX-512's 4-row tiles, whose one-panel tiles hold 8 FMA chains,
-// just the FMA latency times two ports; adjacent panels lie K * NR apart, micro_kernel_add's
-// slices. Intel Xeon (family 6 model 207), alternating
-// rounds: `small` LSTM training on 2 threads (4 rows each) -1.7 to -2.3%, GRU -2.2%; one
-// thread, LSTM B 4 256/256 -1.6%, B 3 64/512 -2.2%.
+// PP panels per tile: 2 for 2-row tiles and AVX-512's 4-row ones, whose one-panel tiles
+// hold 4 and 8 FMA chains (8 is just the FMA latency times two ports); adjacent panels lie
+// K * NR apart, micro_kernel_add's slices. Intel Xeon (family 6 model 207), alternating
+// rounds, training: 4 rows, `small` LSTM on 2 threads (4 rows each) -1.7 to -2.3%, GRU
+// -2.2%, one thread LSTM B 4 256/256 -1.6%, B 3 64/512 -2.2%; 2 rows (LSTM B 2, T 100 or 50)
+// 64/128 -4.0%, 256/256 -2.7 to -3.1%, 128/512 level (1 thread) and -3.5% (2); the AVX2
+// kernels there -2.6 to -4.9%.
 template <typename T, int MR, int PP = 1>
 static void gemm_prepacked_tiles(int M, int N, int K, const T* A, long lda, const T* Bp, T* C,
                                  long ldc, const T* D, long ldd, bool shared,
@@ -373,7 +375,7 @@ void gemm_prepacked(int M, int N, int K, const T* A, long lda, const T* Bp, T* C
   if (M == 1)
     gemm_prepacked_tiles<T, 1>(M, N, K, A, lda, Bp, C, ldc, D, ldd, shared, steal, gen);
   else if (M == 2)
-    gemm_prepacked_tiles<T, 2>(M, N, K, A, lda, Bp, C, ldc, D, ldd, shared, steal, gen);
+    gemm_prepacked_tiles<T, 2, 2>(M, N, K, A, lda, Bp, C, ldc, D, ldd, shared, steal, gen);
 #if defined(RF_ISA_avx512)
   else if (M <= 4)
     gemm_prepacked_tiles<T, 4, 2>(M, N, K, A, lda, Bp, C, ldc, D, ldd, shared, steal, gen);
