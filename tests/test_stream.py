@@ -173,6 +173,23 @@ def test_direct_step_matches_checked_step(dtype, batch):
     out = np.empty_like(want)
     assert direct.step(x=base, out=out) is out
     np.testing.assert_array_equal(out, checked._core.step(base))
+    # out= runs direct too where it is exact (positional or keyword, None as no out);
+    # other outs (strided, other dtype, read-only, over x) go to the checked method.
+    for call in (lambda o: direct.step(base, o), lambda o: direct.step(base, out=o)):
+        want = checked._core.step(base)
+        out = np.empty_like(want)
+        assert call(out) is out
+        np.testing.assert_array_equal(out, want)
+        np.testing.assert_array_equal(call(None), checked._core.step(base))
+    strided = np.zeros(want.shape[:-1] + (2 * H,), dtype)[..., ::2]
+    assert direct.step(base, out=strided) is strided
+    np.testing.assert_array_equal(strided, checked._core.step(base))
+    with pytest.raises(TypeError, match="out"):
+        direct.step(base, out=np.empty_like(want, dtype=other))
+    frozen = np.empty_like(want)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="out"):
+        direct.step(base, out=frozen)
     np.testing.assert_array_equal(direct.state, checked.state)
     with pytest.raises(ValueError, match="x"):
         direct.step(np.zeros((2, I + 1), dtype))
