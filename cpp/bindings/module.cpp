@@ -70,6 +70,21 @@ const T* exact_data(PyObject* o, int type_num, std::initializer_list<long> shape
   return reinterpret_cast<const T*>(a->data);
 }
 
+// The same for an output: also writeable.
+template <typename T>
+T* exact_out(PyObject* o, int type_num, std::initializer_list<long> shape) {
+  const auto* a = typed_array(o, type_num, shape);
+  const int need = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ |
+                   py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+  return a && (a->flags & need) == need ? reinterpret_cast<T*>(a->data) : nullptr;
+}
+
+// Whether the byte ranges [a, a + na) and [b, b + nb) do not overlap.
+static inline bool bytes_apart(const void* a, long na, const void* b, long nb) {
+  const char *pa = (const char*)a, *pb = (const char*)b;
+  return pa + na <= pb || pb + nb <= pa;
+}
+
 // One step's input rows as they lie: o a typed_array (its first axis of length B, any
 // other but the last of length 1) whose rows of I contiguous values start a whole number
 // of rows apart (x[:, t] or x[:, t:t+1] of a batch-first (B, T, I) array); else null.
@@ -139,13 +154,9 @@ struct Outputs {
     const bool keep = bytes <= kMaxBytes;
 #endif
     if (!keep) return py::array_t<T>(shape);
-    const int need = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ |
-                     py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
     for (PyObject* o : slot)
-      if (o && unshared(o)) {
-        const auto* a = typed_array(o, type_num, shape);
-        if (a && (a->flags & need) == need) return py::reinterpret_borrow<py::array_t<T>>(o);
-      }
+      if (o && unshared(o) && exact_out<T>(o, type_num, shape))
+        return py::reinterpret_borrow<py::array_t<T>>(o);
     py::array_t<T> fresh(shape);
     Py_XDECREF(slot[next]);
     slot[next] = fresh.inc_ref().ptr();
@@ -511,14 +522,9 @@ PyObject* direct_step(PyObject* cap, PyObject* const* args, Py_ssize_t nargs, Py
     // An out the kernels write as it is (exact, writeable, not over x); others go to `step`.
     T* y = nullptr;
     if (x && out) {
-      y = const_cast<T*>(row ? exact_data<T>(out, f->type_num, {DH})
-                             : exact_data<T>(out, f->type_num, {B, DH}));
-      const char *xb = (const char*)x, *yb = (const char*)y;
+      y = row ? exact_out<T>(out, f->type_num, {DH}) : exact_out<T>(out, f->type_num, {B, DH});
       const long x_bytes = ((B - 1) * (rows_apart ? rows_apart : 1) + 1) * I * (long)sizeof(T);
-      if (y && (!(py::detail::array_proxy(out)->flags &
-                  py::detail::npy_api::NPY_ARRAY_WRITEABLE_) ||
-                !(yb + B * DH * (long)sizeof(T) <= xb || xb + x_bytes <= yb)))
-        y = nullptr;
+      if (y && !bytes_apart(x, x_bytes, y, B * DH * (long)sizeof(T))) y = nullptr;
     }
     if (x && (!out || y))
       return python_errors([&] {
@@ -579,29 +585,33 @@ void bind_stream(py::module_& m, const char* name) {
               check_shape(x, {I}, "x");
             else
               check_shape(x, {B, I}, "x");
-            if (out.is_none()) {
-              py::array_t<T> y = step_output(s, row);
-              step_released(s, x.data(), y.mutable_data());
-              return std::move(y);
+            // out: any writeable array of the dtype and shape, as NumPy's out= takes; the
+            // kernels write it in place where they can (exact_out, not over x: the step
+            // reads x while it writes y), else it is filled through a copy.
+            T* direct = nullptr;
+            if (!out.is_none()) {
+              if (!py::isinstance<py::array_t<T>>(out))
+                throw py::type_error(std::string("out must be a ") + dtype_name<T>() + " array");
+              auto o = py::reinterpret_borrow<py::array_t<T>>(out);
+              if (!o.writeable()) throw py::value_error("out must be writeable");
+              if (row)
+                check_shape(o, {DH}, "out");
+              else
+                check_shape(o, {B, DH}, "out");
+              constexpr int type_num = py::detail::npy_format_descriptor<T>::value;
+              direct = row ? exact_out<T>(out.ptr(), type_num, {DH})
+                           : exact_out<T>(out.ptr(), type_num, {B, DH});
+              if (direct && !bytes_apart(x.data(), x.nbytes(), direct, o.nbytes()))
+                direct = nullptr;
             }
-            // Any writeable array of the dtype and shape, as NumPy's out= takes: written in
-            // place when the kernels can (C-contiguous, aligned, not over x: the step reads
-            // x while it writes y), else through a copy.
-            if (!py::isinstance<py::array_t<T>>(out))
-              throw py::type_error(std::string("out must be a ") + dtype_name<T>() + " array");
-            auto o = py::reinterpret_borrow<py::array_t<T>>(out);
-            if (!o.writeable()) throw py::value_error("out must be writeable");
-            if (row)
-              check_shape(o, {DH}, "out");
-            else
-              check_shape(o, {B, DH}, "out");
-            const char *xb = (const char*)x.data(), *ob = (const char*)o.data();
-            const bool apart = ob + o.nbytes() <= xb || xb + x.nbytes() <= ob;
-            const bool direct = apart && (o.flags() & py::array::c_style) &&
-                                (o.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_);
-            py::array_t<T> y = direct ? o : step_output(s, row);
+            if (direct) {
+              step_released(s, x.data(), direct);
+              return out;
+            }
+            py::array_t<T> y = step_output(s, row);
             step_released(s, x.data(), y.mutable_data());
-            if (!direct) out.attr("__setitem__")(py::ellipsis(), y);
+            if (out.is_none()) return std::move(y);
+            out.attr("__setitem__")(py::ellipsis(), y);
             return out;
           },
           py::arg("x"), py::arg("out") = py::none())
