@@ -129,6 +129,10 @@ static inline int tile_count(int B, int MR, int MR2) {
 // Three quarters of a 1 MiB L2 (Zen 4 and 5, Skylake-SP): weights of a whole 1 MiB ran
 // 4-9% slower this way (cpp/README.md).
 constexpr long kRowSweepBytes = 768 << 10;
+// A thread's step split by rows (FLOPs) from which a thread done with its rows helps with
+// another's (HelpedRuns). RNN `small` (0.16 MFLOP, ~1.3 us) ran 6% slower helped; LSTM and
+// GRU `small` (0.66 and 0.49) 5-8% faster (cpp/README.md, twenty-third session).
+constexpr double kHelpFlops = 0.3e6;
 
 // The time loop. A task is one panel times one tile of batch rows, or (where K is blocked,
 // see kBlockK) when the panel outgrows L1 and several row tiles share it, the panel times
@@ -170,26 +174,25 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
   std::optional<StealShares> shares;
   if (!by_rows && nt > 1 && MR > 1 && a.steps - a.s0 > 1) shares.emplace(nt);
   StealShares* const steal = shares ? &*shares : nullptr;
+  // By rows: a thread done with its rows helps the others with theirs (HelpedRuns), where
+  // a thread's step is worth sharing: a joint step's hand-offs cost ~1 us.
+  std::optional<HelpedRuns> helping;
+  const double row_step_flops = 2.0 * B / nt * npanels * NV * W * ((fused ? I : 0) + H);
+  if (by_rows) helping.emplace(nt, row_step_flops >= kHelpFlops);
+  HelpedRuns* const helped = helping ? &*helping : nullptr;
   rf_parallel(nt, [&] {
     RF_FLUSH_DENORMALS_SCOPE;
     std::vector<V> heap(kblocked ? (split ? 2 : 1) * mblocks * tile : 0);
     V* partial = heap.data();
     V* xpartial = kblocked && split ? partial + mblocks * tile : nullptr;
-    for (int s = a.s0; s < a.steps; ++s) {
+    // Task j of step s: over all row tiles, or (by_rows) over the nib row tiles from ib0.
+    auto task_at = [&](int s, int ib0, int nib, int j) {
       const long in = a.keep_all ? s : (s & 1), out = a.keep_all ? s + 1 : ((s + 1) & 1);
       const T* h_prev = a.hs + in * BH;
       T* h_new = a.hs + out * BH;
       const T* c_prev = a.cs ? a.cs + in * BH : nullptr;
       T* c_new = a.cs ? a.cs + out * BH : nullptr;
       const int32_t* tid = a.tidx + (long)s * LB;
-      // Batch 1: h (and x) come from the other core's cache; request every line now rather
-      // than as the K loop reaches each one (a few at a time in the reorder window).
-      if (MR == 1 && nt > 1) {
-        constexpr int L = 64 / sizeof(T);
-        for (int k = 0; k < H; k += L) __builtin_prefetch(h_prev + k, 0, 3);
-        const T* x_row = fused && tid[0] >= 0 ? a.x + row_at(a.xo, tid[0], 0) * I : nullptr;
-        for (int k = 0; x_row && k < I; k += L) __builtin_prefetch(x_row + k, 0, 3);
-      }
       // Row pointers of a tile at i0, from column k0 of x (xsrc) or h (rows past B repeat
       // the first); -> valid rows.
       auto tile_rows = [&](bool xsrc, int i0, int k0, auto& rows) {
@@ -257,93 +260,114 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
         else
           Cell::template forward_epilogue<T, R, false>(a.cell, p, H, acc, xa, io);
       };
-      // This thread's share of the tasks (a static split, whose last tasks another thread
-      // may take with steal), walked in order or in reverse
-      // by the parity of s + a.parity, so each step runs opposite to the one before: going
-      // back over its panels first finds the ones it read last still in L2, where a walk in
-      // one direction over weights about the size of L2 would miss throughout (the least
-      // recently used lines are the next ones needed).
-      const int team = rf_team_size(), me = rf_thread_num();
-      // by_rows: this thread's row tiles [ib0, ib0 + nib) on every panel.
-      const int ib0 = rf_share(mblocks, me, team), nib = rf_share(mblocks, me + 1, team) - ib0;
-      const int first = by_rows ? 0 : rf_share(ntasks, me, team);
-      const int last = by_rows ? npanels * nib : rf_share(ntasks, me + 1, team);
-      auto run_task = [&](int j) {
-        const int task = by_rows ? (j / nib) * mblocks + ib0 + j % nib : j;
-        const int p = kblocked ? task : task / mblocks;
-        const T* panel = a.packed + p * panel_stride;  // per slice: x rows, then h rows
-        if (!kblocked) {  // one tile, all of K per pass
-          with_block(task % mblocks, [&](auto R_c, int i0) {
-            constexpr int R = decltype(R_c)::value;
-            V sums[R * NV], xsums[R * NV];
-            const T *xr[R], *hr[R];
-            tile_rows(false, i0, 0, hr);
-            if (fused) tile_rows(true, i0, 0, xr);
-            for (int h = 0; h < NP; ++h) {
-              if (split) pass(R_c, xsums, true, panel, h, I, xr, 0);
-              if (fused && !split)
-                pass(R_c, sums, true, panel, h, I, xr, 0, H, hr, I);
-              else
-                pass(R_c, sums, true, panel, h, H, hr, I);
-            }
-            finish(R_c, p, i0, sums, xsums);
-          });
-          return;
-        }
-        // Blocks of the slice rows [k0, k1): over [x | h] (x only for fused layers; GRU
-        // sums x and h apart, so its blocks do not straddle them), split evenly into
-        // blocks of at most KC rows, each for every pass and every tile, into partial (x
-        // into xpartial when split); the epilogue follows the last.
-        auto range = [&](int lo, int hi, bool xp) {
-          const int nb = (hi - lo + KC - 1) / KC, kc = (hi - lo + nb - 1) / nb;
-          for (int k0 = lo; k0 < hi; k0 += kc) {
-            const int k1 = k0 + kc < hi ? k0 + kc : hi;
-            for (int h = 0; h < NP; ++h) {
-              // Weights beyond the last-level cache: the next block (the next pass's slice,
-              // else the next K block) is requested into L2 in shares, one per tile, while
-              // this one is in use; otherwise it arrives from memory on its first tile
-              // (large LSTM inference, one thread: 82 -> 85 GFLOP/s; where the weights stay
-              // cached, charrnn and mid lost 2-4% with it).
-              const int hn = h + 1 < NP ? h + 1 : 0, kn0 = h + 1 < NP ? k0 : k1;
-              const int kn1 = h + 1 < NP ? k1 : (k1 + kc < hi ? k1 + kc : hi);
-              const long span = prefetch ? (long)(kn1 - kn0) * LV * W * sizeof(T) : 0;
-              const long share = (span + 64L * mblocks - 1) / (64L * mblocks) * 64;
-              for (int ib = 0; ib < mblocks; ++ib)
-                with_block(ib, [&](auto R_c, int i0) {
-                  constexpr int R = decltype(R_c)::value;
-                  for (int sl = hn * PV / LV; sl < (hn + 1) * PV / LV; ++sl) {
-                    const char* next = (const char*)(panel + sl * ss + (long)kn0 * LV * W);
-                    for (long b = ib * share; b < span && b < (ib + 1) * share; b += 64)
-                      __builtin_prefetch(next + b, 0, 2);
-                  }
-                  V* sums = (xp ? xpartial : partial) + ib * tile;
-                  const T *xr[R], *hr[R];
-                  if (k1 <= I || k0 >= I) {
-                    tile_rows(k0 < I, i0, k0 < I ? k0 : k0 - I, k0 < I ? xr : hr);
-                    pass(R_c, sums, k0 == lo, panel, h, k1 - k0, k0 < I ? xr : hr, k0);
-                  } else {  // straddles x and h
-                    tile_rows(true, i0, k0, xr);
-                    tile_rows(false, i0, 0, hr);
-                    pass(R_c, sums, k0 == lo, panel, h, I - k0, xr, k0, k1 - I, hr, I);
-                  }
-                  if (!xp && k1 == hi && h == NP - 1)
-                    finish(R_c, p, i0, sums, split ? xpartial + ib * tile : nullptr);
-                });
-            }
-          }
-        };
-        if (split) range(0, I, true);
-        range(fused && !split ? 0 : I, I + H, false);
-      };
+      // Walked in order or in reverse by the parity of s + a.parity, so each step runs
+      // opposite to the one before: going back over its panels first finds the ones it read
+      // last still in L2, where a walk in one direction over weights about the size of L2
+      // would miss throughout (the least recently used lines are the next ones needed).
       const bool reverse = (s + a.parity) & 1;
-      if (steal)
-        steal->run(s, ntasks, reverse, run_task);
-      else
-        for (int i = first; i < last; ++i) run_task(reverse ? last - 1 - (i - first) : i);
-      if (!by_rows && s + 1 < a.steps) rf_barrier();  // the last step's: the join
+      if (by_rows) j = reverse ? npanels * nib - 1 - j : j;
+      const int task = by_rows ? (j / nib) * mblocks + ib0 + j % nib : j;
+      const int p = kblocked ? task : task / mblocks;
+      const T* panel = a.packed + p * panel_stride;  // per slice: x rows, then h rows
+      if (!kblocked) {  // one tile, all of K per pass
+        with_block(task % mblocks, [&](auto R_c, int i0) {
+          constexpr int R = decltype(R_c)::value;
+          V sums[R * NV], xsums[R * NV];
+          const T *xr[R], *hr[R];
+          tile_rows(false, i0, 0, hr);
+          if (fused) tile_rows(true, i0, 0, xr);
+          for (int h = 0; h < NP; ++h) {
+            if (split) pass(R_c, xsums, true, panel, h, I, xr, 0);
+            if (fused && !split)
+              pass(R_c, sums, true, panel, h, I, xr, 0, H, hr, I);
+            else
+              pass(R_c, sums, true, panel, h, H, hr, I);
+          }
+          finish(R_c, p, i0, sums, xsums);
+        });
+        return;
+      }
+      // Blocks of the slice rows [k0, k1): over [x | h] (x only for fused layers; GRU
+      // sums x and h apart, so its blocks do not straddle them), split evenly into
+      // blocks of at most KC rows, each for every pass and every tile, into partial (x
+      // into xpartial when split); the epilogue follows the last.
+      auto range = [&](int lo, int hi, bool xp) {
+        const int nb = (hi - lo + KC - 1) / KC, kc = (hi - lo + nb - 1) / nb;
+        for (int k0 = lo; k0 < hi; k0 += kc) {
+          const int k1 = k0 + kc < hi ? k0 + kc : hi;
+          for (int h = 0; h < NP; ++h) {
+            // Weights beyond the last-level cache: the next block (the next pass's slice,
+            // else the next K block) is requested into L2 in shares, one per tile, while
+            // this one is in use; otherwise it arrives from memory on its first tile
+            // (large LSTM inference, one thread: 82 -> 85 GFLOP/s; where the weights stay
+            // cached, charrnn and mid lost 2-4% with it).
+            const int hn = h + 1 < NP ? h + 1 : 0, kn0 = h + 1 < NP ? k0 : k1;
+            const int kn1 = h + 1 < NP ? k1 : (k1 + kc < hi ? k1 + kc : hi);
+            const long span = prefetch ? (long)(kn1 - kn0) * LV * W * sizeof(T) : 0;
+            const long share = (span + 64L * mblocks - 1) / (64L * mblocks) * 64;
+            for (int ib = 0; ib < mblocks; ++ib)
+              with_block(ib, [&](auto R_c, int i0) {
+                constexpr int R = decltype(R_c)::value;
+                for (int sl = hn * PV / LV; sl < (hn + 1) * PV / LV; ++sl) {
+                  const char* next = (const char*)(panel + sl * ss + (long)kn0 * LV * W);
+                  for (long b = ib * share; b < span && b < (ib + 1) * share; b += 64)
+                    __builtin_prefetch(next + b, 0, 2);
+                }
+                V* sums = (xp ? xpartial : partial) + ib * tile;
+                const T *xr[R], *hr[R];
+                if (k1 <= I || k0 >= I) {
+                  tile_rows(k0 < I, i0, k0 < I ? k0 : k0 - I, k0 < I ? xr : hr);
+                  pass(R_c, sums, k0 == lo, panel, h, k1 - k0, k0 < I ? xr : hr, k0);
+                } else {  // straddles x and h
+                  tile_rows(true, i0, k0, xr);
+                  tile_rows(false, i0, 0, hr);
+                  pass(R_c, sums, k0 == lo, panel, h, I - k0, xr, k0, k1 - I, hr, I);
+                }
+                if (!xp && k1 == hi && h == NP - 1)
+                  finish(R_c, p, i0, sums, split ? xpartial + ib * tile : nullptr);
+              });
+          }
+        }
+      };
+      if (split) range(0, I, true);
+      range(fused && !split ? 0 : I, I + H, false);
+    };
+    const int team = rf_team_size(), me = rf_thread_num();
+    if (by_rows) {  // this thread's row tiles on every panel, step after step; then helping
+      auto tiles = [&](int id) { return rf_share(mblocks, id, team); };
+      helped->run(
+          a.s0, a.steps, [&](int id) { return (long)npanels * (tiles(id + 1) - tiles(id)); },
+          [&](int id, long s, long j) {
+            task_at((int)s, tiles(id), tiles(id + 1) - tiles(id), (int)j);
+          });
+    } else {
+      // This thread's share of the tasks: a static split, whose last tasks another thread
+      // may take with steal.
+      const int first = rf_share(ntasks, me, team), last = rf_share(ntasks, me + 1, team);
+      for (int s = a.s0; s < a.steps; ++s) {
+        // Batch 1: h (and x) come from the other core's cache; request every line now
+        // rather than as the K loop reaches each one (a few at a time in the reorder window).
+        if (MR == 1 && nt > 1) {
+          constexpr int L = 64 / sizeof(T);
+          const T* h_prev = a.hs + (a.keep_all ? s : (s & 1)) * BH;
+          const int32_t t0 = a.tidx[(long)s * LB];
+          for (int k = 0; k < H; k += L) __builtin_prefetch(h_prev + k, 0, 3);
+          const T* x_row = fused && t0 >= 0 ? a.x + row_at(a.xo, t0, 0) * I : nullptr;
+          for (int k = 0; x_row && k < I; k += L) __builtin_prefetch(x_row + k, 0, 3);
+        }
+        auto run_task = [&](int j) { task_at(s, 0, 0, j); };
+        if (steal)
+          steal->run(s, ntasks, (s + a.parity) & 1, run_task);
+        else
+          for (int i = first; i < last; ++i)
+            run_task((s + a.parity) & 1 ? last - 1 - (i - first) : i);
+        if (s + 1 < a.steps) rf_barrier();  // the last step's: the join
+      }
     }
     if (a.cache_stream) stream_fence();
-  }, a.steps - a.s0 == 1 || by_rows);  // no barrier: a late worker's share runs on the caller
+  // Independent (no barrier; HelpedRuns helps only threads already running their rows): a
+  // late worker's share runs on the caller.
+  }, a.steps - a.s0 == 1 || by_rows);
 }
 
 template <typename T, class Cell>

@@ -100,15 +100,20 @@ std::atomic<int> g_cpus{1};
 std::atomic<int> g_worker_delay_us{0};  // test probes (delay_workers, late_shares_run)
 std::atomic<long> g_late_shares{0};
 std::atomic<long> g_steals{0};
+std::atomic<long> g_helps{0};
+std::atomic<int> g_row_step_delay_us{0};
 
 // Waits until done() holds: spins, then yields the CPU between checks (a team member
 // that lost its CPU gets it back sooner), at once when teams outnumber the CPUs.
+int spin_rounds() {
+  return g_team_threads.load(std::memory_order_relaxed) > g_cpus.load(std::memory_order_relaxed)
+             ? 20
+             : 2000;
+}
+
 template <class Done>
 void wait_until(Done done) {
-  const int spins = g_team_threads.load(std::memory_order_relaxed) >
-                            g_cpus.load(std::memory_order_relaxed)
-                        ? 20
-                        : 2000;
+  const int spins = spin_rounds();
   for (int i = 0; !done();) {
     if (i < spins) {
       cpu_relax();
@@ -346,6 +351,13 @@ bool pool_next_task(long n, long* task) {
   return false;
 }
 
+void pool_spin(int round) {
+  if (round < spin_rounds())
+    cpu_relax();
+  else
+    std::this_thread::yield();
+}
+
 void pool_run(int nt, void (*fn)(void*), void* ctx, bool independent) {
   if (nt <= 1 || tls.team) {  // alone, or nested: a team of one
     const Membership outer = tls;
@@ -510,6 +522,10 @@ void delay_workers(int us) { g_worker_delay_us.store(us > 0 ? us : 0); }
 long late_shares_run() { return g_late_shares.load(); }
 void note_steal() { g_steals.fetch_add(1, std::memory_order_relaxed); }
 long steals() { return g_steals.load(); }
+void note_help() { g_helps.fetch_add(1, std::memory_order_relaxed); }
+long helps() { return g_helps.load(); }
+void delay_row_steps(int us) { g_row_step_delay_us.store(us > 0 ? us : 0); }
+int row_step_delay_us() { return g_row_step_delay_us.load(std::memory_order_relaxed); }
 
 int team_threads(int nthreads) {
   TeamProbe t;

@@ -96,6 +96,13 @@ void delay_workers(int us);
 long late_shares_run();
 void note_steal();
 long steals();
+// Test probes: how many times a thread has helped another with its rows (HelpedRuns: once
+// per run joined, however many steps); thread 1 of a team waits `us` microseconds before
+// each step of its rows and of the rows it helps with (0: none).
+void note_help();
+long helps();
+void delay_row_steps(int us);
+int row_step_delay_us();
 
 // The pool (threading.cpp). pool_run runs fn(ctx) on a team of up to nt threads, the
 // caller as thread 0, and returns when all have finished; from inside a team, or with
@@ -107,6 +114,9 @@ void pool_barrier();     // all of the team's threads arrive before any leaves
 // while any are left. Every thread of the team must call it until it returns false, and
 // the team must pass a barrier before the next such loop.
 bool pool_next_task(long n, long* task);
+// One round of a wait in a team: a pause for the first rounds, then a yield of the CPU (at
+// once when teams outnumber the CPUs), as the pool's own waits do.
+void pool_spin(int round);
 // independent: fn's members never wait for each other (no barrier, no pool_next_task), so
 // a worker that has not taken its job when the caller has finished its own share has that
 // share run by the caller instead of waited for (asleep, preempted, or sharing the

@@ -2,7 +2,9 @@
 // and the flush-denormals-to-zero scope every parallel region opens.
 #pragma once
 #include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <thread>
 #include <type_traits>
 #include <vector>
 #include "simd.h"
@@ -153,6 +155,102 @@ class StealShares {
     std::atomic<uint64_t> v{0};
   };
   std::vector<Slot> slot_;
+};
+
+// Runs of steps that a thread done with its own helps with (the time loop split by rows,
+// recurrence.h). Each thread owns a run: steps [s0, s1) of its own rows, tasks_of(id)
+// tasks a step, with no barrier between steps since its rows never meet another thread's.
+// A thread done with its run asks an unfinished one for help; its owner, at its next step,
+// hands the rest over as joint steps: both claim the step's tasks (the owner from the
+// front, the helper from the back, on one line) and wait for the step's last task before
+// the next step, whose tasks read its output. Without it the slower of two CPUs held the
+// join for its whole run (cpp/README.md, twenty-third session).
+// run(s0, s1, tasks_of, f) in a region: f(id, s, task) once per task of every run (id: the
+// run's owner), in step order within a run. One object per region.
+class HelpedRuns {
+ public:
+  // help: whether threads help at all (else each runs its own run alone).
+  HelpedRuns(int nt, bool help) : help_(help), run_(nt > 0 ? nt : 1) {}
+
+  template <class N, class F>
+  void run(long s0, long s1, N&& tasks_of, F&& f) {
+    const int me = rf_thread_num(), team = rf_team_size();
+    Run& own = run_[me];
+    own.ctl.store(kAlone, std::memory_order_release);
+    const long n = tasks_of(me);
+    const int delay = me == 1 ? row_step_delay_us() : 0;  // test probe
+    long s = s0;
+    for (; s < s1 && own.ctl.load(std::memory_order_relaxed) != kAsked; ++s) {
+      if (delay) pause_us(delay);
+      for (long j = 0; j < n; ++j) f(me, s, j);
+    }
+    if (s < s1) {  // asked: the rest as joint steps (h of step s - 1 published)
+      own.ctl.store(kJoint + s, std::memory_order_release);
+      joint(own, me, true, s, s1, n, delay, f);
+    } else {
+      own.ctl.exchange(kDone, std::memory_order_acq_rel);  // seen by a helper that asked since
+    }
+    // Help the others still running alone (not those yet to start: a worker yet to take its
+    // job may have it run by its caller, pool_run).
+    for (int d = 1; d < team && help_; ++d) {
+      const int g = (me + d) % team;
+      Run& r = run_[g];
+      long v = kAlone;
+      if (r.ctl.load(std::memory_order_relaxed) != kAlone ||
+          !r.ctl.compare_exchange_strong(v, kAsked, std::memory_order_acq_rel))
+        continue;
+      for (int i = 0; (v = r.ctl.load(std::memory_order_acquire)) == kAsked; ++i) pool_spin(i);
+      if (v == kDone) continue;
+      note_help();
+      joint(r, g, false, v - kJoint, s1, tasks_of(g), delay, f);
+    }
+  }
+
+ private:
+  static constexpr long kIdle = -1, kAlone = 0, kAsked = 1, kJoint = 2;  // kJoint + first step
+  static constexpr long kDone = 0x7fffffffffffffffL;
+  struct alignas(64) Run {
+    std::atomic<long> ctl{kIdle};
+    alignas(64) std::atomic<uint64_t> slot{0};  // (gen, back, front) of the joint step
+    alignas(64) std::atomic<long> done{0};      // joint steps' tasks finished, + 1 a thread
+  };
+
+  template <class F>
+  static void joint(Run& r, int g, bool owner, long js, long s1, long n, int delay, F& f) {
+    for (long s = js; s < s1; ++s) {
+      if (delay) pause_us(delay);
+      const uint64_t gen = (uint64_t)((s - js) % 0xFFFF) + 1;  // never 0, the unset slot's
+      long mine = 0;
+      uint64_t st = r.slot.load(std::memory_order_relaxed);
+      for (;;) {
+        if (st >> 48 != gen) {  // the first to reach the step sets it up
+          const uint64_t fresh = gen << 48 | (uint64_t)n << 24;
+          if (!r.slot.compare_exchange_weak(st, fresh, std::memory_order_relaxed)) continue;
+          st = fresh;
+        }
+        const long front = (long)(st & 0xFFFFFF), back = (long)(st >> 24 & 0xFFFFFF);
+        if (front >= back) break;
+        const uint64_t next = owner ? st + 1 : st - (uint64_t(1) << 24);
+        if (!r.slot.compare_exchange_weak(st, next, std::memory_order_relaxed)) continue;
+        f(g, s, owner ? front : back - 1);
+        ++mine;
+        st = r.slot.load(std::memory_order_relaxed);
+      }
+      // Both arrive (the + 1 each) before either goes on: a thread that claimed nothing
+      // would otherwise meet the next step's slot in its loop and set it up again.
+      const long target = (s - js + 1) * (n + 2);
+      if (r.done.fetch_add(mine + 1, std::memory_order_acq_rel) + mine + 1 < target)
+        for (int i = 0; r.done.load(std::memory_order_acquire) < target; ++i) pool_spin(i);
+    }
+  }
+
+  static void pause_us(int us) {
+    const auto end = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
+    while (std::chrono::steady_clock::now() < end) std::this_thread::yield();
+  }
+
+  bool help_;
+  std::vector<Run> run_;
 };
 
 // rf_for shared through steal (its run for this gen, then the barrier) when given.

@@ -283,6 +283,38 @@ def test_steps_stolen_from_a_late_worker_same_results(kind):
     assert_same(results[1], results[2], atol=0, rtol=0)
 
 
+@pytest.mark.skipif(CPUS < 2, reason="helping needs a team of two")
+def test_rows_of_a_slow_thread_helped_same_results(kind):
+    # Rows split (small weights: each thread runs its rows through every step, no barrier),
+    # a thread done with its rows helps the other with the rest of its steps: both take the
+    # step's tasks and wait for its last. Thread 1 waits 300 us before each step it runs,
+    # alone or helped: the other finishes first and helps, and takes every task of the
+    # joint steps before thread 1 arrives. Inference, the training forward and the gradients
+    # are the same bits as on one thread. (Which batches split by rows depends on the ISA's
+    # tiles: B = 8 or 12 for each cell. RNN's steps at H = 128 are too short to share.)
+    helps = 0
+    H = 256 if kind == "RNN" else 128
+    for batch in (8, 12):
+        x = inputs(12, batch, I=32)
+        results = {}
+        for n in (1, 2):
+            m = make(kind, I=32, H=H, num_threads=n)
+            before = _core._helps()
+            if n == 2:
+                _core._delay_row_steps(300)
+            try:
+                results[n] = run_train(m, x)
+                results[n]["inference"], _ = m(x)
+            finally:
+                _core._delay_row_steps(0)
+            if n == 1:
+                assert _core._helps() == before
+            else:
+                helps += _core._helps() - before
+        assert_same(results[1], results[2], atol=0, rtol=0)
+    assert helps >= 1
+
+
 def test_model_num_threads_same_results(kind):
     x = inputs()
     results = {}

@@ -898,6 +898,11 @@ PYBIND11_MODULE(_core, m) {
         "Test probe: members' shares run so far by their callers in place of late workers.");
   m.def("_steals", &steals,
         "Test probe: times so far a thread took tasks from another thread's share of a step.");
+  m.def("_helps", &helps,
+        "Test probe: times so far a thread helped another with its rows (split by rows).");
+  m.def("_delay_row_steps", &delay_row_steps, py::arg("us"),
+        "Test probe: thread 1 of a team waits `us` microseconds before each step of the rows "
+        "it runs in a time loop split by rows (0: none).");
   m.def("_set_far_prefetch", &set_far_prefetch, py::arg("on"),
         "Test probe: batch-1 steps on weights over 4 MiB prefetch them (True) or not; returns "
         "the previous setting.");
