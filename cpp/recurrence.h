@@ -129,9 +129,10 @@ static inline int tile_count(int B, int MR, int MR2) {
 // Three quarters of a 1 MiB L2 (Zen 4 and 5, Skylake-SP): weights of a whole 1 MiB ran
 // 4-9% slower this way (cpp/README.md).
 constexpr long kRowSweepBytes = 768 << 10;
-// A thread's step split by rows (FLOPs) from which a thread done with its rows helps with
-// another's (HelpedRuns). RNN `small` (0.16 MFLOP, ~1.3 us) ran 6% slower helped; LSTM and
-// GRU `small` (0.66 and 0.49) 5-8% faster (cpp/README.md, twenty-third session).
+// A thread's step split by rows (FLOPs of its product) from which a thread done with its
+// rows helps with another's (HelpedRuns), forward and backward: a joint step's hand-offs
+// cost ~1 us. RNN `small` (0.16 MFLOP, ~1.3 us) ran 6% slower helped; LSTM and GRU `small`
+// (0.66 and 0.49) faster (cpp/README.md, twenty-third session).
 constexpr double kHelpFlops = 0.3e6;
 
 // The time loop. A task is one panel times one tile of batch rows, or (where K is blocked,
@@ -475,17 +476,35 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
   std::optional<StealShares> shares;
   if (!by_rows && nt > 1 && B > 1 && a.steps - a.s0 > 1) shares.emplace(nt);
   StealShares* const steal = shares ? &*shares : nullptr;
+  // By rows: a thread done with its rows helps the others with theirs, as forward.
+  constexpr long product_cols = 2L * kPrepackedNV * Simd<T>::W;
+  const long product_tasks = (H + product_cols - 1) / product_cols;
+  std::optional<HelpedRuns> helping;
+  if (by_rows) helping.emplace(nt, 2.0 * B / nt * GH * H >= kHelpFlops);
+  HelpedRuns* const helped = helping ? &*helping : nullptr;
   rf_parallel(nt, [&] {
     RF_FLUSH_DENORMALS_SCOPE;
     if (by_rows) {
-      const int id = rf_thread_num(), n = rf_team_size();
-      const int b0 = rf_share(B, id, n), b1 = rf_share(B, id + 1, n);
-      for (int s = a.steps - 1; s >= a.s0; --s) {
-        for (int b = b0; b < b1; ++b) row(s, b);
-        gemm_prepacked<T>(b1 - b0, H, (int)GH, a.da + ((long)s * LB + b0) * a.ldda, a.ldda,
-                          a.packed_whh_t, a.dh + (long)b0 * H, H,
-                          direct ? direct + (long)b0 * H : nullptr, H, false);
-      }
+      // Each step in two phases of HelpedRuns: the rows (a task each), then dh = dA W_hh
+      // over those rows (a task per two column panels: a tile's pair, gemm_prepacked).
+      const int team = rf_team_size();
+      auto rows_of = [&](int id) { return rf_share(B, id, team); };
+      auto tasks_of = [&](int id) -> long {
+        const long nb = rows_of(id + 1) - rows_of(id);
+        return nb > product_tasks ? nb : product_tasks;
+      };
+      helped->run(0, 2L * (a.steps - a.s0), tasks_of, [&](int id, long k, long j) {
+        const int s = a.steps - 1 - (int)(k / 2), b0 = rows_of(id), b1 = rows_of(id + 1);
+        if (k % 2 == 0) {
+          if (b0 + j < b1) row(s, b0 + (int)j);
+          return;
+        }
+        if (j >= product_tasks) return;
+        const long c0 = j * product_cols, n = H - c0 < product_cols ? H - c0 : product_cols;
+        gemm_prepacked<T>(b1 - b0, (int)n, (int)GH, a.da + ((long)s * LB + b0) * a.ldda,
+                          a.ldda, a.packed_whh_t + c0 * GH, a.dh + (long)b0 * H + c0, H,
+                          direct ? direct + (long)b0 * H + c0 : nullptr, H, false);
+      });
       rf_barrier();
     } else {
       for (int s = a.steps - 1; s >= a.s0; --s) {

@@ -157,8 +157,8 @@ class StealShares {
   std::vector<Slot> slot_;
 };
 
-// Runs of steps that a thread done with its own helps with (the time loop split by rows,
-// recurrence.h). Each thread owns a run: steps [s0, s1) of its own rows, tasks_of(id)
+// Runs of steps that a thread done with its own helps with (the time loops split by rows,
+// forward and backward, recurrence.h). Each thread owns a run: steps [s0, s1) of its own rows, tasks_of(id)
 // tasks a step, with no barrier between steps since its rows never meet another thread's.
 // A thread done with its run asks an unfinished one for help; its owner, at its next step,
 // hands the rest over as joint steps: both claim the step's tasks (the owner from the
