@@ -418,6 +418,7 @@ class SimdReadSampler:
         self.core, self.buf = core, buf
         self.reps = max(1, int(bytes_per_call // buf.nbytes))
         self.best: float | None = None  # seconds for `reps` passes
+        self.samples: list[float] = []  # seconds of each call, `reps` passes
 
     @classmethod
     def create(cls, buf: np.ndarray, bytes_per_call: float) -> "SimdReadSampler | None":
@@ -428,9 +429,14 @@ class SimdReadSampler:
     def step(self) -> None:
         seconds = self.core._read_probe(self.buf, self.reps)[0]
         self.best = seconds if self.best is None else min(self.best, seconds)
+        self.samples.append(seconds)
 
     def bandwidth(self) -> float:
         return self.buf.nbytes * self.reps / self.best
+
+    def median_pass(self) -> float | None:
+        """Seconds of one pass over buf, the median call's (None before any)."""
+        return float(np.median(self.samples)) / self.reps if self.samples else None
 
 
 def simd_read_bandwidth(buf: np.ndarray, samples: int = 9) -> float | None:
@@ -807,6 +813,9 @@ class Row:
     weight_bytes: int | None = None  # stream rows
     floor_seconds: float | None = None  # stream rows: weight bytes / read bandwidth
     floor_error: str | None = None
+    # stream rows: the SIMD probe's median pass over the weight bytes in the row's own rounds
+    # (information beside the goal: the same spells of the machine as rnnfast's median)
+    floor_here_seconds: float | None = None
     barrier_ns: float | None = None  # HandoffProbe in the row's rounds (None: not measured)
     # GRU rows: rnnfast's LSTM of the same config and mode, timed in the row's rounds (the
     # per-FLOP goal compares the two cells in the same spells of the machine).
@@ -830,11 +839,13 @@ class Row:
         g, ceiling = self.gflops(f"rnnfast@{threads}"), self.sgemm_at.get(threads)
         return g / ceiling if g is not None and ceiling else None
 
-    def over_floor(self) -> float | None:
-        """rnnfast time / weight-read floor, stream rows."""
-        mine = self.results.get("rnnfast")
-        if mine and mine.ok and self.floor_seconds:
-            return mine.seconds / self.floor_seconds
+    def over_floor(self, here: bool = False) -> float | None:
+        """rnnfast time / weight-read floor (here: the one read in the row's rounds), stream
+        rows."""
+        mine, floor = self.results.get("rnnfast"), (
+            self.floor_here_seconds if here else self.floor_seconds)
+        if mine and mine.ok and floor:
+            return mine.seconds / floor
         return None
 
     def per_flop_vs_lstm(self) -> float | None:
@@ -935,6 +946,7 @@ def run_row(
         try:
             if reader is not None:
                 probe.record(reader)
+                row.floor_here_seconds = reader.median_pass()
             row.floor_seconds = row.weight_bytes / probe.bandwidth(row.weight_bytes)
         except Exception as exc:
             row.floor_error = _describe(exc)
@@ -1104,7 +1116,7 @@ def format_report(
         others = others_in(stream)
         header = ["cell", "config", "rnnfast us/step", "GFLOP/s", "of sgemm"]
         header += ["barrier ns"] if with_barrier else []
-        header += ["floor us", "rf/floor"]
+        header += ["floor us", "rf/floor", "rf/floor here"]
         for p in others:
             header += [f"{p.label} us", f"{p.name}/rf"]
         lines = []
@@ -1114,7 +1126,7 @@ def format_report(
                 [r.cell, r.config, _time_cell(r.results.get("rnnfast"), 1e6)]
                 + shares(r)
                 + barrier(r)
-                + [floor, _ratio_cell(r.over_floor())]
+                + [floor, _ratio_cell(r.over_floor()), _ratio_cell(r.over_floor(here=True))]
                 + peer_cells(r, 1e6, others)
             )
         parts += [
@@ -1129,7 +1141,9 @@ def format_report(
                 + ", ".join(f"{k} {v / 1e9:.1f}" for k, v in probe.measured[nbytes].items())
                 for nbytes in sorted(probe.measured)
             )
-            + ")",
+            + "). rf/floor here: against the SIMD probe's median pass over the same bytes, read",
+            "in the row's own rounds (the same spells of the machine as rnnfast's median; the goal",
+            "takes the run's fastest read).",
             "",
         ]
 
@@ -1551,6 +1565,7 @@ def main(argv: list[str] | None = None) -> int:
                 | {
                     "gflops": r.gflops(),
                     "rnnfast_over_floor": r.over_floor(),
+                    "rnnfast_over_floor_here": r.over_floor(here=True),
                     "share_of_sgemm": r.share(sgemm),
                     "ratios": {p.name: r.ratio(p.name) for p in peers if p.name != "rnnfast"},
                 }

@@ -126,6 +126,12 @@ def test_small_stream_and_gru_goals(runner):
     stream.floor_seconds = 2e-6
     assert goals_of(runner, [stream])[("LSTM stream-128 stream",
                                        "<= 1.25x weight-read floor")] is False
+    # the floor read in the row's own rounds is shown beside the goal, not used by it
+    stream.floor_here_seconds = 2.9e-6
+    assert stream.over_floor(here=True) == pytest.approx(3 / 2.9)
+    assert stream.over_floor() == pytest.approx(1.5)
+    assert goals_of(runner, [stream])[("LSTM stream-128 stream",
+                                       "<= 1.25x weight-read floor")] is False
 
 
 def test_large_lstm_training_share(runner):
@@ -164,6 +170,12 @@ def test_tiny_run_prints_the_tables_and_goals(runner, tmp_path, capsys):
     probes = document["read_bandwidth_bytes_per_s"][str(stream["weight_bytes"])]
     assert probes["simd"] > 0 and set(probes) == {"simd", "sum", "max", "dot"}
     assert stream["floor_seconds"] == pytest.approx(stream["weight_bytes"] / max(probes.values()))
+    # the SIMD probe's median pass in the row's rounds: no faster than the run's fastest read
+    assert stream["floor_here_seconds"] >= stream["weight_bytes"] / probes["simd"] * (1 - 1e-9)
+    rf_seconds = stream["results"]["rnnfast"]["seconds"]
+    assert stream["rnnfast_over_floor_here"] == pytest.approx(
+        rf_seconds / stream["floor_here_seconds"])
+    assert "| rf/floor here |" in text
     goals = {(g["row"], g["goal"]) for g in document["goals"]}
     assert ("RNN tanh small train", ">= 3x torch") in goals
     assert ("RNN tanh stream-128 stream", "<= 1.25x weight-read floor") in goals
