@@ -394,7 +394,7 @@ class ReadProbe:
     def record(self, sampler: "SimdReadSampler") -> None:
         """Keeps the faster of the run's and the row's SIMD bandwidth (the floor is what the
         machine can do: noise only slows a read)."""
-        if sampler.best is None:
+        if not sampler.samples:
             return
         probes = self.measured.setdefault(sampler.buf.nbytes, {})
         probes["simd"] = max(probes.get("simd", 0.0), sampler.bandwidth())
@@ -417,7 +417,6 @@ class SimdReadSampler:
     def __init__(self, core, buf: np.ndarray, bytes_per_call: float):
         self.core, self.buf = core, buf
         self.reps = max(1, int(bytes_per_call // buf.nbytes))
-        self.best: float | None = None  # seconds for `reps` passes
         self.samples: list[float] = []  # seconds of each call, `reps` passes
 
     @classmethod
@@ -427,12 +426,10 @@ class SimdReadSampler:
         return cls(core, buf, bytes_per_call) if core else None
 
     def step(self) -> None:
-        seconds = self.core._read_probe(self.buf, self.reps)[0]
-        self.best = seconds if self.best is None else min(self.best, seconds)
-        self.samples.append(seconds)
+        self.samples.append(self.core._read_probe(self.buf, self.reps)[0])
 
     def bandwidth(self) -> float:
-        return self.buf.nbytes * self.reps / self.best
+        return self.buf.nbytes * self.reps / min(self.samples)
 
     def median_pass(self) -> float | None:
         """Seconds of one pass over buf, the median call's (None before any)."""
@@ -446,7 +443,7 @@ def simd_read_bandwidth(buf: np.ndarray, samples: int = 9) -> float | None:
     if sampler is None:
         return None
     sampler.step()
-    sampler.best = None
+    sampler.samples.clear()
     for _ in range(samples):
         sampler.step()
     return sampler.bandwidth()

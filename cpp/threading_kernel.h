@@ -158,8 +158,9 @@ class StealShares {
 };
 
 // Runs of steps that a thread done with its own helps with (the time loops split by rows,
-// forward and backward, recurrence.h). Each thread owns a run: steps [s0, s1) of its own rows, tasks_of(id)
-// tasks a step, with no barrier between steps since its rows never meet another thread's.
+// forward and backward, recurrence.h). Each thread owns a run: steps [s0, s1) of its own
+// rows, tasks_of(id) tasks a step, with no barrier between steps since its rows never meet
+// another thread's.
 // A thread done with its run asks an unfinished one for help; its owner, at its next step,
 // hands the rest over as joint steps: both claim the step's tasks (the owner from the
 // front, the helper from the back, on one line) and wait for the step's last task before
@@ -181,7 +182,7 @@ class HelpedRuns {
     const int delay = me == 1 ? row_step_delay_us() : 0;  // test probe
     long s = s0;
     for (; s < s1 && own.ctl.load(std::memory_order_relaxed) != kAsked; ++s) {
-      if (delay) pause_us(delay);
+      if (delay) std::this_thread::sleep_for(std::chrono::microseconds(delay));
       for (long j = 0; j < n; ++j) f(me, s, j);
     }
     if (s < s1) {  // asked: the rest as joint steps (h of step s - 1 published)
@@ -218,7 +219,7 @@ class HelpedRuns {
   template <class F>
   static void joint(Run& r, int g, bool owner, long js, long s1, long n, int delay, F& f) {
     for (long s = js; s < s1; ++s) {
-      if (delay) pause_us(delay);
+      if (delay) std::this_thread::sleep_for(std::chrono::microseconds(delay));
       const uint64_t gen = (uint64_t)((s - js) % 0xFFFF) + 1;  // never 0, the unset slot's
       long mine = 0;
       uint64_t st = r.slot.load(std::memory_order_relaxed);
@@ -242,11 +243,6 @@ class HelpedRuns {
       if (r.done.fetch_add(mine + 1, std::memory_order_acq_rel) + mine + 1 < target)
         for (int i = 0; r.done.load(std::memory_order_acquire) < target; ++i) pool_spin(i);
     }
-  }
-
-  static void pause_us(int us) {
-    const auto end = std::chrono::steady_clock::now() + std::chrono::microseconds(us);
-    while (std::chrono::steady_clock::now() < end) std::this_thread::yield();
   }
 
   bool help_;
