@@ -8,6 +8,8 @@
 
 namespace rnnfast {
 
+class PanelSplit;  // threading.h
+
 enum Cell : int { RNN_TANH = 0, RNN_RELU = 1, LSTM = 2, GRU = 3 };
 
 // Gates per cell (rows of weight_ih / weight_hh are G*H).
@@ -99,6 +101,7 @@ struct LayerFwd {
   RowOrder xo, yo;
   bool keep_all;           // training: hs/cs hold all steps; else ping-pong
   int parity;              // step s walks its tasks backwards when s + parity is odd
+  PanelSplit* split = nullptr;  // batch 1, one step: the threads' runs of panels (may be null)
 };
 
 //   dy     (T,B,ldy)  upstream gradient of this direction's outputs, rows in order dyo

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <new>
 #include <shared_mutex>
@@ -132,6 +133,7 @@ class Engine {
     int in_size;
     long w_ih, w_hh, b_ih, b_hh;  // offsets into params_ (-1 when no bias)
     LineVec<T> packed_cat, packed_bwd, packed_ih, bias_sum;
+    std::unique_ptr<PanelSplit> split = std::make_unique<PanelSplit>();  // batch-1 steps
   };
   struct Cache {
     bool valid = false;

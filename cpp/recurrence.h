@@ -181,6 +181,15 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
   const double row_step_flops = 2.0 * B / nt * npanels * NV * W * ((fused ? I : 0) + H);
   if (by_rows) helping.emplace(nt, row_step_flops >= kHelpFlops);
   HelpedRuns* const helped = helping ? &*helping : nullptr;
+  // Batch 1, one step (a stream's): the threads' runs of panels sized by a.split, and timed
+  // for it. A team cut below nt (other teams hold CPUs) takes equal runs, untimed.
+  constexpr int kSplitMax = PanelSplit::kMaxThreads;
+  const bool sized = MR == 1 && a.split && nt > 1 && nt <= kSplitMax && a.steps - a.s0 == 1;
+  int runs[kSplitMax + 1];
+  double lag[kSplitMax], busy[kSplitMax];
+  int timed_team = 0;
+  if (sized) a.split->runs(ntasks, nt, runs);
+  const double call_start = sized ? rf_ticks() : 0;
   rf_parallel(nt, [&] {
     RF_FLUSH_DENORMALS_SCOPE;
     std::vector<V> heap(kblocked ? (split ? 2 : 1) * mblocks * tile : 0);
@@ -343,8 +352,11 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
           });
     } else {
       // This thread's share of the tasks: a static split, whose last tasks another thread
-      // may take with steal.
-      const int first = rf_share(ntasks, me, team), last = rf_share(ntasks, me + 1, team);
+      // may take with steal; or its run of a.split's.
+      const bool timed = sized && team == nt;
+      const int first = timed ? runs[me] : rf_share(ntasks, me, team);
+      const int last = timed ? runs[me + 1] : rf_share(ntasks, me + 1, team);
+      const double began = timed ? rf_ticks() : 0;
       for (int s = a.s0; s < a.steps; ++s) {
         // Batch 1: h (and x) come from the other core's cache; request every line now
         // rather than as the K loop reaches each one (a few at a time in the reorder window).
@@ -364,11 +376,20 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
             run_task((s + a.parity) & 1 ? last - 1 - (i - first) : i);
         if (s + 1 < a.steps) rf_barrier();  // the last step's: the join
       }
+      if (timed) {
+        lag[me] = began - call_start;
+        busy[me] = rf_ticks() - began;
+        if (me == 0) timed_team = team;
+      }
     }
     if (a.cache_stream) stream_fence();
   // Independent (no barrier; HelpedRuns helps only threads already running their rows): a
   // late worker's share runs on the caller.
   }, a.steps - a.s0 == 1 || by_rows);
+  if (timed_team == nt) {
+    a.split->record(nt, runs, lag, busy);
+    note_split(runs[1], ntasks, nt);
+  }
 }
 
 template <typename T, class Cell>

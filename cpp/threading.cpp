@@ -102,6 +102,7 @@ std::atomic<long> g_late_shares{0};
 std::atomic<long> g_steals{0};
 std::atomic<long> g_helps{0};
 std::atomic<int> g_row_step_delay_us{0};
+std::atomic<long> g_split_toward{0}, g_split_away{0};
 
 // Waits until done() holds: spins, then yields the CPU between checks (a team member
 // that lost its CPU gets it back sooner), at once when teams outnumber the CPUs.
@@ -520,6 +521,70 @@ void team_probe_body(void* p) {
 
 void delay_workers(int us) { g_worker_delay_us.store(us > 0 ? us : 0); }
 long late_shares_run() { return g_late_shares.load(); }
+void PanelSplit::runs(int n, int nt, int* first) const {
+  first[0] = 0;
+  if (nt >= 2 && nt <= kMaxThreads && n >= nt && team_.load(std::memory_order_relaxed) == nt) {
+    float w[kMaxThreads], total = 0;
+    for (int i = 0; i < nt; ++i) total += w[i] = share_[i].load(std::memory_order_relaxed);
+    if (total > 0) {  // each run at least one task, so each thread's rate stays measured
+      float sum = 0;
+      for (int i = 1; i < nt; ++i) {
+        sum += w[i - 1];
+        const int at = (int)(n * sum / total + 0.5f), lo = first[i - 1] + 1, hi = n - (nt - i);
+        first[i] = at < lo ? lo : (at > hi ? hi : at);
+      }
+      first[nt] = n;
+      return;
+    }
+  }
+  for (int i = 1; i <= nt; ++i) first[i] = (int)((long)n * i / nt);
+}
+
+void PanelSplit::record(int nt, const int* first, const double* lag, const double* busy) {
+  if (nt < 2 || nt > kMaxThreads) return;
+  const int n = first[nt];
+  // Member i at rate[i] a task, from lag[i] on, finishes n_i tasks at
+  // lag[i] + n_i rate[i]; all at `end` where sum (end - lag[i]) / rate[i] = n.
+  double rate[kMaxThreads], inv = 0, lagged = 0;
+  for (int i = 0; i < nt; ++i) {
+    const int k = first[i + 1] - first[i];
+    if (k <= 0 || !(busy[i] > 0) || !(lag[i] >= 0)) return;  // keep the shares
+    rate[i] = busy[i] / k;
+    inv += 1 / rate[i];
+    lagged += lag[i] / rate[i];
+  }
+  const double end = (n + lagged) / inv;
+  if (team_.load(std::memory_order_relaxed) != nt) {  // a first team of this size
+    for (int i = 0; i < nt; ++i) share_[i].store(1.0f / nt, std::memory_order_relaxed);
+    team_.store(nt, std::memory_order_relaxed);
+  }
+  for (int i = 0; i < nt; ++i) {
+    double want = (end - lag[i]) / rate[i] / n;
+    want = want < 0 ? 0 : want;
+    const float now = share_[i].load(std::memory_order_relaxed);
+    share_[i].store(now + (float)(want - now) * 0.125f, std::memory_order_relaxed);
+  }
+}
+
+void panel_split_trace(int n, int nt, const double* lag, const double* rate, int calls,
+                       int* first) {
+  PanelSplit split;
+  for (int c = 0; c < calls; ++c) {
+    split.runs(n, nt, first);
+    double busy[PanelSplit::kMaxThreads];
+    for (int i = 0; i < nt; ++i) busy[i] = rate[i] * (first[i + 1] - first[i]);
+    split.record(nt, first, lag, busy);
+  }
+  split.runs(n, nt, first);
+}
+
+void note_split(int caller_tasks, int n, int nt) {
+  const long even = (long)n / nt;  // member 0's equal run (rf_share)
+  if (caller_tasks > even) g_split_toward.fetch_add(1, std::memory_order_relaxed);
+  if (caller_tasks < even) g_split_away.fetch_add(1, std::memory_order_relaxed);
+}
+long splits_toward_caller() { return g_split_toward.load(); }
+long splits_away_from_caller() { return g_split_away.load(); }
 void note_steal() { g_steals.fetch_add(1, std::memory_order_relaxed); }
 long steals() { return g_steals.load(); }
 void note_help() { g_helps.fetch_add(1, std::memory_order_relaxed); }

@@ -1,6 +1,7 @@
 // Process-wide thread settings and the thread pool every parallel region runs on.
 // The default count honours OMP_NUM_THREADS, else the CPUs this process may use.
 #pragma once
+#include <atomic>
 
 namespace rnnfast {
 
@@ -103,6 +104,37 @@ void note_help();
 long helps();
 void delay_row_steps(int us);
 int row_step_delay_us();
+
+// How the panels of a one-step batch-1 call (a stream's step) are shared between the
+// threads of a team (a layer's, kept across calls): in runs sized by how fast each thread
+// got through its last ones, start lag included, not in equal runs. Batch-1 steps keep each
+// thread on its run's weights (its L2) and do not steal (a stolen panel is read from the
+// other core's cache), so with equal runs the slower CPU held every step, and the worker,
+// starting later than its caller, held the join. Sequences keep equal runs (a barrier a
+// step, no start lag). Any split gives the same bits.
+class PanelSplit {
+ public:
+  static constexpr int kMaxThreads = 16;
+  // first[0..nt]: member i's run is [first[i], first[i+1]) of n tasks; equal runs (as
+  // rf_share) until record() has seen a team of nt, or where n < nt or nt > kMaxThreads.
+  void runs(int n, int nt, int* first) const;
+  // A call's timings, on the runs of runs(): member i began lag[i] after the call and spent
+  // busy[i] on its run (any one unit). Moves each run's share an eighth of the way to the
+  // runs that would have finished together; a negative lag (clocks apart) changes nothing.
+  void record(int nt, const int* first, const double* lag, const double* busy);
+
+ private:
+  std::atomic<int> team_{0};
+  std::atomic<float> share_[kMaxThreads] = {};  // of the tasks, summing to ~1
+};
+// Test probe: the runs (first[0..nt]) of n tasks after `calls` calls whose member i began
+// lag[i] after the call and took rate[i] per task.
+void panel_split_trace(int n, int nt, const double* lag, const double* rate, int calls,
+                       int* first);
+// Test probe: calls whose caller ran more tasks than an equal share / fewer.
+void note_split(int caller_tasks, int n, int nt);
+long splits_toward_caller();
+long splits_away_from_caller();
 
 // The pool (threading.cpp). pool_run runs fn(ctx) on a team of up to nt threads, the
 // caller as thread 0, and returns when all have finished; from inside a team, or with

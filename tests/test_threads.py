@@ -283,6 +283,60 @@ def test_steps_stolen_from_a_late_worker_same_results(kind):
     assert_same(results[1], results[2], atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("n,lag,rate", [
+    (12, [0, 0], [1, 2]),             # a CPU half as fast: 8 and 4
+    (16, [0, 3], [1, 1]),             # a worker 3 tasks late
+    (64, [0, 5, 1], [1.0, 0.7, 2.5]),
+    (40, [0, 2, 2, 0], [1, 1, 3, 1.5]),
+])
+def test_panel_split_runs_finish_together(n, lag, rate):
+    # A batch-1 step's runs of panels (PanelSplit) converge to the sizes with which every
+    # member, starting lag[i] after the call at rate[i] a task, finishes at the same time:
+    # sum over i of (end - lag[i]) / rate[i] = n. Each run within a task of that.
+    lag, rate = np.array(lag, float), np.array(rate, float)
+    first = _core._panel_split(n, lag, rate, 0)
+    np.testing.assert_array_equal(first, np.arange(len(lag) + 1) * n // len(lag))  # equal
+    end = (n + np.sum(lag / rate)) / np.sum(1 / rate)
+    want = np.concatenate([[0], np.cumsum((end - lag) / rate)])
+    first = _core._panel_split(n, lag, rate, 200)
+    assert first[0] == 0 and first[-1] == n and np.all(np.diff(first) >= 1)
+    assert np.all(np.abs(first - want) <= 1), (first, want)
+    # a member that would get nothing keeps one task (its rate stays measured)
+    first = _core._panel_split(8, np.array([0.0, 100.0]), np.array([1.0, 1.0]), 200)
+    np.testing.assert_array_equal(first, [0, 7, 8])
+    # fewer tasks than members: equal runs
+    np.testing.assert_array_equal(_core._panel_split(3, np.zeros(4), np.ones(4), 50),
+                                  [0, 0, 1, 2, 3])
+
+
+@pytest.mark.skipif(CPUS < 2, reason="a late worker needs a team of two")
+def test_batch1_runs_move_to_the_caller_of_a_late_worker_same_results(kind):
+    # A batch-1 step on two threads sizes their runs of panels by how soon each finished
+    # before. With the worker 20 ms late to every job, its caller ran the worker's run too,
+    # after its own, so the caller's run grows call after call; the outputs and the states
+    # stay the same bits as on one thread.
+    x = inputs(40, 1, I=32)
+    got = {}
+    for n in (1, 2):
+        m = make(kind, I=32, H=256, num_threads=n)
+        before = _core._splits()
+        if n == 2:
+            _core._delay_workers(20000)
+        try:
+            ys, state = [], None
+            for t in range(len(x)):  # the plain call, one step: always on the model's count
+                y, state = m(x[t:t + 1], state)
+                ys.append(y)
+            got[n] = (np.concatenate(ys), flat(state))
+        finally:
+            _core._delay_workers(0)
+        toward = _core._splits()[0] - before[0]
+        assert toward == 0 if n == 1 else toward >= len(x) // 2
+    np.testing.assert_array_equal(got[1][0], got[2][0])
+    for a, b in zip(got[1][1], got[2][1], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.skipif(CPUS < 2, reason="helping needs a team of two")
 def test_rows_of_a_slow_thread_helped_same_results(kind):
     # Rows split (small weights: each thread runs its rows through every step, no barrier),

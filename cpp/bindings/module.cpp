@@ -900,6 +900,9 @@ PYBIND11_MODULE(_core, m) {
         "Test probe: times so far a thread took tasks from another thread's share of a step.");
   m.def("_helps", &helps,
         "Test probe: times so far a thread helped another with its rows (split by rows).");
+  m.def("_splits", [] { return py::make_tuple(splits_toward_caller(), splits_away_from_caller()); },
+        "Test probe: (toward, away) batch-1 steps so far whose caller ran more / fewer panels "
+        "than an equal share (PanelSplit).");
   m.def("_delay_row_steps", &delay_row_steps, py::arg("us"),
         "Test probe: thread 1 of a team waits `us` microseconds before each step of the rows "
         "it runs in a time loop split by rows (0: none).");
@@ -991,6 +994,23 @@ PYBIND11_MODULE(_core, m) {
       "Test probe: the choice a stream on more than one thread makes for each of n steps (0: "
       "its count, 1: one thread), where step i lasts count_s[i] seconds on its count and "
       "one_s[i] on one thread.");
+  m.def(
+      "_panel_split",
+      [](int n, Arr<double> lag, Arr<double> rate, int calls) {
+        if (lag.ndim() != 1 || rate.ndim() != 1 || lag.size() != rate.size() ||
+            lag.size() < 1 || lag.size() > PanelSplit::kMaxThreads)
+          throw py::value_error("lag and rate must be 1-d arrays of one length, 1 to " +
+                                std::to_string(PanelSplit::kMaxThreads));
+        if (n < 0 || calls < 0) throw py::value_error("n and calls must be >= 0");
+        const int nt = (int)lag.size();
+        py::array_t<int> first(nt + 1);
+        panel_split_trace(n, nt, lag.data(), rate.data(), calls, first.mutable_data());
+        return first;
+      },
+      py::arg("n"), py::arg("lag"), py::arg("rate"), py::arg("calls"),
+      "Test probe: the runs of n tasks (member i's: [first[i], first[i+1])) a batch-1 step "
+      "gives a team after `calls` calls whose member i began lag[i] after the call and took "
+      "rate[i] per task.");
   m.def(
       "_thread_budget_probe",
       [](int requested, double seconds) {
