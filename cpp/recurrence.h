@@ -181,10 +181,10 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
   const double row_step_flops = 2.0 * B / nt * npanels * NV * W * ((fused ? I : 0) + H);
   if (by_rows) helping.emplace(nt, row_step_flops >= kHelpFlops);
   HelpedRuns* const helped = helping ? &*helping : nullptr;
-  // Batch 1, one step (a stream's): the threads' runs of panels sized by a.split, and timed
-  // for it. A team cut below nt (other teams hold CPUs) takes equal runs, untimed.
+  // One step (a stream's), tasks split statically: the threads' runs sized by a.split, and
+  // timed for it. A team cut below nt (other teams hold CPUs) takes equal runs, untimed.
   constexpr int kSplitMax = PanelSplit::kMaxThreads;
-  const bool sized = MR == 1 && a.split && nt > 1 && nt <= kSplitMax && a.steps - a.s0 == 1;
+  const bool sized = !by_rows && a.split && nt > 1 && nt <= kSplitMax && a.steps - a.s0 == 1;
   int runs[kSplitMax + 1];
   double lag[kSplitMax], busy[kSplitMax];
   int timed_team = 0;

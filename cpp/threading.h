@@ -105,13 +105,13 @@ long helps();
 void delay_row_steps(int us);
 int row_step_delay_us();
 
-// How the panels of a one-step batch-1 call (a stream's step) are shared between the
-// threads of a team (a layer's, kept across calls): in runs sized by how fast each thread
-// got through its last ones, start lag included, not in equal runs. Batch-1 steps keep each
-// thread on its run's weights (its L2) and do not steal (a stolen panel is read from the
-// other core's cache), so with equal runs the slower CPU held every step, and the worker,
-// starting later than its caller, held the join. Sequences keep equal runs (a barrier a
-// step, no start lag). Any split gives the same bits.
+// How the tasks of a one-step call (a stream's step) are shared between the threads of a
+// team (a layer's, kept across calls): in runs sized by how fast each thread got through its
+// last ones, start lag included, not in equal runs. A single step keeps each thread on its
+// run's weights (its L2) and does not steal (StealShares is for sequences; a stolen batch-1
+// panel is read from the other core's cache), so with equal runs the slower CPU held every
+// step, and the worker, starting later than its caller, held the join. Sequences keep equal
+// runs (a barrier a step, no start lag). Any split gives the same bits.
 class PanelSplit {
  public:
   static constexpr int kMaxThreads = 16;

@@ -310,12 +310,14 @@ def test_panel_split_runs_finish_together(n, lag, rate):
 
 
 @pytest.mark.skipif(CPUS < 2, reason="a late worker needs a team of two")
-def test_batch1_runs_move_to_the_caller_of_a_late_worker_same_results(kind):
-    # A batch-1 step on two threads sizes their runs of panels by how soon each finished
-    # before. With the worker 20 ms late to every job, its caller ran the worker's run too,
-    # after its own, so the caller's run grows call after call; the outputs and the states
-    # stay the same bits as on one thread.
-    x = inputs(40, 1, I=32)
+@pytest.mark.parametrize("batch", [1, 4])
+def test_one_step_runs_move_to_the_caller_of_a_late_worker_same_results(kind, batch):
+    # A single step on two threads (tasks split statically: batch 1, or weights too big for
+    # a split by rows) sizes their runs by how soon each finished before. With the worker
+    # 20 ms late to every job, its caller ran the worker's run too, after its own, so the
+    # caller's run grows call after call; the outputs and the states stay the same bits as
+    # on one thread.
+    x = inputs(40, batch, I=32)
     got = {}
     for n in (1, 2):
         m = make(kind, I=32, H=256, num_threads=n)

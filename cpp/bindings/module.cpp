@@ -901,7 +901,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("_helps", &helps,
         "Test probe: times so far a thread helped another with its rows (split by rows).");
   m.def("_splits", [] { return py::make_tuple(splits_toward_caller(), splits_away_from_caller()); },
-        "Test probe: (toward, away) batch-1 steps so far whose caller ran more / fewer panels "
+        "Test probe: (toward, away) one-step calls so far whose caller ran more / fewer tasks "
         "than an equal share (PanelSplit).");
   m.def("_delay_row_steps", &delay_row_steps, py::arg("us"),
         "Test probe: thread 1 of a team waits `us` microseconds before each step of the rows "
@@ -1008,7 +1008,7 @@ PYBIND11_MODULE(_core, m) {
         return first;
       },
       py::arg("n"), py::arg("lag"), py::arg("rate"), py::arg("calls"),
-      "Test probe: the runs of n tasks (member i's: [first[i], first[i+1])) a batch-1 step "
+      "Test probe: the runs of n tasks (member i's: [first[i], first[i+1])) a one-step call "
       "gives a team after `calls` calls whose member i began lag[i] after the call and took "
       "rate[i] per task.");
   m.def(
