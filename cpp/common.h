@@ -101,7 +101,8 @@ struct LayerFwd {
   RowOrder xo, yo;
   bool keep_all;           // training: hs/cs hold all steps; else ping-pong
   int parity;              // step s walks its tasks backwards when s + parity is odd
-  PanelSplit* split = nullptr;  // one step: the threads' runs of tasks (may be null)
+  PanelSplit* split = nullptr;      // one step: the threads' runs of tasks (may be null)
+  PanelSplit* seq_split = nullptr;  // several steps, tasks split statically: the same
 };
 
 //   dy     (T,B,ldy)  upstream gradient of this direction's outputs, rows in order dyo

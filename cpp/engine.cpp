@@ -447,6 +447,7 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
       a.keep_all = training;
       a.parity = parity;
       a.split = s.split.get();
+      a.seq_split = s.seq_split.get();
       a.ldb = batch;
       for (const RowPlan::Segment& g : plan.segments) {
         a.s0 = g.s0;

@@ -133,7 +133,9 @@ class Engine {
     int in_size;
     long w_ih, w_hh, b_ih, b_hh;  // offsets into params_ (-1 when no bias)
     LineVec<T> packed_cat, packed_bwd, packed_ih, bias_sum;
-    std::unique_ptr<PanelSplit> split = std::make_unique<PanelSplit>();  // batch-1 steps
+    // the threads' runs of one-step calls and of sequences (recurrence.h)
+    std::unique_ptr<PanelSplit> split = std::make_unique<PanelSplit>();
+    std::unique_ptr<PanelSplit> seq_split = std::make_unique<PanelSplit>();
   };
   struct Cache {
     bool valid = false;

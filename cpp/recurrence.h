@@ -181,14 +181,19 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
   const double row_step_flops = 2.0 * B / nt * npanels * NV * W * ((fused ? I : 0) + H);
   if (by_rows) helping.emplace(nt, row_step_flops >= kHelpFlops);
   HelpedRuns* const helped = helping ? &*helping : nullptr;
-  // One step (a stream's), tasks split statically: the threads' runs sized by a.split, and
-  // timed for it. A team cut below nt (other teams hold CPUs) takes equal runs, untimed.
+  // Tasks split statically (not by rows, no stealing): the threads' runs sized by a
+  // PanelSplit, and timed for it. One step (a stream's): a.split, on each thread's start
+  // lag and time; a sequence (batch 1): a.seq_split, on each thread's time in its runs (a
+  // barrier a step, so no lag). A team cut below nt (other teams hold CPUs) takes equal
+  // runs, untimed.
   constexpr int kSplitMax = PanelSplit::kMaxThreads;
-  const bool sized = !by_rows && a.split && nt > 1 && nt <= kSplitMax && a.steps - a.s0 == 1;
+  const bool one_step = a.steps - a.s0 == 1;
+  PanelSplit* const sizer = by_rows || steal ? nullptr : (one_step ? a.split : a.seq_split);
+  const bool sized = sizer && nt > 1 && nt <= kSplitMax;
   int runs[kSplitMax + 1];
   double lag[kSplitMax], busy[kSplitMax];
   int timed_team = 0;
-  if (sized) a.split->runs(ntasks, nt, runs);
+  if (sized) sizer->runs(ntasks, nt, runs);
   const double call_start = sized ? rf_ticks() : 0;
   rf_parallel(nt, [&] {
     RF_FLUSH_DENORMALS_SCOPE;
@@ -357,7 +362,11 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
       const int first = timed ? runs[me] : rf_share(ntasks, me, team);
       const int last = timed ? runs[me + 1] : rf_share(ntasks, me + 1, team);
       const double began = timed ? rf_ticks() : 0;
+      double in_runs = 0;  // a sequence's: time in this thread's runs, barriers excluded
+      const int delay = timed && !one_step && me == 1 ? row_step_delay_us() : 0;  // test probe
       for (int s = a.s0; s < a.steps; ++s) {
+        const double step_began = timed && !one_step ? rf_ticks() : 0;
+        if (delay) std::this_thread::sleep_for(std::chrono::microseconds(delay));
         // Batch 1: h (and x) come from the other core's cache; request every line now
         // rather than as the K loop reaches each one (a few at a time in the reorder window).
         if (MR == 1 && nt > 1) {
@@ -374,11 +383,12 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
         else
           for (int i = first; i < last; ++i)
             run_task((s + a.parity) & 1 ? last - 1 - (i - first) : i);
+        if (timed && !one_step) in_runs += rf_ticks() - step_began;
         if (s + 1 < a.steps) rf_barrier();  // the last step's: the join
       }
       if (timed) {
-        lag[me] = began - call_start;
-        busy[me] = rf_ticks() - began;
+        lag[me] = one_step ? began - call_start : 0;
+        busy[me] = one_step ? rf_ticks() - began : in_runs;
         if (me == 0) timed_team = team;
       }
     }
@@ -387,7 +397,7 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
   // late worker's share runs on the caller.
   }, a.steps - a.s0 == 1 || by_rows);
   if (timed_team == nt) {
-    a.split->record(nt, runs, lag, busy);
+    sizer->record(nt, runs, lag, busy);
     note_split(runs[1], ntasks, nt);
   }
 }

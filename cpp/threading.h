@@ -99,19 +99,21 @@ void note_steal();
 long steals();
 // Test probes: how many times a thread has helped another with its rows (HelpedRuns: once
 // per run joined, however many steps); thread 1 of a team waits `us` microseconds before
-// each step of its rows and of the rows it helps with (0: none).
+// each step of its rows and of the rows it helps with, or of its run of a sequence sized by
+// PanelSplit (0: none).
 void note_help();
 long helps();
 void delay_row_steps(int us);
 int row_step_delay_us();
 
-// How the tasks of a one-step call (a stream's step) are shared between the threads of a
-// team (a layer's, kept across calls): in runs sized by how fast each thread got through its
-// last ones, start lag included, not in equal runs. A single step keeps each thread on its
-// run's weights (its L2) and does not steal (StealShares is for sequences; a stolen batch-1
-// panel is read from the other core's cache), so with equal runs the slower CPU held every
-// step, and the worker, starting later than its caller, held the join. Sequences keep equal
-// runs (a barrier a step, no start lag). Any split gives the same bits.
+// How tasks split statically are shared between the threads of a team (a layer's, kept
+// across calls): in runs sized by how fast each thread got through its last ones, not in
+// equal runs. A single step (a stream's) and a batch-1 sequence keep each thread on its
+// run's weights (its L2) and do not steal (a stolen batch-1 panel is read from the other
+// core's cache), so with equal runs the slower CPU held every step, and in a single step
+// the worker, starting later than its caller, held the join: a single step counts each
+// thread's start lag too, a sequence (a barrier a step) only its time in its runs. Any split
+// gives the same bits.
 class PanelSplit {
  public:
   static constexpr int kMaxThreads = 16;
@@ -131,7 +133,7 @@ class PanelSplit {
 // lag[i] after the call and took rate[i] per task.
 void panel_split_trace(int n, int nt, const double* lag, const double* rate, int calls,
                        int* first);
-// Test probe: calls whose caller ran more tasks than an equal share / fewer.
+// Test probe: sized calls whose caller ran more tasks than an equal share / fewer.
 void note_split(int caller_tasks, int n, int nt);
 long splits_toward_caller();
 long splits_away_from_caller();
