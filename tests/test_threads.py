@@ -2,6 +2,7 @@
 may be called from several Python threads at once, and forked or spawned children work."""
 
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
 import pickle
@@ -73,6 +74,16 @@ def assert_same(a, b, atol=1e-6, rtol=1e-6):
                 np.testing.assert_allclose(p, q, rtol=rtol, atol=atol, err_msg=key)
         else:
             np.testing.assert_allclose(va, vb, rtol=rtol, atol=atol, err_msg=key)
+
+
+@contextlib.contextmanager
+def delayed(probe, us):
+    """A delay test probe (_core._delay_workers, _delay_row_steps) set to `us` for the block."""
+    probe(us)
+    try:
+        yield
+    finally:
+        probe(0)
 
 
 def inputs(T=32, B=16, I=64, seed=0):
@@ -235,9 +246,7 @@ def test_late_workers_shares_run_by_their_callers(kind):
     x1 = inputs(30, 1, I=32)
     want = {}
     for n in (1, 2):
-        if n == 2:
-            _core._delay_workers(20000)
-        try:
+        with delayed(_core._delay_workers, 20000 if n == 2 else 0):
             small = make(kind, I=32, H=128, num_threads=n)  # rows split, no barrier
             wide = make(kind, I=32, H=256, num_threads=n)  # panels split, a barrier a step
             before = _core._late_shares_run()
@@ -245,8 +254,6 @@ def test_late_workers_shares_run_by_their_callers(kind):
             got = {"rows": small(x8)[0], "panels": wide(x1)[0],
                    "stream": np.stack([s.step(x1[t, 0]) for t in range(5)])}
             late = _core._late_shares_run() - before
-        finally:
-            _core._delay_workers(0)
         if n == 1:
             want = got
             assert late == 0
@@ -271,13 +278,9 @@ def test_steps_stolen_from_a_late_worker_same_results(kind):
     for n in (1, 2):
         m = make(kind, I=32, H=512, num_threads=n)
         before = _core._steals()
-        if n == 2:
-            _core._delay_workers(20000)
-        try:
+        with delayed(_core._delay_workers, 20000 if n == 2 else 0):
             results[n] = run_train(m, x)
             results[n]["inference"], _ = m(x)
-        finally:
-            _core._delay_workers(0)
         steals = _core._steals() - before
         assert steals == 0 if n == 1 else steals >= 4  # 2 forwards, a backward's 2 phases
     assert_same(results[1], results[2], atol=0, rtol=0)
@@ -322,16 +325,12 @@ def test_one_step_runs_move_to_the_caller_of_a_late_worker_same_results(kind, ba
     for n in (1, 2):
         m = make(kind, I=32, H=256, num_threads=n)
         before = _core._splits()
-        if n == 2:
-            _core._delay_workers(20000)
-        try:
+        with delayed(_core._delay_workers, 20000 if n == 2 else 0):
             ys, state = [], None
             for t in range(len(x)):  # the plain call, one step: always on the model's count
                 y, state = m(x[t:t + 1], state)
                 ys.append(y)
             got[n] = (np.concatenate(ys), flat(state))
-        finally:
-            _core._delay_workers(0)
         toward = _core._splits()[0] - before[0]
         assert toward == 0 if n == 1 else toward >= len(x) // 2
     np.testing.assert_array_equal(got[1][0], got[2][0])
@@ -350,15 +349,11 @@ def test_batch1_sequence_runs_move_off_a_slow_thread_same_results(kind):
     for n in (1, 2):
         m = make(kind, I=32, H=256, num_threads=n)
         before = _core._splits()
-        if n == 2:
-            _core._delay_row_steps(300)
-        try:
+        with delayed(_core._delay_row_steps, 300 if n == 2 else 0):
             for _ in range(12):
                 m(x)
             results[n] = run_train(m, x)
             results[n]["inference"], _ = m(x)
-        finally:
-            _core._delay_row_steps(0)
         toward = _core._splits()[0] - before[0]
         assert toward == 0 if n == 1 else toward >= 8
     assert_same(results[1], results[2], atol=0, rtol=0)
@@ -381,13 +376,9 @@ def test_rows_of_a_slow_thread_helped_same_results(kind):
         for n in (1, 2):
             m = make(kind, I=32, H=H, num_threads=n)
             before = _core._helps()
-            if n == 2:
-                _core._delay_row_steps(300)
-            try:
+            with delayed(_core._delay_row_steps, 300 if n == 2 else 0):
                 results[n] = run_train(m, x)
                 results[n]["inference"], _ = m(x)
-            finally:
-                _core._delay_row_steps(0)
             if n == 1:
                 assert _core._helps() == before
             else:
