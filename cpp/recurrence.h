@@ -357,7 +357,7 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
           });
     } else {
       // This thread's share of the tasks: a static split, whose last tasks another thread
-      // may take with steal; or its run of a.split's.
+      // may take with steal; or its run of the sizer's.
       const bool timed = sized && team == nt;
       const int first = timed ? runs[me] : rf_share(ntasks, me, team);
       const int last = timed ? runs[me + 1] : rf_share(ntasks, me + 1, team);

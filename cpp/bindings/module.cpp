@@ -900,9 +900,10 @@ PYBIND11_MODULE(_core, m) {
         "Test probe: times so far a thread took tasks from another thread's share of a step.");
   m.def("_helps", &helps,
         "Test probe: times so far a thread helped another with its rows (split by rows).");
-  m.def("_splits", [] { return py::make_tuple(splits_toward_caller(), splits_away_from_caller()); },
-        "Test probe: (toward, away) calls so far whose tasks a PanelSplit sized and whose caller "
-        "ran more / fewer of them than an equal share.");
+  m.def(
+      "_splits", [] { return py::make_tuple(splits_toward_caller(), splits_away_from_caller()); },
+      "Test probe: (toward, away) calls so far whose tasks a PanelSplit sized and whose caller "
+      "ran more / fewer of them than an equal share.");
   m.def("_delay_row_steps", &delay_row_steps, py::arg("us"),
         "Test probe: thread 1 of a team waits `us` microseconds before each step of the rows "
         "it runs in a time loop split by rows, or of its run of a batch-1 sequence (0: none).");
