@@ -397,7 +397,7 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
   // late worker's share runs on the caller.
   }, a.steps - a.s0 == 1 || by_rows);
   if (timed_team == nt) {
-    sizer->record(nt, runs, lag, busy);
+    sizer->record(nt, runs, lag, busy, rf_ticks() - call_start);
     note_split(runs[1], ntasks, nt);
   }
 }

@@ -540,7 +540,8 @@ void PanelSplit::runs(int n, int nt, int* first) const {
   for (int i = 1; i <= nt; ++i) first[i] = (int)((long)n * i / nt);
 }
 
-void PanelSplit::record(int nt, const int* first, const double* lag, const double* busy) {
+void PanelSplit::record(int nt, const int* first, const double* lag, const double* busy,
+                        double span) {
   if (nt < 2 || nt > kMaxThreads) return;
   const int n = first[nt];
   // Member i at rate[i] a task, from lag[i] on, finishes n_i tasks at
@@ -548,7 +549,8 @@ void PanelSplit::record(int nt, const int* first, const double* lag, const doubl
   double rate[kMaxThreads], inv = 0, lagged = 0;
   for (int i = 0; i < nt; ++i) {
     const int k = first[i + 1] - first[i];
-    if (k <= 0 || !(busy[i] > 0) || !(lag[i] >= 0)) return;  // keep the shares
+    if (k <= 0 || !(busy[i] > 0) || !(lag[i] >= 0) || !(lag[i] + busy[i] <= span))
+      return;  // keep the shares
     rate[i] = busy[i] / k;
     inv += 1 / rate[i];
     lagged += lag[i] / rate[i];
@@ -566,14 +568,18 @@ void PanelSplit::record(int nt, const int* first, const double* lag, const doubl
   }
 }
 
-void panel_split_trace(int n, int nt, const double* lag, const double* rate, int calls,
-                       int* first) {
+void panel_split_trace(int n, int nt, const double* lag, const double* rate,
+                       const double* skew, int calls, int* first) {
   PanelSplit split;
   for (int c = 0; c < calls; ++c) {
     split.runs(n, nt, first);
-    double busy[PanelSplit::kMaxThreads];
-    for (int i = 0; i < nt; ++i) busy[i] = rate[i] * (first[i + 1] - first[i]);
-    split.record(nt, first, lag, busy);
+    double busy[PanelSplit::kMaxThreads], seen[PanelSplit::kMaxThreads], span = 0;
+    for (int i = 0; i < nt; ++i) {
+      busy[i] = rate[i] * (first[i + 1] - first[i]);
+      span = std::max(span, lag[i] + busy[i]);
+      seen[i] = lag[i] + skew[i];
+    }
+    split.record(nt, first, seen, busy, span);
   }
   split.runs(n, nt, first);
 }

@@ -121,18 +121,20 @@ class PanelSplit {
   // rf_share) until record() has seen a team of nt, or where n < nt or nt > kMaxThreads.
   void runs(int n, int nt, int* first) const;
   // A call's timings, on the runs of runs(): member i began lag[i] after the call and spent
-  // busy[i] on its run (any one unit). Moves each run's share an eighth of the way to the
-  // runs that would have finished together; a negative lag (clocks apart) changes nothing.
-  void record(int nt, const int* first, const double* lag, const double* busy);
+  // busy[i] on its run; the call lasted `span` on its caller's clock (any one unit). Moves
+  // each run's share an eighth of the way to the runs that would have finished together.
+  // Timings no clock could give (a lag below 0, a run ending after the call: the members'
+  // clocks disagree) change nothing.
+  void record(int nt, const int* first, const double* lag, const double* busy, double span);
 
  private:
   std::atomic<int> team_{0};
   std::atomic<float> share_[kMaxThreads] = {};  // of the tasks, summing to ~1
 };
 // Test probe: the runs (first[0..nt]) of n tasks after `calls` calls whose member i began
-// lag[i] after the call and took rate[i] per task.
-void panel_split_trace(int n, int nt, const double* lag, const double* rate, int calls,
-                       int* first);
+// lag[i] after the call and took rate[i] per task, its clock skew[i] ahead of its caller's.
+void panel_split_trace(int n, int nt, const double* lag, const double* rate,
+                       const double* skew, int calls, int* first);
 // Test probe: sized calls whose caller ran more tasks than an equal share / fewer.
 void note_split(int caller_tasks, int n, int nt);
 long splits_toward_caller();

@@ -310,6 +310,12 @@ def test_panel_split_runs_finish_together(n, lag, rate):
     # fewer tasks than members: equal runs
     np.testing.assert_array_equal(_core._panel_split(3, np.zeros(4), np.ones(4), 50),
                                   [0, 0, 1, 2, 3])
+    # timings no clock could give (members' clocks apart): a lag below 0, or a run that
+    # ends after the call on its caller's clock; the runs stay equal
+    equal = np.arange(len(lag) + 1) * n // len(lag)
+    for skew in (-(lag + 1), np.full(len(lag), float(n))):
+        skew[0] = 0  # the caller's own clock
+        np.testing.assert_array_equal(_core._panel_split(n, lag, rate, 200, skew), equal)
 
 
 @pytest.mark.skipif(CPUS < 2, reason="a late worker needs a team of two")

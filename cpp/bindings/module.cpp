@@ -997,21 +997,25 @@ PYBIND11_MODULE(_core, m) {
       "one_s[i] on one thread.");
   m.def(
       "_panel_split",
-      [](int n, Arr<double> lag, Arr<double> rate, int calls) {
-        if (lag.ndim() != 1 || rate.ndim() != 1 || lag.size() != rate.size() ||
-            lag.size() < 1 || lag.size() > PanelSplit::kMaxThreads)
-          throw py::value_error("lag and rate must be 1-d arrays of one length, 1 to " +
+      [](int n, Arr<double> lag, Arr<double> rate, int calls, py::object skew) {
+        Arr<double> sk = skew.is_none() ? Arr<double>(lag.size()) : skew.cast<Arr<double>>();
+        if (skew.is_none()) std::fill(sk.mutable_data(), sk.mutable_data() + sk.size(), 0.0);
+        if (lag.ndim() != 1 || rate.ndim() != 1 || sk.ndim() != 1 || lag.size() != rate.size() ||
+            sk.size() != lag.size() || lag.size() < 1 || lag.size() > PanelSplit::kMaxThreads)
+          throw py::value_error("lag, rate and skew must be 1-d arrays of one length, 1 to " +
                                 std::to_string(PanelSplit::kMaxThreads));
         if (n < 0 || calls < 0) throw py::value_error("n and calls must be >= 0");
         const int nt = (int)lag.size();
         py::array_t<int> first(nt + 1);
-        panel_split_trace(n, nt, lag.data(), rate.data(), calls, first.mutable_data());
+        panel_split_trace(n, nt, lag.data(), rate.data(), sk.data(), calls,
+                          first.mutable_data());
         return first;
       },
       py::arg("n"), py::arg("lag"), py::arg("rate"), py::arg("calls"),
+      py::arg("skew") = py::none(),
       "Test probe: the runs of n tasks (member i's: [first[i], first[i+1])) a one-step call "
       "gives a team after `calls` calls whose member i began lag[i] after the call and took "
-      "rate[i] per task.");
+      "rate[i] per task, its clock skew[i] ahead of its caller's (default 0).");
   m.def(
       "_thread_budget_probe",
       [](int requested, double seconds) {
