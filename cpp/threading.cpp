@@ -544,25 +544,34 @@ void PanelSplit::record(int nt, const int* first, const double* lag, const doubl
                         double span) {
   if (nt < 2 || nt > kMaxThreads) return;
   const int n = first[nt];
-  // Member i at rate[i] a task, from lag[i] on, finishes n_i tasks at
-  // lag[i] + n_i rate[i]; all at `end` where sum (end - lag[i]) / rate[i] = n.
-  double rate[kMaxThreads], inv = 0, lagged = 0;
+  // Member i at rate[i] a task, from lag[i] on, finishes n_i tasks at lag[i] + n_i rate[i];
+  // all at `end` where sum over members starting before it of (end - lag[i]) / rate[i] = n
+  // (the others get none; the one that starts first always has some).
+  double rate[kMaxThreads];
+  bool in[kMaxThreads];
   for (int i = 0; i < nt; ++i) {
     const int k = first[i + 1] - first[i];
     if (k <= 0 || !(busy[i] > 0) || !(lag[i] >= 0) || !(lag[i] + busy[i] <= span))
       return;  // keep the shares
     rate[i] = busy[i] / k;
-    inv += 1 / rate[i];
-    lagged += lag[i] / rate[i];
+    in[i] = true;
   }
-  const double end = (n + lagged) / inv;
+  double end = 0;
+  for (bool dropped = true; dropped;) {
+    double inv = 0, lagged = 0;
+    for (int i = 0; i < nt; ++i)
+      if (in[i]) inv += 1 / rate[i], lagged += lag[i] / rate[i];
+    end = (n + lagged) / inv;
+    dropped = false;
+    for (int i = 0; i < nt; ++i)
+      if (in[i] && end < lag[i]) in[i] = false, dropped = true;
+  }
   if (team_.load(std::memory_order_relaxed) != nt) {  // a first team of this size
     for (int i = 0; i < nt; ++i) share_[i].store(1.0f / nt, std::memory_order_relaxed);
     team_.store(nt, std::memory_order_relaxed);
   }
   for (int i = 0; i < nt; ++i) {
-    double want = (end - lag[i]) / rate[i] / n;
-    want = want < 0 ? 0 : want;
+    const double want = in[i] ? (end - lag[i]) / rate[i] / n : 0;  // shares sum to 1
     const float now = share_[i].load(std::memory_order_relaxed);
     share_[i].store(now + (float)(want - now) * 0.125f, std::memory_order_relaxed);
   }

@@ -304,9 +304,12 @@ def test_panel_split_runs_finish_together(n, lag, rate):
     first = _core._panel_split(n, lag, rate, 200)
     assert first[0] == 0 and first[-1] == n and np.all(np.diff(first) >= 1)
     assert np.all(np.abs(first - want) <= 1), (first, want)
-    # a member that would get nothing keeps one task (its rate stays measured)
+    # a member that would get nothing keeps one task (its rate stays measured), and the
+    # others share the rest as if it were not there
     first = _core._panel_split(8, np.array([0.0, 100.0]), np.array([1.0, 1.0]), 200)
     np.testing.assert_array_equal(first, [0, 7, 8])
+    first = _core._panel_split(30, np.array([0.0, 100.0, 4.0]), np.ones(3), 200)
+    np.testing.assert_array_equal(first, [0, 17, 18, 30])  # 17 and 13 end together
     # fewer tasks than members: equal runs
     np.testing.assert_array_equal(_core._panel_split(3, np.zeros(4), np.ones(4), 50),
                                   [0, 0, 1, 2, 3])
