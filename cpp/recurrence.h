@@ -366,7 +366,7 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
       const int delay = timed && !one_step && me == 1 ? row_step_delay_us() : 0;  // test probe
       for (int s = a.s0; s < a.steps; ++s) {
         const double step_began = timed && !one_step ? rf_ticks() : 0;
-        if (delay) std::this_thread::sleep_for(std::chrono::microseconds(delay));
+        probe_wait_us(delay);
         // Batch 1: h (and x) come from the other core's cache; request every line now
         // rather than as the K loop reaches each one (a few at a time in the reorder window).
         if (MR == 1 && nt > 1) {

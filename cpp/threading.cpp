@@ -103,6 +103,7 @@ std::atomic<long> g_steals{0};
 std::atomic<long> g_helps{0};
 std::atomic<int> g_row_step_delay_us{0};
 std::atomic<long> g_split_toward{0}, g_split_away{0};
+std::atomic<bool> g_count_splits{false};  // from the probe's first read on
 
 // Waits until done() holds: spins, then yields the CPU between checks (a team member
 // that lost its CPU gets it back sooner), at once when teams outnumber the CPUs.
@@ -521,6 +522,7 @@ void team_probe_body(void* p) {
 
 void delay_workers(int us) { g_worker_delay_us.store(us > 0 ? us : 0); }
 long late_shares_run() { return g_late_shares.load(); }
+
 void PanelSplit::runs(int n, int nt, int* first) const {
   first[0] = 0;
   if (nt >= 2 && nt <= kMaxThreads && n >= nt && team_.load(std::memory_order_relaxed) == nt) {
@@ -586,7 +588,7 @@ void panel_split_trace(int n, int nt, const double* lag, const double* rate,
     for (int i = 0; i < nt; ++i) {
       busy[i] = rate[i] * (first[i + 1] - first[i]);
       span = std::max(span, lag[i] + busy[i]);
-      seen[i] = lag[i] + skew[i];
+      seen[i] = lag[i] + (skew ? skew[i] : 0);
     }
     split.record(nt, first, seen, busy, span);
   }
@@ -594,12 +596,22 @@ void panel_split_trace(int n, int nt, const double* lag, const double* rate,
 }
 
 void note_split(int caller_tasks, int n, int nt) {
+  // Counted only once a test reads the counts: a stream's steps would otherwise write one
+  // process-wide line each, which streams on other threads would pull back and forth.
+  if (!g_count_splits.load(std::memory_order_relaxed)) return;
   const long even = (long)n / nt;  // member 0's equal run (rf_share)
   if (caller_tasks > even) g_split_toward.fetch_add(1, std::memory_order_relaxed);
   if (caller_tasks < even) g_split_away.fetch_add(1, std::memory_order_relaxed);
 }
-long splits_toward_caller() { return g_split_toward.load(); }
-long splits_away_from_caller() { return g_split_away.load(); }
+long splits_toward_caller() {
+  g_count_splits.store(true);
+  return g_split_toward.load();
+}
+long splits_away_from_caller() {
+  g_count_splits.store(true);
+  return g_split_away.load();
+}
+
 void note_steal() { g_steals.fetch_add(1, std::memory_order_relaxed); }
 long steals() { return g_steals.load(); }
 void note_help() { g_helps.fetch_add(1, std::memory_order_relaxed); }

@@ -132,10 +132,12 @@ class PanelSplit {
   std::atomic<float> share_[kMaxThreads] = {};  // of the tasks, summing to ~1
 };
 // Test probe: the runs (first[0..nt]) of n tasks after `calls` calls whose member i began
-// lag[i] after the call and took rate[i] per task, its clock skew[i] ahead of its caller's.
+// lag[i] after the call and took rate[i] per task, its clock skew[i] ahead of its caller's
+// (skew may be null: none).
 void panel_split_trace(int n, int nt, const double* lag, const double* rate,
                        const double* skew, int calls, int* first);
-// Test probe: sized calls whose caller ran more tasks than an equal share / fewer.
+// Test probe: sized calls whose caller ran more tasks than an equal share / fewer, counted
+// from the first read of either count on.
 void note_split(int caller_tasks, int n, int nt);
 long splits_toward_caller();
 long splits_away_from_caller();

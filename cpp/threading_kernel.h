@@ -63,6 +63,11 @@ static inline double rf_ticks() {
 #endif
 }
 
+// A test probe's wait (delay_row_steps): asleep, as a late worker is (delay_workers).
+static inline void probe_wait_us(int us) {
+  if (us > 0) std::this_thread::sleep_for(std::chrono::microseconds(us));
+}
+
 // Threads worth using for `flops` of work: at least 0.1 MFLOP (~1.5 us) per thread, so
 // tiny products stay on one thread. Measured on `small` (B=8, H=128, 2 cores): a 2 MFLOP
 // threshold kept every step on one thread, and 0.1 MFLOP made LSTM 1.8x, GRU 1.8x and RNN
@@ -195,7 +200,7 @@ class HelpedRuns {
     const int delay = me == 1 ? row_step_delay_us() : 0;  // test probe
     long s = s0;
     for (; s < s1 && own.ctl.load(std::memory_order_relaxed) != kAsked; ++s) {
-      if (delay) std::this_thread::sleep_for(std::chrono::microseconds(delay));
+      probe_wait_us(delay);
       for (long j = 0; j < n; ++j) f(me, s, j);
     }
     if (s < s1) {  // asked: the rest as joint steps (h of step s - 1 published)
@@ -232,7 +237,7 @@ class HelpedRuns {
   template <class F>
   static void joint(Run& r, int g, bool owner, long js, long s1, long n, int delay, F& f) {
     for (long s = js; s < s1; ++s) {
-      if (delay) std::this_thread::sleep_for(std::chrono::microseconds(delay));
+      probe_wait_us(delay);
       const uint64_t gen = (uint64_t)((s - js) % 0xFFFF) + 1;  // never 0, the unset slot's
       long mine = 0;
       uint64_t st = r.slot.load(std::memory_order_relaxed);

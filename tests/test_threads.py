@@ -90,6 +90,22 @@ def inputs(T=32, B=16, I=64, seed=0):
     return np.random.default_rng(seed).standard_normal((T, B, I)).astype(np.float32)
 
 
+def delayed_runs(kind, x, H, probe, us, count, warm=0):
+    """Training step and inference on 1 and 2 threads, the delay probe at `us` on 2 (after
+    `warm` inference calls): {n: results}, {n: how far count() moved}."""
+    results, moved = {}, {}
+    for n in (1, 2):
+        m = make(kind, I=x.shape[2], H=H, num_threads=n)
+        before = count()
+        with delayed(probe, us if n == 2 else 0):
+            for _ in range(warm):
+                m(x)
+            results[n] = run_train(m, x)
+            results[n]["inference"], _ = m(x)
+        moved[n] = count() - before
+    return results, moved
+
+
 # ---------------------------------------------------------------------------- settings
 
 
@@ -273,16 +289,9 @@ def test_steps_stolen_from_a_late_worker_same_results(kind):
     # backward's steps. A worker 20 ms late to each job leaves its whole first step to the
     # caller: steals happen, and the outputs, the training forward and the gradients are
     # the same bits as on one thread.
-    x = inputs(12, 8, I=32)
-    results = {}
-    for n in (1, 2):
-        m = make(kind, I=32, H=512, num_threads=n)
-        before = _core._steals()
-        with delayed(_core._delay_workers, 20000 if n == 2 else 0):
-            results[n] = run_train(m, x)
-            results[n]["inference"], _ = m(x)
-        steals = _core._steals() - before
-        assert steals == 0 if n == 1 else steals >= 4  # 2 forwards, a backward's 2 phases
+    results, steals = delayed_runs(kind, inputs(12, 8, I=32), 512, _core._delay_workers, 20000,
+                                   _core._steals)
+    assert steals[1] == 0 and steals[2] >= 4  # 2 forwards, a backward's 2 phases
     assert_same(results[1], results[2], atol=0, rtol=0)
 
 
@@ -354,18 +363,9 @@ def test_batch1_sequence_runs_move_off_a_slow_thread_same_results(kind):
     # its run (well over a step's work, under ThreadSanitizer too, where 300 us was not):
     # call after call the caller's run grows, and inference, the training forward and the
     # gradients are the same bits as on one thread.
-    x = inputs(6, 1, I=32)
-    results = {}
-    for n in (1, 2):
-        m = make(kind, I=32, H=256, num_threads=n)
-        before = _core._splits()
-        with delayed(_core._delay_row_steps, 2000 if n == 2 else 0):
-            for _ in range(12):
-                m(x)
-            results[n] = run_train(m, x)
-            results[n]["inference"], _ = m(x)
-        toward = _core._splits()[0] - before[0]
-        assert toward == 0 if n == 1 else toward >= 6
+    results, toward = delayed_runs(kind, inputs(6, 1, I=32), 256, _core._delay_row_steps, 2000,
+                                   lambda: _core._splits()[0], warm=12)
+    assert toward[1] == 0 and toward[2] >= 6
     assert_same(results[1], results[2], atol=0, rtol=0)
 
 
@@ -381,18 +381,10 @@ def test_rows_of_a_slow_thread_helped_same_results(kind):
     helps = 0
     H = 256 if kind == "RNN" else 128
     for batch in (8, 12):
-        x = inputs(12, batch, I=32)
-        results = {}
-        for n in (1, 2):
-            m = make(kind, I=32, H=H, num_threads=n)
-            before = _core._helps()
-            with delayed(_core._delay_row_steps, 300 if n == 2 else 0):
-                results[n] = run_train(m, x)
-                results[n]["inference"], _ = m(x)
-            if n == 1:
-                assert _core._helps() == before
-            else:
-                helps += _core._helps() - before
+        results, moved = delayed_runs(kind, inputs(12, batch, I=32), H, _core._delay_row_steps,
+                                      300, _core._helps)
+        assert moved[1] == 0
+        helps += moved[2]
         assert_same(results[1], results[2], atol=0, rtol=0)
     assert helps >= 1
 

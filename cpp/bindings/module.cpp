@@ -997,17 +997,16 @@ PYBIND11_MODULE(_core, m) {
       "one_s[i] on one thread.");
   m.def(
       "_panel_split",
-      [](int n, Arr<double> lag, Arr<double> rate, int calls, py::object skew) {
-        Arr<double> sk = skew.is_none() ? Arr<double>(lag.size()) : skew.cast<Arr<double>>();
-        if (skew.is_none()) std::fill(sk.mutable_data(), sk.mutable_data() + sk.size(), 0.0);
-        if (lag.ndim() != 1 || rate.ndim() != 1 || sk.ndim() != 1 || lag.size() != rate.size() ||
-            sk.size() != lag.size() || lag.size() < 1 || lag.size() > PanelSplit::kMaxThreads)
+      [](int n, Arr<double> lag, Arr<double> rate, int calls, std::optional<Arr<double>> skew) {
+        if (lag.ndim() != 1 || rate.ndim() != 1 || lag.size() != rate.size() ||
+            (skew && (skew->ndim() != 1 || skew->size() != lag.size())) || lag.size() < 1 ||
+            lag.size() > PanelSplit::kMaxThreads)
           throw py::value_error("lag, rate and skew must be 1-d arrays of one length, 1 to " +
                                 std::to_string(PanelSplit::kMaxThreads));
         if (n < 0 || calls < 0) throw py::value_error("n and calls must be >= 0");
         const int nt = (int)lag.size();
         py::array_t<int> first(nt + 1);
-        panel_split_trace(n, nt, lag.data(), rate.data(), sk.data(), calls,
+        panel_split_trace(n, nt, lag.data(), rate.data(), skew ? skew->data() : nullptr, calls,
                           first.mutable_data());
         return first;
       },
