@@ -1,11 +1,14 @@
 #include "dispatch.h"
 
+#include <algorithm>
 #include <atomic>
 #if RF_X86
 #include <cpuid.h>
 #endif
+#include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
+#include <unistd.h>
 
 namespace rnnfast {
 
@@ -78,6 +81,47 @@ bool far_prefetch_default() {
 
 std::atomic<bool> g_far_prefetch{far_prefetch_default()};
 
+// One core's L2 from sysfs (Linux: cpu0's level-2 data or unified cache), else sysconf.
+long l2_from_os() {
+  for (int i = 0; i < 8; ++i) {
+    char path[96], buf[32] = {};
+    auto read = [&](const char* leaf) {
+      std::snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/%s", i, leaf);
+      std::FILE* f = std::fopen(path, "r");
+      buf[0] = 0;
+      if (f) {
+        if (!std::fgets(buf, sizeof buf, f)) buf[0] = 0;
+        std::fclose(f);
+      }
+      return f != nullptr;
+    };
+    if (!read("level")) break;
+    if (std::atol(buf) != 2 || !read("type") || buf[0] == 'I' || !read("size")) continue;
+    char* end = nullptr;
+    long size = std::strtol(buf, &end, 10);
+    if (end && (*end == 'K' || *end == 'k')) size <<= 10;
+    else if (end && (*end == 'M' || *end == 'm')) size <<= 20;
+    if (size > 0) return size;
+  }
+#ifdef _SC_LEVEL2_CACHE_SIZE
+  const long size = sysconf(_SC_LEVEL2_CACHE_SIZE);
+  if (size > 0) return size;
+#endif
+  return 0;
+}
+
+const long g_l2_bytes = l2_from_os();
+
+// Three quarters of the L2 leaves room for the rest a step touches: on 1 MiB L2s (Zen 4
+// and 5) weights of a whole 1 MiB ran 4-9% slower split by rows. An unknown L2 counts as
+// 1 MiB; reports beyond 4 MiB (an L2 shared by a cluster) as 4 MiB.
+long row_sweep_default() {
+  const long l2 = g_l2_bytes <= 0 ? 1L << 20 : std::min(g_l2_bytes, 4L << 20);
+  return std::max(l2, 256L << 10) / 4 * 3;
+}
+
+std::atomic<long> g_row_sweep{row_sweep_default()};
+
 }  // namespace
 
 template <>
@@ -104,6 +148,11 @@ const KernelTable<double>& kernels<double>() {
 
 bool far_prefetch() { return g_far_prefetch.load(std::memory_order_relaxed); }
 bool set_far_prefetch(bool on) { return g_far_prefetch.exchange(on); }
+long row_sweep_bytes() { return g_row_sweep.load(std::memory_order_relaxed); }
+long set_row_sweep_bytes(long bytes) {
+  return g_row_sweep.exchange(bytes > 0 ? bytes : row_sweep_default());
+}
+long l2_cache_bytes() { return g_l2_bytes; }
 
 std::string current_isa() { return kNames[g_isa.load()]; }
 

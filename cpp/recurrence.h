@@ -123,12 +123,10 @@ static inline int tile_count(int B, int MR, int MR2) {
   return n + (MR2 ? (B - n * MR + MR2 - 1) / MR2 : 0);
 }
 
-// Weights a step reads (bytes) up to which threads split a step's rows, not its panels:
-// each thread then reads all the weights from its own L2 every step, but its rows never
-// wait for the other threads' (no barrier per step; see recurrent_forward/_backward).
-// Three quarters of a 1 MiB L2 (Zen 4 and 5, Skylake-SP): weights of a whole 1 MiB ran
-// 4-9% slower this way (cpp/README.md).
-constexpr long kRowSweepBytes = 768 << 10;
+// Threads split a step's rows, not its panels, where the weights a step reads are at most
+// row_sweep_bytes() (3/4 of one core's L2, common.h): each thread then reads all the
+// weights from its own L2 every step, but its rows never wait for the other threads' (no
+// barrier per step; see recurrent_forward/_backward).
 // A thread's step split by rows (FLOPs of its product) from which a thread done with its
 // rows helps with another's (HelpedRuns), forward and backward: a joint step's hand-offs
 // cost ~1 us. RNN `small` (0.16 MFLOP, ~1.3 us) ran 6% slower helped; LSTM and GRU `small`
@@ -442,7 +440,7 @@ void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
     return most * nt <= fewer * 1.05;
   };
   bool low_tiles = low < rows, by_rows = false;
-  if (nt > 1 && B > 1 && weight_bytes <= kRowSweepBytes) {
+  if (nt > 1 && B > 1 && weight_bytes <= row_sweep_bytes()) {
     const bool low_ok = even(lblocks, [&](int) { return LR; });
     const bool mixed_ok = even(mixed, [&](int ib) { return ib < nfull ? MR : MR2; });
     by_rows = low_ok || mixed_ok;
@@ -479,7 +477,7 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
   // Rows of a batch do not meet in the backward sweep: with W_hh small enough for each
   // thread to read whole from its L2 every step, each thread sweeps its own rows with
   // no barrier per step (two otherwise: after dA, after the product).
-  const bool by_rows = nt > 1 && B >= 4 * nt && GH * H * (long)sizeof(T) <= kRowSweepBytes;
+  const bool by_rows = nt > 1 && B >= 4 * nt && GH * H * (long)sizeof(T) <= row_sweep_bytes();
   T* direct = a.direct;  // null but for GRU (cell_has_direct)
   // Bias gradients: a partial sum per batch row, added to while the row's dA is in L1
   // (a separate pass over all T*B rows afterwards took 3% of mid LSTM training), then

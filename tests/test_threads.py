@@ -5,6 +5,7 @@ import concurrent.futures
 import contextlib
 import multiprocessing
 import os
+import pathlib
 import pickle
 import signal
 import subprocess
@@ -77,9 +78,10 @@ def assert_same(a, b, atol=1e-6, rtol=1e-6):
 
 
 @contextlib.contextmanager
-def delayed(probe, us):
-    """A delay test probe (_core._delay_workers, _delay_row_steps) set to `us` for the block."""
-    probe(us)
+def probe_at(probe, value):
+    """A test probe (_core._delay_workers, _delay_row_steps, _set_row_sweep_bytes) set to
+    `value` for the block, then to 0 (off, or the default)."""
+    probe(value)
     try:
         yield
     finally:
@@ -97,7 +99,7 @@ def delayed_runs(kind, x, H, probe, us, count, warm=0):
     for n in (1, 2):
         m = make(kind, I=x.shape[2], H=H, num_threads=n)
         before = count()
-        with delayed(probe, us if n == 2 else 0):
+        with probe_at(probe, us if n == 2 else 0):
             for _ in range(warm):
                 m(x)
             results[n] = run_train(m, x)
@@ -232,23 +234,47 @@ def test_global_threads_same_results(kind, shape):
     assert_same(results[1], results[2])
 
 
+@pytest.mark.parametrize("sweep", ["rows", "panels"])
 @pytest.mark.parametrize("H", [128, 256])
 @pytest.mark.parametrize("B", [8, 13, 16])
-def test_row_split_steps_same_results(kind, B, H):
-    # I = 32, H = 128: weights small enough (recurrence.h, kRowSweepBytes) that two threads
-    # split a step's rows rather than its panels, forward and backward, with no barrier per
-    # step; B = 13 leaves a padded row tile. H = 256: GRU's 768 KiB at the limit, RNN's
-    # under it, LSTM's 1 MiB over it (panels). Lengths freeze rows; the reverse direction
-    # and a second layer (wider input, panels again for LSTM) come along.
+def test_row_split_steps_same_results(kind, B, H, sweep):
+    # Two threads split a step's rows (each runs its rows through every step, no barrier
+    # per step) where a step's weights are at most _row_sweep_bytes() (3/4 of one core's
+    # L2), else its panels; the limit is set here so that both run on any machine ("rows":
+    # 4 MiB, over every layer below; "panels": 1 byte). Forward and backward give the same
+    # bits as one thread. B = 13 leaves a padded row tile; lengths freeze rows; the reverse
+    # direction and a second layer (a wider input) come along.
     x = inputs(20, B, I=32)
     lengths = np.maximum(1, 20 - 3 * (np.arange(B) % 5))
-    for config in ({"num_layers": 2}, {"bidirectional": True}):
-        results = {}
-        for n in (1, 2):
-            m = make(kind, I=32, H=H, num_threads=n, **config)
-            results[n] = run_train(m, x, lengths=lengths)
-            results[n]["inference"], _ = m(x, lengths=lengths)
-        assert_same(results[1], results[2], atol=0, rtol=0)
+    with probe_at(_core._set_row_sweep_bytes, 4 << 20 if sweep == "rows" else 1):
+        for config in ({"num_layers": 2}, {"bidirectional": True}):
+            results = {}
+            for n in (1, 2):
+                m = make(kind, I=32, H=H, num_threads=n, **config)
+                results[n] = run_train(m, x, lengths=lengths)
+                results[n]["inference"], _ = m(x, lengths=lengths)
+            assert_same(results[1], results[2], atol=0, rtol=0)
+
+
+def test_row_sweep_limit_is_three_quarters_of_the_l2():
+    # The OS's word on cpu0's L2 (sysfs, else sysconf), read here apart from the library;
+    # unknown counts as 1 MiB, and it is held to 256 KiB-4 MiB.
+    l2 = 0
+    for leaf in sorted(pathlib.Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        read = lambda name: (leaf / name).read_text().strip()  # noqa: E731
+        if read("level") == "2" and read("type") != "Instruction":
+            size = read("size")
+            l2 = int(size[:-1]) << {"K": 10, "M": 20}[size[-1].upper()] if size[-1].isalpha() \
+                else int(size)
+            break
+    if not l2 and hasattr(os, "sysconf") and "SC_LEVEL2_CACHE_SIZE" in os.sysconf_names:
+        l2 = max(0, os.sysconf("SC_LEVEL2_CACHE_SIZE"))
+    assert _core._l2_cache_bytes() == l2
+    want = min(max(l2 or 1 << 20, 256 << 10), 4 << 20) // 4 * 3
+    assert _core._row_sweep_bytes() == want
+    with probe_at(_core._set_row_sweep_bytes, 12345):
+        assert _core._row_sweep_bytes() == 12345
+    assert _core._row_sweep_bytes() == want
 
 
 @pytest.mark.skipif(CPUS < 2, reason="a late worker needs a team of two")
@@ -262,7 +288,7 @@ def test_late_workers_shares_run_by_their_callers(kind):
     x1 = inputs(30, 1, I=32)
     want = {}
     for n in (1, 2):
-        with delayed(_core._delay_workers, 20000 if n == 2 else 0):
+        with probe_at(_core._delay_workers, 20000 if n == 2 else 0):
             small = make(kind, I=32, H=128, num_threads=n)  # rows split, no barrier
             wide = make(kind, I=32, H=256, num_threads=n)  # panels split, a barrier a step
             before = _core._late_shares_run()
@@ -288,9 +314,10 @@ def test_steps_stolen_from_a_late_worker_same_results(kind):
     # a step takes the other's remaining tasks, in the forward and in both phases of the
     # backward's steps. A worker 20 ms late to each job leaves its whole first step to the
     # caller: steals happen, and the outputs, the training forward and the gradients are
-    # the same bits as on one thread.
-    results, steals = delayed_runs(kind, inputs(12, 8, I=32), 512, _core._delay_workers, 20000,
-                                   _core._steals)
+    # the same bits as on one thread. (Panels are split here on any L2: no row sweeps.)
+    with probe_at(_core._set_row_sweep_bytes, 1):
+        results, steals = delayed_runs(kind, inputs(12, 8, I=32), 512, _core._delay_workers,
+                                       20000, _core._steals)
     assert steals[1] == 0 and steals[2] >= 4  # 2 forwards, a backward's 2 phases
     assert_same(results[1], results[2], atol=0, rtol=0)
 
@@ -343,7 +370,7 @@ def test_one_step_runs_move_to_the_caller_of_a_late_worker_same_results(kind, ba
     for n in (1, 2):
         m = make(kind, I=32, H=256, num_threads=n)
         before = _core._splits()
-        with delayed(_core._delay_workers, 20000 if n == 2 else 0):
+        with probe_at(_core._delay_workers, 20000 if n == 2 else 0):
             ys, state = [], None
             for t in range(len(x)):  # the plain call, one step: always on the model's count
                 y, state = m(x[t:t + 1], state)

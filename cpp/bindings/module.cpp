@@ -911,6 +911,12 @@ PYBIND11_MODULE(_core, m) {
         "Test probe: batch-1 steps on weights over 4 MiB prefetch them (True) or not; returns "
         "the previous setting.");
   m.def("_far_prefetch", &far_prefetch, "Whether _set_far_prefetch's prefetch is on.");
+  m.def("_set_row_sweep_bytes", &set_row_sweep_bytes, py::arg("bytes"),
+        "Test probe: weights a step reads (bytes) up to which threads split a step's batch rows "
+        "rather than its weights (0: three quarters of this CPU's L2); returns the previous "
+        "value.");
+  m.def("_row_sweep_bytes", &row_sweep_bytes, "The limit _set_row_sweep_bytes sets.");
+  m.def("_l2_cache_bytes", &l2_cache_bytes, "One core's L2 as the OS reports it (0: unknown).");
   m.def("_set_huge_pages", &set_huge_pages, py::arg("on"),
         "Buffers of 2 MiB or more allocated from now on ask for huge pages (True, the default "
         "unless RNNFAST_HUGE_PAGES=0) or not; returns the previous setting.");
