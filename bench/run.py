@@ -983,8 +983,10 @@ def machine_info(threads: int) -> dict:
             info[name] = f"n/a ({type(exc).__name__})"
     try:
         info["rnnfast_isa"] = importlib.import_module("rnnfast").get_isa()
-        far = importlib.import_module("rnnfast._core")._far_prefetch()
-        info["rnnfast_far_prefetch"] = "on" if far else "off"
+        core = importlib.import_module("rnnfast._core")
+        info["rnnfast_far_prefetch"] = "on" if core._far_prefetch() else "off"
+        info["rnnfast_row_sweep_kib"] = core._row_sweep_bytes() >> 10
+        info["l2_kib"] = core._l2_cache_bytes() >> 10
     except Exception:
         pass
     try:
@@ -1063,7 +1065,8 @@ def format_report(
         + ", ".join(
             f"{k} {info[k]}"
             for k in ("python", "numpy", "numpy_blas", "numpy_blas_kernels", "rnnfast",
-                      "rnnfast_isa", "rnnfast_far_prefetch", "torch", "onnxruntime")
+                      "rnnfast_isa", "rnnfast_far_prefetch", "rnnfast_row_sweep_kib", "l2_kib",
+                      "torch", "onnxruntime")
             if k in info
         ),
         "sgemm ceiling (NumPy 2048x2048 float32): "
