@@ -156,6 +156,7 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
   const bool kblocked =
       kBlockK && !by_rows && MR > 1 && mblocks > 1 && panel_bytes > kPanelBlockBytes * 3 / 2;
   const int ntasks = kblocked ? npanels : npanels * mblocks;
+  if (by_rows) note_row_sweep();
   const bool prefetch = (double)npanels * panel_stride * sizeof(T) > (8 << 20);
   // Batch 1 reads each weight once: beyond the cores' L2 (over 4 MiB), ahead of use where
   // that helps (far_prefetch).
@@ -479,6 +480,7 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
   // thread to read whole from its L2 every step, each thread sweeps its own rows with
   // no barrier per step (two otherwise: after dA, after the product).
   const bool by_rows = nt > 1 && B >= 4 * nt && GH * H * (long)sizeof(T) <= row_sweep_bytes();
+  if (by_rows) note_row_sweep();
   T* direct = a.direct;  // null but for GRU (cell_has_direct)
   // Bias gradients: a partial sum per batch row, added to while the row's dA is in L1
   // (a separate pass over all T*B rows afterwards took 3% of mid LSTM training), then

@@ -104,6 +104,8 @@ std::atomic<long> g_helps{0};
 std::atomic<int> g_row_step_delay_us{0};
 std::atomic<long> g_split_toward{0}, g_split_away{0};
 std::atomic<bool> g_count_splits{false};  // from the probe's first read on
+std::atomic<long> g_row_sweeps{0};
+std::atomic<bool> g_count_row_sweeps{false};  // from the probe's first read on
 
 // Waits until done() holds: spins, then yields the CPU between checks (a team member
 // that lost its CPU gets it back sooner), at once when teams outnumber the CPUs.
@@ -610,6 +612,17 @@ long splits_toward_caller() {
 long splits_away_from_caller() {
   g_count_splits.store(true);
   return g_split_away.load();
+}
+
+void note_row_sweep() {
+  // Counted only once a test reads the count: a batched stream's steps would otherwise
+  // write one process-wide line each.
+  if (g_count_row_sweeps.load(std::memory_order_relaxed))
+    g_row_sweeps.fetch_add(1, std::memory_order_relaxed);
+}
+long row_sweeps() {
+  g_count_row_sweeps.store(true);
+  return g_row_sweeps.load();
 }
 
 void note_steal() { g_steals.fetch_add(1, std::memory_order_relaxed); }

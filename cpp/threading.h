@@ -103,6 +103,10 @@ long steals();
 // PanelSplit (0: none).
 void note_help();
 long helps();
+// Test probe: time loops (a layer and direction, forward or backward) whose threads split
+// the batch rows rather than the weights, counted from the first read on.
+void note_row_sweep();
+long row_sweeps();
 void delay_row_steps(int us);
 int row_step_delay_us();
 

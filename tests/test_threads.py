@@ -244,16 +244,23 @@ def test_row_split_steps_same_results(kind, B, H, sweep):
     # 4 MiB, over every layer below; "panels": 1 byte). Forward and backward give the same
     # bits as one thread. B = 13 leaves a padded row tile; lengths freeze rows; the reverse
     # direction and a second layer (a wider input) come along.
+    # The probe _row_sweeps counts the time loops split by rows: on two threads at least
+    # 6 a model here (2 layers or directions; the training forward, the backward and
+    # inference; a loop may run in stretches as rows end), or none.
     x = inputs(20, B, I=32)
     lengths = np.maximum(1, 20 - 3 * (np.arange(B) % 5))
     with probe_at(_core._set_row_sweep_bytes, 4 << 20 if sweep == "rows" else 1):
         for config in ({"num_layers": 2}, {"bidirectional": True}):
-            results = {}
+            results, sweeps = {}, {}
             for n in (1, 2):
                 m = make(kind, I=32, H=H, num_threads=n, **config)
+                before = _core._row_sweeps()
                 results[n] = run_train(m, x, lengths=lengths)
                 results[n]["inference"], _ = m(x, lengths=lengths)
+                sweeps[n] = _core._row_sweeps() - before
             assert_same(results[1], results[2], atol=0, rtol=0)
+            assert sweeps[1] == 0
+            assert sweeps[2] >= 6 if sweep == "rows" else sweeps[2] == 0
 
 
 def test_row_sweep_limit_is_three_quarters_of_the_l2():
