@@ -99,8 +99,8 @@ long l2_from_os() {
     if (std::atol(buf) != 2 || !read("type") || buf[0] == 'I' || !read("size")) continue;
     char* end = nullptr;
     long size = std::strtol(buf, &end, 10);
-    if (end && (*end == 'K' || *end == 'k')) size <<= 10;
-    else if (end && (*end == 'M' || *end == 'm')) size <<= 20;
+    if (*end == 'K' || *end == 'k') size <<= 10;
+    else if (*end == 'M' || *end == 'm') size <<= 20;
     if (size > 0) return size;
   }
 #ifdef _SC_LEVEL2_CACHE_SIZE

@@ -123,11 +123,6 @@ static inline int tile_count(int B, int MR, int MR2) {
   return n + (MR2 ? (B - n * MR + MR2 - 1) / MR2 : 0);
 }
 
-// Threads split a step's rows, not its panels, where the weights a step reads are at most
-// row_sweep_bytes() (3/4 of one core's L2, common.h): each thread then reads all the
-// weights from its own L2 every step, but its rows never wait for the other threads' (no
-// barrier per step; see recurrent_forward/_backward).
-
 // A thread's step split by rows (FLOPs of its product) from which a thread done with its
 // rows helps with another's (HelpedRuns), forward and backward: a joint step's hand-offs
 // cost ~1 us. RNN `small` (0.16 MFLOP, ~1.3 us) ran 6% slower helped; LSTM and GRU `small`

@@ -102,10 +102,22 @@ std::atomic<long> g_late_shares{0};
 std::atomic<long> g_steals{0};
 std::atomic<long> g_helps{0};
 std::atomic<int> g_row_step_delay_us{0};
-std::atomic<long> g_split_toward{0}, g_split_away{0};
-std::atomic<bool> g_count_splits{false};  // from the probe's first read on
-std::atomic<long> g_row_sweeps{0};
-std::atomic<bool> g_count_row_sweeps{false};  // from the probe's first read on
+
+// A test probe's count, written only once a test has read one: the steps of streams
+// (PanelSplit's, and batched ones' row sweeps) would otherwise write a process-wide line
+// each, which streams on other threads would pull back and forth.
+std::atomic<bool> g_counting{false};
+struct GatedCount {
+  std::atomic<long> n{0};
+  void add() {
+    if (g_counting.load(std::memory_order_relaxed)) n.fetch_add(1, std::memory_order_relaxed);
+  }
+  long read() {
+    g_counting.store(true);
+    return n.load();
+  }
+};
+GatedCount g_split_toward, g_split_away, g_row_sweeps;
 
 // Waits until done() holds: spins, then yields the CPU between checks (a team member
 // that lost its CPU gets it back sooner), at once when teams outnumber the CPUs.
@@ -598,32 +610,14 @@ void panel_split_trace(int n, int nt, const double* lag, const double* rate,
 }
 
 void note_split(int caller_tasks, int n, int nt) {
-  // Counted only once a test reads the counts: a stream's steps would otherwise write one
-  // process-wide line each, which streams on other threads would pull back and forth.
-  if (!g_count_splits.load(std::memory_order_relaxed)) return;
   const long even = (long)n / nt;  // member 0's equal run (rf_share)
-  if (caller_tasks > even) g_split_toward.fetch_add(1, std::memory_order_relaxed);
-  if (caller_tasks < even) g_split_away.fetch_add(1, std::memory_order_relaxed);
+  if (caller_tasks > even) g_split_toward.add();
+  if (caller_tasks < even) g_split_away.add();
 }
-long splits_toward_caller() {
-  g_count_splits.store(true);
-  return g_split_toward.load();
-}
-long splits_away_from_caller() {
-  g_count_splits.store(true);
-  return g_split_away.load();
-}
-
-void note_row_sweep() {
-  // Counted only once a test reads the count: a batched stream's steps would otherwise
-  // write one process-wide line each.
-  if (g_count_row_sweeps.load(std::memory_order_relaxed))
-    g_row_sweeps.fetch_add(1, std::memory_order_relaxed);
-}
-long row_sweeps() {
-  g_count_row_sweeps.store(true);
-  return g_row_sweeps.load();
-}
+long splits_toward_caller() { return g_split_toward.read(); }
+long splits_away_from_caller() { return g_split_away.read(); }
+void note_row_sweep() { g_row_sweeps.add(); }
+long row_sweeps() { return g_row_sweeps.read(); }
 
 void note_steal() { g_steals.fetch_add(1, std::memory_order_relaxed); }
 long steals() { return g_steals.load(); }

@@ -104,7 +104,8 @@ long steals();
 void note_help();
 long helps();
 // Test probe: time loops (a layer and direction, forward or backward) whose threads split
-// the batch rows rather than the weights, counted from the first read on.
+// the batch rows rather than the weights, counted from a test's first read of a gated
+// count (this or splits_*) on.
 void note_row_sweep();
 long row_sweeps();
 void delay_row_steps(int us);
@@ -141,7 +142,7 @@ class PanelSplit {
 void panel_split_trace(int n, int nt, const double* lag, const double* rate,
                        const double* skew, int calls, int* first);
 // Test probe: sized calls whose caller ran more tasks than an equal share / fewer, counted
-// from the first read of either count on.
+// from a test's first read of a gated count (these or row_sweeps) on.
 void note_split(int caller_tasks, int n, int nt);
 long splits_toward_caller();
 long splits_away_from_caller();
