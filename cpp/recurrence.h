@@ -122,6 +122,11 @@ static inline int tile_count(int B, int MR, int MR2) {
   const int n = full_tiles(B, MR, MR2);
   return n + (MR2 ? (B - n * MR + MR2 - 1) / MR2 : 0);
 }
+// Rows those tiles compute, padding included.
+static inline int tiled_rows(int B, int MR, int MR2) {
+  const int n = full_tiles(B, MR, MR2);
+  return n * MR + (tile_count(B, MR, MR2) - n) * MR2;
+}
 
 // A thread's step split by rows (FLOPs of its product) from which a thread done with its
 // rows helps with another's (HelpedRuns), forward and backward: a joint step's hand-offs
@@ -144,7 +149,29 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
   const long LB = a.ldb, BH = LB * H, ss = (long)(I + H) * LV * W, panel_stride = ss * (NV / LV);
   const bool fused = a.x != nullptr;
   const bool split = fused && Cell::kSplitInput;
-  const int nfull = full_tiles(B, MR, MR2), mblocks = tile_count(B, MR, MR2);
+  // By rows, the batch splits into nt ranges of B / nt rows, each tiled on its own (tiled;
+  // range id's first tile is range_tile[id]), so that tiles of MR and MR2 rows are shared
+  // alike. All B rows tiled at once gave AVX-512 LSTM at B = 32 ranges of 17 and 15 rows, so
+  // LR tiles ran instead, 7% slower a row than 6 + 5 + 5 (one thread, I 64, H 256).
+  struct RowTile {
+    int i0, end;  // rows [i0, i0 + R), those below end real
+    bool full;    // R = MR, else MR2
+  };
+  std::vector<RowTile> tiled;
+  std::vector<int> range_tile;
+  if (by_rows) {
+    range_tile.resize(nt + 1);
+    for (int id = 0; id < nt; ++id) {
+      const int r0 = rf_share(B, id, nt), r1 = rf_share(B, id + 1, nt);
+      const int nf = full_tiles(r1 - r0, MR, MR2), nb = tile_count(r1 - r0, MR, MR2);
+      range_tile[id] = (int)tiled.size();
+      for (int k = 0; k < nb; ++k)
+        tiled.push_back({k < nf ? r0 + k * MR : r0 + nf * MR + (k - nf) * MR2, r1, k < nf});
+    }
+    range_tile[nt] = (int)tiled.size();
+  }
+  const int nfull = full_tiles(B, MR, MR2);
+  const int mblocks = by_rows ? (int)tiled.size() : tile_count(B, MR, MR2);
   // Blocked when several tiles share a panel (all passes) of more than 1.5 kPanelBlockBytes
   // (small LSTM, 20 KiB panels, one thread: 1.23 ms blocked, 1.16 not).
   const long panel_bytes = (long)((fused ? I : 0) + H) * NV * W * sizeof(T);
@@ -157,12 +184,15 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
   // that helps (far_prefetch).
   const bool far = MR == 1 && (double)npanels * panel_bytes > (4 << 20) && far_prefetch();
   const size_t tile = (size_t)MR * NV;  // partial sums per row tile (MR2 < MR)
-  // f(rows-per-tile constant, first row) for row tile ib
+  // f(rows-per-tile constant, first row, end of its real rows) for row tile ib
   auto with_block = [&](int ib, auto&& f) {
-    if (ib < nfull)
-      f(std::integral_constant<int, MR>(), ib * MR);
+    const bool full = by_rows ? tiled[ib].full : ib < nfull;
+    const int i0 = by_rows ? tiled[ib].i0 : full ? ib * MR : nfull * MR + (ib - nfull) * MR2;
+    const int end = by_rows ? tiled[ib].end : B;
+    if (full)
+      f(std::integral_constant<int, MR>(), i0, end);
     else if constexpr (MR2 > 0)
-      f(std::integral_constant<int, MR2>(), nfull * MR + (ib - nfull) * MR2);
+      f(std::integral_constant<int, MR2>(), i0, end);
   };
   // Several row tiles and steps: a thread done with its share of a step takes the other's
   // last tasks (StealShares). Not for batch 1 (a stolen panel is read from the other
@@ -203,11 +233,11 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
       const T* c_prev = a.cs ? a.cs + in * BH : nullptr;
       T* c_new = a.cs ? a.cs + out * BH : nullptr;
       const int32_t* tid = a.tidx + (long)s * LB;
-      // Row pointers of a tile at i0, from column k0 of x (xsrc) or h (rows past B repeat
-      // the first); -> valid rows.
-      auto tile_rows = [&](bool xsrc, int i0, int k0, auto& rows) {
+      // Row pointers of a tile at i0, from column k0 of x (xsrc) or h (rows from end on
+      // repeat the first); -> valid rows.
+      auto tile_rows = [&](bool xsrc, int i0, int end, int k0, auto& rows) {
         constexpr int R = std::extent<std::remove_reference_t<decltype(rows)>>::value;
-        const int mr = B - i0 < R ? B - i0 : R;
+        const int mr = end - i0 < R ? end - i0 : R;
         for (int r = 0; r < R; ++r) {
           const int b = i0 + (r < mr ? r : 0);
           if (xsrc) {
@@ -229,10 +259,10 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
         tile_pass<T, R, PV, LV>(sums + h * PV, NV, fresh, ss, n, rows, bp + k * LV * W, n2,
                                 rows2, bp + k2 * LV * W, far);
       };
-      // The epilogue of tile ib (R rows at i0) from its sums.
-      auto finish = [&](auto R_c, int p, int i0, const V* sums, const V* xsums) {
+      // The epilogue of a tile (R rows at i0, those below end real) from its sums.
+      auto finish = [&](auto R_c, int p, int i0, int end, const V* sums, const V* xsums) {
         constexpr int R = decltype(R_c)::value;
-        const int mr = B - i0 < R ? B - i0 : R;
+        const int mr = end - i0 < R ? end - i0 : R;
         V acc[R][NV], xacc[R][NV];
         for (int r = 0; r < R; ++r)
           for (int v = 0; v < NV; ++v) {
@@ -280,12 +310,12 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
       const int p = kblocked ? task : task / mblocks;
       const T* panel = a.packed + p * panel_stride;  // per slice: x rows, then h rows
       if (!kblocked) {  // one tile, all of K per pass
-        with_block(task % mblocks, [&](auto R_c, int i0) {
+        with_block(task % mblocks, [&](auto R_c, int i0, int end) {
           constexpr int R = decltype(R_c)::value;
           V sums[R * NV], xsums[R * NV];
           const T *xr[R], *hr[R];
-          tile_rows(false, i0, 0, hr);
-          if (fused) tile_rows(true, i0, 0, xr);
+          tile_rows(false, i0, end, 0, hr);
+          if (fused) tile_rows(true, i0, end, 0, xr);
           for (int h = 0; h < NP; ++h) {
             if (split) pass(R_c, xsums, true, panel, h, I, xr, 0);
             if (fused && !split)
@@ -293,7 +323,7 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
             else
               pass(R_c, sums, true, panel, h, H, hr, I);
           }
-          finish(R_c, p, i0, sums, xsums);
+          finish(R_c, p, i0, end, sums, xsums);
         });
         return;
       }
@@ -316,7 +346,7 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
             const long span = prefetch ? (long)(kn1 - kn0) * LV * W * sizeof(T) : 0;
             const long share = (span + 64L * mblocks - 1) / (64L * mblocks) * 64;
             for (int ib = 0; ib < mblocks; ++ib)
-              with_block(ib, [&](auto R_c, int i0) {
+              with_block(ib, [&](auto R_c, int i0, int end) {
                 constexpr int R = decltype(R_c)::value;
                 for (int sl = hn * PV / LV; sl < (hn + 1) * PV / LV; ++sl) {
                   const char* next = (const char*)(panel + sl * ss + (long)kn0 * LV * W);
@@ -326,15 +356,15 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
                 V* sums = (xp ? xpartial : partial) + ib * tile;
                 const T *xr[R], *hr[R];
                 if (k1 <= I || k0 >= I) {
-                  tile_rows(k0 < I, i0, k0 < I ? k0 : k0 - I, k0 < I ? xr : hr);
+                  tile_rows(k0 < I, i0, end, k0 < I ? k0 : k0 - I, k0 < I ? xr : hr);
                   pass(R_c, sums, k0 == lo, panel, h, k1 - k0, k0 < I ? xr : hr, k0);
                 } else {  // straddles x and h
-                  tile_rows(true, i0, k0, xr);
-                  tile_rows(false, i0, 0, hr);
+                  tile_rows(true, i0, end, k0, xr);
+                  tile_rows(false, i0, end, 0, hr);
                   pass(R_c, sums, k0 == lo, panel, h, I - k0, xr, k0, k1 - I, hr, I);
                 }
                 if (!xp && k1 == hi && h == NP - 1)
-                  finish(R_c, p, i0, sums, split ? xpartial + ib * tile : nullptr);
+                  finish(R_c, p, i0, end, sums, split ? xpartial + ib * tile : nullptr);
               });
           }
         }
@@ -344,7 +374,8 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
     };
     const int team = rf_team_size(), me = rf_thread_num();
     if (by_rows) {  // this thread's row tiles on every panel, step after step; then helping
-      auto tiles = [&](int id) { return rf_share(mblocks, id, team); };
+      // (a team cut below nt takes the ranges in runs)
+      auto tiles = [&](int id) { return range_tile[rf_share(nt, id, team)]; };
       helped->run(
           a.s0, a.steps, [&](int id) { return (long)npanels * (tiles(id + 1) - tiles(id)); },
           [&](int id, long s, long j) {
@@ -414,34 +445,30 @@ void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
   // per 4 FMAs instead of 6 (forced where nothing is padded, B = 12-64 LSTM inference ran
   // 1-4% slower), so B = 8 takes 2 x 4 rows, not 6 + 5. B = 32 and 64: 6- and 5-row tiles.
   constexpr int LR = RecurrentTile<NV>::LR;
-  const int mixed = tile_count(B, MR, MR2), nfull = full_tiles(B, MR, MR2);
+  const int mixed = tile_count(B, MR, MR2);
   const int lblocks = (B + LR - 1) / LR;
-  const double rows = nfull * MR + (mixed - nfull) * MR2;
+  const double rows = tiled_rows(B, MR, MR2);
   const double low = RecurrentTile<NV>::kLowCost * lblocks * LR;
   auto capped = [&](int tiles) { return nt < npanels * tiles ? nt : npanels * tiles; };
   const double weight_bytes = (double)npanels * NV * Simd<T>::W * K * sizeof(T);
   // Weights small enough for each thread to read whole from its L2 every step: threads
-  // take row tiles rather than panels and never wait for each other, where the tiles
-  // (these, else the other kind) give no thread over 5% more rows than an equal share of
-  // the fewer rows either kind computes.
-  const double fewer = rows < lblocks * LR ? rows : lblocks * LR;
-  auto even = [&](int tiles, auto rows_of) {
-    if (tiles < nt) return false;
-    int most = 0;
-    for (int id = 0; id < nt; ++id) {
-      int r = 0;
-      for (int ib = rf_share(tiles, id, nt); ib < rf_share(tiles, id + 1, nt); ++ib)
-        r += rows_of(ib);
-      most = r > most ? r : most;
-    }
-    return most * nt <= fewer * 1.05;
-  };
+  // take a range of rows each rather than panels and never wait for each other, where a
+  // kind of tile over each range gives no thread over 5% more rows than an equal share of
+  // the fewer rows either kind computes over all B; the cheaper such kind.
   bool low_tiles = low < rows, by_rows = false;
   if (nt > 1 && B > 1 && weight_bytes <= row_sweep_bytes()) {
-    const bool low_ok = even(lblocks, [&](int) { return LR; });
-    const bool mixed_ok = even(mixed, [&](int ib) { return ib < nfull ? MR : MR2; });
+    const double fewer = rows < lblocks * LR ? rows : lblocks * LR;
+    int most_low = 0, most_mixed = 0;
+    for (int id = 0; id < nt; ++id) {
+      const int n = rf_share(B, id + 1, nt) - rf_share(B, id, nt);
+      most_low = std::max(most_low, tiled_rows(n, LR, 0));
+      most_mixed = std::max(most_mixed, tiled_rows(n, MR, MR2));
+    }
+    const bool low_ok = most_low * nt <= fewer * 1.05;
+    const bool mixed_ok = most_mixed * nt <= fewer * 1.05;
     by_rows = low_ok || mixed_ok;
-    if (by_rows && !(low_tiles ? low_ok : mixed_ok)) low_tiles = !low_tiles;
+    if (by_rows)
+      low_tiles = low_ok && (!mixed_ok || RecurrentTile<NV>::kLowCost * most_low < most_mixed);
   }
   // Fewer rows than LR: one tile of exactly B rows (padded to LR, B = 2 took as long as
   // B = 4; cpp/README.md).

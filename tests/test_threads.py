@@ -236,14 +236,16 @@ def test_global_threads_same_results(kind, shape):
 
 @pytest.mark.parametrize("sweep", ["rows", "panels"])
 @pytest.mark.parametrize("H", [128, 256])
-@pytest.mark.parametrize("B", [8, 13, 16])
+@pytest.mark.parametrize("B", [8, 13, 16, 32])
 def test_row_split_steps_same_results(kind, B, H, sweep):
     # Two threads split a step's rows (each runs its rows through every step, no barrier
     # per step) where a step's weights are at most _row_sweep_bytes() (3/4 of one core's
     # L2), else its panels; the limit is set here so that both run on any machine ("rows":
     # 4 MiB, over every layer below; "panels": 1 byte). Forward and backward give the same
-    # bits as one thread. B = 13 leaves a padded row tile; lengths freeze rows; the reverse
-    # direction and a second layer (a wider input) come along.
+    # bits as one thread. Each thread's rows are tiled on their own: B = 13 splits 7 + 6 and
+    # pads the first thread's last tile, which must leave the second thread's rows alone;
+    # B = 32 splits 16 + 16 (AVX-512: tiles of 6 and 5 rows). Lengths freeze rows; the
+    # reverse direction and a second layer (a wider input) come along.
     # The probe _row_sweeps counts the time loops split by rows: on two threads at least
     # 6 a model here (2 layers or directions; the training forward, the backward and
     # inference; a loop may run in stretches as rows end), or none.
