@@ -109,23 +109,45 @@ constexpr bool kBlockK = true;
 #endif
 constexpr int kPanelBlockBytes = 16384;
 
-// Row tiles: the most tiles of MR rows that leave a multiple of MR2 rows for tiles of
-// MR2 (no padded rows), else B / MR of them and a padded MR2 tile last; MR2 = 0: tiles of
-// MR only, the last one padded. Returns the number of MR tiles.
-static inline int full_tiles(int B, int MR, int MR2) {
-  if (!MR2) return (B + MR - 1) / MR;
-  for (int n = B / MR; n >= 0; --n)
-    if ((B - n * MR) % MR2 == 0) return n;
-  return B / MR;
+// Row tiles of B rows: n[k] tiles of R[k] rows (R[k] = 0: none), in the order k = 0, 1, 2,
+// the last one padded where the rows run out. Of the plans with the least cost (rows
+// computed, padding included, those of R[2] tiles counted cost2 times each: the lowest tile
+// costs more a row), the one with the fewest tiles. Rows that no mix of MR and MR2 covers
+// exactly (AVX-512 LSTM: 6 and 5 rows; B = 9, 13, 14, 19) take LR tiles besides (4 rows,
+// kLowCost): B = 13 as 5 + 4 + 4, not 6 + 6 + 5 with 4 rows of padding (one thread, LSTM
+// I 256 H 256: 1.37x B = 12's time -> 1.12x).
+struct TilePlan {
+  int n[3] = {0, 0, 0};
+  int rows = 0;     // computed, padding included
+  double cost = 0;  // rows, those of R[2] tiles weighted
+  int tiles() const { return n[0] + n[1] + n[2]; }
+};
+// R[0] tiles in place of R[0] lower ones never cost more, so b and c stay under R[0]; a is
+// then the fewest that cover B.
+static inline TilePlan plan_tiles(int B, const int (&R)[3], double cost2) {
+  TilePlan best;
+  best.cost = -1;
+  for (int b = 0; b < (R[1] ? R[0] : 1); ++b)
+    for (int c = 0; c < (R[2] ? R[0] : 1); ++c) {
+      const int left = B - b * R[1] - c * R[2];
+      const int a = left > 0 ? (left + R[0] - 1) / R[0] : 0;
+      const int rows = a * R[0] + b * R[1] + c * R[2], last = c ? R[2] : b ? R[1] : R[0];
+      if (rows - B >= last) continue;  // a tile wholly past B
+      const double cost = a * R[0] + b * R[1] + cost2 * c * R[2];
+      if (best.cost < 0 || cost < best.cost - 1e-9 ||
+          (cost < best.cost + 1e-9 && a + b + c < best.tiles())) {
+        best.n[0] = a, best.n[1] = b, best.n[2] = c;
+        best.rows = rows, best.cost = cost;
+      }
+    }
+  return best;
 }
-static inline int tile_count(int B, int MR, int MR2) {
-  const int n = full_tiles(B, MR, MR2);
-  return n + (MR2 ? (B - n * MR + MR2 - 1) / MR2 : 0);
-}
-// Rows those tiles compute, padding included.
-static inline int tiled_rows(int B, int MR, int MR2) {
-  const int n = full_tiles(B, MR, MR2);
-  return n * MR + (tile_count(B, MR, MR2) - n) * MR2;
+
+// The third tile height of a mixed tiling: LR where its tiles make passes of the same
+// vectors as the MR tiles (one pass over the panel: AVX-512), else none.
+template <int NV, int PV, int MR2>
+constexpr int third_rows() {
+  return PV == NV && MR2 > 0 && RecurrentTile<NV>::LR < MR2 ? RecurrentTile<NV>::LR : 0;
 }
 
 // A thread's step split by rows (FLOPs of its product) from which a thread done with its
@@ -149,29 +171,39 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
   const long LB = a.ldb, BH = LB * H, ss = (long)(I + H) * LV * W, panel_stride = ss * (NV / LV);
   const bool fused = a.x != nullptr;
   const bool split = fused && Cell::kSplitInput;
-  // By rows, the batch splits into nt ranges of B / nt rows, each tiled on its own (tiled;
-  // range id's first tile is range_tile[id]), so that tiles of MR and MR2 rows are shared
-  // alike. All B rows tiled at once gave AVX-512 LSTM at B = 32 ranges of 17 and 15 rows, so
-  // LR tiles ran instead, 7% slower a row than 6 + 5 + 5 (one thread, I 64, H 256).
+  // Row tiles (plan_tiles) over all B rows, or by rows over each of nt ranges of B / nt
+  // rows (range id's first tile is range_tile[id]), so that every range gets tiles of each
+  // height alike. All B rows tiled at once gave AVX-512 LSTM at B = 32 ranges of 17 and 15
+  // rows, so LR tiles ran instead, 7% slower a row than 6 + 5 + 5 (one thread, I 64, H 256).
+  constexpr int MR3 = third_rows<NV, PV, MR2>();
+  constexpr int kR[3] = {MR, MR2, MR3};
   struct RowTile {
     int i0, end;  // rows [i0, i0 + R), those below end real
-    bool full;    // R = MR, else MR2
+    int kind;     // R = kR[kind]
   };
-  std::vector<RowTile> tiled;
-  std::vector<int> range_tile;
-  if (by_rows) {
-    range_tile.resize(nt + 1);
-    for (int id = 0; id < nt; ++id) {
-      const int r0 = rf_share(B, id, nt), r1 = rf_share(B, id + 1, nt);
-      const int nf = full_tiles(r1 - r0, MR, MR2), nb = tile_count(r1 - r0, MR, MR2);
-      range_tile[id] = (int)tiled.size();
-      for (int k = 0; k < nb; ++k)
-        tiled.push_back({k < nf ? r0 + k * MR : r0 + nf * MR + (k - nf) * MR2, r1, k < nf});
-    }
-    range_tile[nt] = (int)tiled.size();
+  const int ranges = by_rows ? nt : 1;
+  auto plan_of = [&](int id) {
+    return plan_tiles(rf_share(B, id + 1, ranges) - rf_share(B, id, ranges), kR,
+                      RecurrentTile<NV>::kLowCost);
+  };
+  int mblocks = 0;
+  for (int id = 0; id < ranges; ++id) mblocks += plan_of(id).tiles();
+  // Small buffers on the stack (no allocation for a stream's step)
+  constexpr int kLocal = 32;
+  RowTile local_tiles[kLocal];
+  int local_ranges[kLocal + 1];
+  std::vector<RowTile> heap_tiles(mblocks > kLocal ? mblocks : 0);
+  std::vector<int> heap_ranges(ranges > kLocal ? ranges + 1 : 0);
+  RowTile* const row_tiles = mblocks > kLocal ? heap_tiles.data() : local_tiles;
+  int* const range_tile = ranges > kLocal ? heap_ranges.data() : local_ranges;
+  for (int id = 0, ib = 0; id < ranges; ++id) {
+    const TilePlan plan = plan_of(id);
+    const int r1 = rf_share(B, id + 1, ranges);
+    range_tile[id] = ib;
+    for (int k = 0, i0 = rf_share(B, id, ranges); k < 3; ++k)
+      for (int n = 0; n < plan.n[k]; ++n, ++ib, i0 += kR[k]) row_tiles[ib] = {i0, r1, k};
   }
-  const int nfull = full_tiles(B, MR, MR2);
-  const int mblocks = by_rows ? (int)tiled.size() : tile_count(B, MR, MR2);
+  range_tile[ranges] = mblocks;
   // Blocked when several tiles share a panel (all passes) of more than 1.5 kPanelBlockBytes
   // (small LSTM, 20 KiB panels, one thread: 1.23 ms blocked, 1.16 not).
   const long panel_bytes = (long)((fused ? I : 0) + H) * NV * W * sizeof(T);
@@ -186,13 +218,14 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
   const size_t tile = (size_t)MR * NV;  // partial sums per row tile (MR2 < MR)
   // f(rows-per-tile constant, first row, end of its real rows) for row tile ib
   auto with_block = [&](int ib, auto&& f) {
-    const bool full = by_rows ? tiled[ib].full : ib < nfull;
-    const int i0 = by_rows ? tiled[ib].i0 : full ? ib * MR : nfull * MR + (ib - nfull) * MR2;
-    const int end = by_rows ? tiled[ib].end : B;
-    if (full)
-      f(std::integral_constant<int, MR>(), i0, end);
+    const RowTile& t = row_tiles[ib];
+    if (t.kind == 0)
+      f(std::integral_constant<int, MR>(), t.i0, t.end);
     else if constexpr (MR2 > 0)
-      f(std::integral_constant<int, MR2>(), i0, end);
+      if (t.kind == 1)
+        f(std::integral_constant<int, MR2>(), t.i0, t.end);
+      else if constexpr (MR3 > 0)
+        f(std::integral_constant<int, MR3>(), t.i0, t.end);
   };
   // Several row tiles and steps: a thread done with its share of a step takes the other's
   // last tasks (StealShares). Not for batch 1 (a stolen panel is read from the other
@@ -444,31 +477,36 @@ void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
   // 6 x 2 or 5 x 2, so B = 8 takes 3-row tiles. AVX-512, 10%: 4 x 4 loads a weight vector
   // per 4 FMAs instead of 6 (forced where nothing is padded, B = 12-64 LSTM inference ran
   // 1-4% slower), so B = 8 takes 2 x 4 rows, not 6 + 5. B = 32 and 64: 6- and 5-row tiles.
+  // AVX-512 mixes in LR tiles where 6 and 5 leave rows over (plan_tiles); LR tiles alone
+  // where they cost no more.
   constexpr int LR = RecurrentTile<NV>::LR;
-  const int mixed = tile_count(B, MR, MR2);
+  constexpr double kLow = RecurrentTile<NV>::kLowCost;
+  constexpr int kMixed[3] = {MR, MR2, third_rows<NV, NVK, MR2>()};
+  const TilePlan mixed = plan_tiles(B, kMixed, kLow);
   const int lblocks = (B + LR - 1) / LR;
-  const double rows = tiled_rows(B, MR, MR2);
-  const double low = RecurrentTile<NV>::kLowCost * lblocks * LR;
+  const double low = kLow * lblocks * LR;
   auto capped = [&](int tiles) { return nt < npanels * tiles ? nt : npanels * tiles; };
   const double weight_bytes = (double)npanels * NV * Simd<T>::W * K * sizeof(T);
   // Weights small enough for each thread to read whole from its L2 every step: threads
   // take a range of rows each rather than panels and never wait for each other, where a
   // kind of tile over each range gives no thread over 5% more rows than an equal share of
   // the fewer rows either kind computes over all B; the cheaper such kind.
-  bool low_tiles = low < rows, by_rows = false;
+  bool low_tiles = low <= mixed.cost, by_rows = false;
   if (nt > 1 && B > 1 && weight_bytes <= row_sweep_bytes()) {
-    const double fewer = rows < lblocks * LR ? rows : lblocks * LR;
+    const double fewer = std::min(mixed.rows, lblocks * LR);
     int most_low = 0, most_mixed = 0;
+    double mixed_cost = 0;
     for (int id = 0; id < nt; ++id) {
       const int n = rf_share(B, id + 1, nt) - rf_share(B, id, nt);
-      most_low = std::max(most_low, tiled_rows(n, LR, 0));
-      most_mixed = std::max(most_mixed, tiled_rows(n, MR, MR2));
+      const TilePlan plan = plan_tiles(n, kMixed, kLow);
+      most_low = std::max(most_low, (n + LR - 1) / LR * LR);
+      most_mixed = std::max(most_mixed, plan.rows);
+      mixed_cost = std::max(mixed_cost, plan.cost);
     }
     const bool low_ok = most_low * nt <= fewer * 1.05;
     const bool mixed_ok = most_mixed * nt <= fewer * 1.05;
     by_rows = low_ok || mixed_ok;
-    if (by_rows)
-      low_tiles = low_ok && (!mixed_ok || RecurrentTile<NV>::kLowCost * most_low < most_mixed);
+    if (by_rows) low_tiles = low_ok && (!mixed_ok || kLow * most_low <= mixed_cost);
   }
   // Fewer rows than LR: one tile of exactly B rows (padded to LR, B = 2 took as long as
   // B = 4; cpp/README.md).
@@ -481,7 +519,7 @@ void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
   else if (low_tiles)
     recurrent_forward_tasks<T, Cell, LR, NV, 0>(a, capped(lblocks), npanels, by_rows);
   else
-    recurrent_forward_tasks<T, Cell, MR, NVK, MR2>(a, capped(mixed), npanels, by_rows);
+    recurrent_forward_tasks<T, Cell, MR, NVK, MR2>(a, capped(mixed.tiles()), npanels, by_rows);
 }
 
 template <typename T>
