@@ -122,8 +122,9 @@ struct TilePlan {
   double cost = 0;  // rows, those of R[2] tiles weighted
   int tiles() const { return n[0] + n[1] + n[2]; }
 };
-// R[0] tiles in place of R[0] lower ones never cost more, so b and c stay under R[0]; a is
-// then the fewest that cover B.
+// R[1] tiles of R[0] rows in place of R[0] of R[1] rows (or of R[2]) never cost more, so b
+// and c stay under R[0]; a is then the fewest that cover B. A tile wholly past B would only
+// add cost, so the padding stays within the last tile.
 static inline TilePlan plan_tiles(int B, const int (&R)[3], double cost2) {
   TilePlan best;
   best.cost = -1;
@@ -131,8 +132,7 @@ static inline TilePlan plan_tiles(int B, const int (&R)[3], double cost2) {
     for (int c = 0; c < (R[2] ? R[0] : 1); ++c) {
       const int left = B - b * R[1] - c * R[2];
       const int a = left > 0 ? (left + R[0] - 1) / R[0] : 0;
-      const int rows = a * R[0] + b * R[1] + c * R[2], last = c ? R[2] : b ? R[1] : R[0];
-      if (rows - B >= last) continue;  // a tile wholly past B
+      const int rows = a * R[0] + b * R[1] + c * R[2];
       const double cost = a * R[0] + b * R[1] + cost2 * c * R[2];
       if (best.cost < 0 || cost < best.cost - 1e-9 ||
           (cost < best.cost + 1e-9 && a + b + c < best.tiles())) {
