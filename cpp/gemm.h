@@ -40,12 +40,11 @@ static inline __attribute__((always_inline)) void zero_tile(typename Simd<T>::V 
 // thread: LSTM at B = 3 took 1.27x the time of B = 4). Only where the tile's registers fit
 // (AVX2's 3 x 4 does not, and ran 1.4x slower pinned); taller tiles kept the loads in
 // registers already, and their code stays as it was (pinned, GRU's 8 x 3 ran ~5% slower).
+// (x86 only: elsewhere an FMA takes no memory operand, so there is nothing to fold.)
 template <typename V>
 static inline __attribute__((always_inline)) void in_register(V& v) {
 #if defined(__x86_64__) || defined(__i386__)
   asm("" : "+v"(v));
-#elif defined(__aarch64__)
-  asm("" : "+w"(v));
 #else
   (void)v;
 #endif
