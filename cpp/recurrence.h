@@ -109,45 +109,39 @@ constexpr bool kBlockK = true;
 #endif
 constexpr int kPanelBlockBytes = 16384;
 
-// Row tiles of B rows: n[k] tiles of R[k] rows (R[k] = 0: none), in the order k = 0, 1, 2,
-// the last one padded where the rows run out. Of the plans with the least cost (rows
-// computed, padding included, those of R[2] tiles counted cost2 times each: the lowest tile
-// costs more a row), the one with the fewest tiles. Rows that no mix of MR and MR2 covers
-// exactly (AVX-512 LSTM: 6 and 5 rows; B = 9, 13, 14, 19) take LR tiles besides (4 rows,
-// kLowCost): B = 13 as 5 + 4 + 4, not 6 + 6 + 5 with 4 rows of padding (one thread, LSTM
-// I 256 H 256: 1.37x B = 12's time -> 1.12x).
+// Row tiles of B rows, of heights from hi down to lo (every height between, one kind of
+// pass): the fewest tiles, as even as they go, the first `extra` one row taller. Where B
+// rows fall short of n tiles of lo rows, n tiles of lo rows, the last one padded. The
+// lowest height costs `low_cost` times as much a row where it is `low` (AVX-512's 4 x NV
+// one-pass tile against its 6 x 4 and 8 x 3 ones). Fewer or taller tiles never compute
+// fewer rows, nor do shorter ones at a lower cost: AVX-512 LSTM B = 13 as 5 + 4 + 4, not
+// 6 + 6 + 5 with 4 rows of padding (one thread, I 256 H 256: 1.37x B = 12's time ->
+// 1.12x); AVX-512 GRU (8 down to 4 rows) B = 5 as one 5-row tile, not 7 with 2 padded.
 struct TilePlan {
-  int n[3] = {0, 0, 0};
-  int rows = 0;     // computed, padding included
-  double cost = 0;  // rows, those of R[2] tiles weighted
-  int tiles() const { return n[0] + n[1] + n[2]; }
+  int n = 0, base = 0, extra = 0;  // n tiles: `extra` of base + 1 rows, then base rows
+  int rows = 0;                    // computed, padding included
+  double cost = 0;                 // rows, those of `low` tiles weighted
+  int tiles() const { return n; }
+  int height(int i) const { return i < extra ? base + 1 : base; }
 };
-// R[1] tiles of R[0] rows in place of R[0] of R[1] rows (or of R[2]) never cost more, so b
-// and c stay under R[0]; a is then the fewest that cover B. A tile wholly past B would only
-// add cost, so the padding stays within the last tile.
-static inline TilePlan plan_tiles(int B, const int (&R)[3], double cost2) {
-  TilePlan best;
-  best.cost = -1;
-  for (int b = 0; b < (R[1] ? R[0] : 1); ++b)
-    for (int c = 0; c < (R[2] ? R[0] : 1); ++c) {
-      const int left = B - b * R[1] - c * R[2];
-      const int a = left > 0 ? (left + R[0] - 1) / R[0] : 0;
-      const int rows = a * R[0] + b * R[1] + c * R[2];
-      const double cost = a * R[0] + b * R[1] + cost2 * c * R[2];
-      if (best.cost < 0 || cost < best.cost - 1e-9 ||
-          (cost < best.cost + 1e-9 && a + b + c < best.tiles())) {
-        best.n[0] = a, best.n[1] = b, best.n[2] = c;
-        best.rows = rows, best.cost = cost;
-      }
-    }
-  return best;
+static inline TilePlan plan_tiles(int B, int hi, int lo, int low, double low_cost) {
+  TilePlan p;
+  p.n = (B + hi - 1) / hi;
+  if (p.n == 0) return p;
+  p.base = B / p.n, p.extra = B % p.n;
+  if (p.base < lo) p.base = lo, p.extra = 0;
+  p.rows = p.n * p.base + p.extra;
+  p.cost = p.rows + (p.base == low ? (low_cost - 1) * (p.n - p.extra) * low : 0);
+  return p;
 }
 
-// The third tile height of a mixed tiling: LR where its tiles make passes of the same
-// vectors as the MR tiles (one pass over the panel: AVX-512), else none.
-template <int NV, int PV, int MR2>
-constexpr int third_rows() {
-  return PV == NV && MR2 > 0 && RecurrentTile<NV>::LR < MR2 ? RecurrentTile<NV>::LR : 0;
+// Calls f(integral_constant<int, rows>) for a row count in [LO, R].
+template <int R, int LO, class F>
+static inline __attribute__((always_inline)) void with_rows(int rows, F&& f) {
+  if constexpr (R > LO) {
+    if (rows != R) return with_rows<R - 1, LO>(rows, f);
+  }
+  f(std::integral_constant<int, R>());
 }
 
 // A thread's step split by rows (FLOPs of its product) from which a thread done with its
@@ -161,8 +155,8 @@ constexpr double kHelpFlops = 0.3e6;
 // all row tiles, K block by K block with partial sums in memory (AVX2 LSTM inference: mid
 // 69.6 -> 67.4 ms, charrnn 42.4 -> 40.7 ms on 2 cores). A pass covers PV vectors of a
 // panel: one slice, or all slices at once when PV = NV. The cell's epilogue follows a
-// tile's last pass.
-template <typename T, class Cell, int MR, int PV, int MR2>
+// tile's last pass. Row tiles are MR down to LO rows high.
+template <typename T, class Cell, int MR, int PV, int LO>
 void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_rows) {
   typedef typename Simd<T>::V V;
   constexpr int NV = Cell::NV, W = Simd<T>::W, LV = RecurrentTile<NV>::NVK, NP = NV / PV;
@@ -175,16 +169,13 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
   // rows (range id's first tile is range_tile[id]), so that every range gets tiles of each
   // height alike. All B rows tiled at once gave AVX-512 LSTM at B = 32 ranges of 17 and 15
   // rows, so LR tiles ran instead, 7% slower a row than 6 + 5 + 5 (one thread, I 64, H 256).
-  constexpr int MR3 = third_rows<NV, PV, MR2>();
-  constexpr int kR[3] = {MR, MR2, MR3};
   struct RowTile {
-    int i0, end;  // rows [i0, i0 + R), those below end real
-    int kind;     // R = kR[kind]
+    int i0, end;  // rows [i0, i0 + rows), those below end real
+    int rows;
   };
   const int ranges = by_rows ? nt : 1;
   auto plan_of = [&](int id) {
-    return plan_tiles(rf_share(B, id + 1, ranges) - rf_share(B, id, ranges), kR,
-                      RecurrentTile<NV>::kLowCost);
+    return plan_tiles(rf_share(B, id + 1, ranges) - rf_share(B, id, ranges), MR, LO, 0, 1);
   };
   int mblocks = 0;
   for (int id = 0; id < ranges; ++id) mblocks += plan_of(id).tiles();
@@ -200,8 +191,8 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
     const TilePlan plan = plan_of(id);
     const int r1 = rf_share(B, id + 1, ranges);
     range_tile[id] = ib;
-    for (int k = 0, i0 = rf_share(B, id, ranges); k < 3; ++k)
-      for (int n = 0; n < plan.n[k]; ++n, ++ib, i0 += kR[k]) row_tiles[ib] = {i0, r1, k};
+    for (int n = 0, i0 = rf_share(B, id, ranges); n < plan.n; i0 += plan.height(n++), ++ib)
+      row_tiles[ib] = {i0, r1, plan.height(n)};
   }
   range_tile[ranges] = mblocks;
   // Blocked when several tiles share a panel (all passes) of more than 1.5 kPanelBlockBytes
@@ -215,17 +206,11 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
   // Batch 1 reads each weight once: beyond the cores' L2 (over 4 MiB), ahead of use where
   // that helps (far_prefetch).
   const bool far = MR == 1 && (double)npanels * panel_bytes > (4 << 20) && far_prefetch();
-  const size_t tile = (size_t)MR * NV;  // partial sums per row tile (MR2 < MR)
+  const size_t tile = (size_t)MR * NV;  // partial sums per row tile (the tallest)
   // f(rows-per-tile constant, first row, end of its real rows) for row tile ib
   auto with_block = [&](int ib, auto&& f) {
     const RowTile& t = row_tiles[ib];
-    if (t.kind == 0)
-      f(std::integral_constant<int, MR>(), t.i0, t.end);
-    else if constexpr (MR2 > 0)
-      if (t.kind == 1)
-        f(std::integral_constant<int, MR2>(), t.i0, t.end);
-      else if constexpr (MR3 > 0)
-        f(std::integral_constant<int, MR3>(), t.i0, t.end);
+    with_rows<MR, LO>(t.rows, [&](auto R_c) { f(R_c, t.i0, t.end); });
   };
   // Several row tiles and steps: a thread done with its share of a step takes the other's
   // last tasks (StealShares). Not for batch 1 (a stolen panel is read from the other
@@ -465,9 +450,13 @@ template <typename T, class Cell>
 void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
   constexpr int NV = Cell::NV;
   constexpr int MR = RecurrentTile<NV>::MR, NVK = RecurrentTile<NV>::NVK;
-  // A second tile height one row less where that keeps enough accumulators (>= 10 FMA
-  // chains cover the FMA latency): 6 and 5 rows cover every B >= 20 without padding.
-  constexpr int MR2 = MR * NVK >= 12 && (MR - 1) * NVK >= 10 ? MR - 1 : 0;
+  constexpr int LR = RecurrentTile<NV>::LR;
+  // Tile heights from MR down to LO. A second height one row less where that keeps enough
+  // accumulators (>= 10 FMA chains cover the FMA latency): 6 and 5 rows cover every B >= 20
+  // without padding. Where LR tiles make passes over the same vectors (one pass over the
+  // panel: AVX-512), every height down to LR.
+  constexpr int MR2 = MR * NVK >= 12 && (MR - 1) * NVK >= 10 ? MR - 1 : MR;
+  constexpr int LO = NVK == NV && LR < MR2 ? LR : MR2;
   const int B = a.batch, H = a.hidden, G = cell_gates(a.cell);
   const int npanels = (H + Cell::template units<T>() - 1) / Cell::template units<T>();
   const int K = a.x ? a.in_size + H : H;
@@ -477,12 +466,11 @@ void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
   // 6 x 2 or 5 x 2, so B = 8 takes 3-row tiles. AVX-512, 10%: 4 x 4 loads a weight vector
   // per 4 FMAs instead of 6 (forced where nothing is padded, B = 12-64 LSTM inference ran
   // 1-4% slower), so B = 8 takes 2 x 4 rows, not 6 + 5. B = 32 and 64: 6- and 5-row tiles.
-  // AVX-512 mixes in LR tiles where 6 and 5 leave rows over (plan_tiles); LR tiles alone
-  // where they cost no more.
-  constexpr int LR = RecurrentTile<NV>::LR;
+  // AVX-512 mixes in the lower heights where 6 and 5 leave rows over (plan_tiles); LR
+  // tiles alone where they cost no more.
   constexpr double kLow = RecurrentTile<NV>::kLowCost;
-  constexpr int kMixed[3] = {MR, MR2, third_rows<NV, NVK, MR2>()};
-  const TilePlan mixed = plan_tiles(B, kMixed, kLow);
+  auto plan = [&](int rows) { return plan_tiles(rows, MR, LO, LR, kLow); };
+  const TilePlan mixed = plan(B);
   const int lblocks = (B + LR - 1) / LR;
   const double low = kLow * lblocks * LR;
   auto capped = [&](int tiles) { return nt < npanels * tiles ? nt : npanels * tiles; };
@@ -498,10 +486,10 @@ void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
     double mixed_cost = 0;
     for (int id = 0; id < nt; ++id) {
       const int n = rf_share(B, id + 1, nt) - rf_share(B, id, nt);
-      const TilePlan plan = plan_tiles(n, kMixed, kLow);
+      const TilePlan p = plan(n);
       most_low = std::max(most_low, (n + LR - 1) / LR * LR);
-      most_mixed = std::max(most_mixed, plan.rows);
-      mixed_cost = std::max(mixed_cost, plan.cost);
+      most_mixed = std::max(most_mixed, p.rows);
+      mixed_cost = std::max(mixed_cost, p.cost);
     }
     const bool low_ok = most_low * nt <= fewer * 1.05;
     const bool mixed_ok = most_mixed * nt <= fewer * 1.05;
@@ -511,15 +499,15 @@ void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
   // Fewer rows than LR: one tile of exactly B rows (padded to LR, B = 2 took as long as
   // B = 4; cpp/README.md).
   if (B == 1)
-    recurrent_forward_tasks<T, Cell, 1, NV, 0>(a, nt, npanels, false);
+    recurrent_forward_tasks<T, Cell, 1, NV, 1>(a, nt, npanels, false);
   else if (B == 2 && LR > 2)
-    recurrent_forward_tasks<T, Cell, 2, NV, 0>(a, nt, npanels, false);
+    recurrent_forward_tasks<T, Cell, 2, NV, 2>(a, nt, npanels, false);
   else if (B == 3 && LR > 3)
-    recurrent_forward_tasks<T, Cell, 3, NV, 0>(a, nt, npanels, false);
+    recurrent_forward_tasks<T, Cell, 3, NV, 3>(a, nt, npanels, false);
   else if (low_tiles)
-    recurrent_forward_tasks<T, Cell, LR, NV, 0>(a, capped(lblocks), npanels, by_rows);
+    recurrent_forward_tasks<T, Cell, LR, NV, LR>(a, capped(lblocks), npanels, by_rows);
   else
-    recurrent_forward_tasks<T, Cell, MR, NVK, MR2>(a, capped(mixed.tiles()), npanels, by_rows);
+    recurrent_forward_tasks<T, Cell, MR, NVK, LO>(a, capped(mixed.tiles()), npanels, by_rows);
 }
 
 template <typename T>

@@ -106,15 +106,27 @@ def test_random_shapes(isa, mode, shape):
 @pytest.mark.parametrize("mode", ["RNN_TANH", "LSTM", "GRU"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_every_batch_size_matches_reference(isa, mode, threads):
-    # Each batch size has its own row tiles (plan_tiles: on AVX-512 LSTM, heights 6, 5 and 4
-    # mixed, the last one padded; 1-3 rows their own kernels), and on two threads each
-    # thread's range of rows its own (by rows, small weights). B = 1-20 and 26 against the
-    # reference, with lengths so that rows drop out mid-sequence.
+    # Each batch size has its own row tiles (plan_tiles: on AVX-512 LSTM heights 6 down to 4,
+    # GRU 8 down to 4, as even as they go; a padded last tile where they fall short; 1-3
+    # rows their own kernels), and on two threads each thread's range of rows its own (by
+    # rows, small weights). B = 1-20 and 26 against the reference, with lengths so that rows
+    # drop out mid-sequence; float32 (its own kernels) against the float64 reference.
+    rng = np.random.default_rng(7)
     for B in [*range(1, 21), 26]:
         lengths = 1 + np.arange(B) % 4
         results, grads = run_both(mode, 4, B, 7, 20, lengths=lengths, with_state=True, seed=B,
                                   threads=threads)
         assert_match(results, grads, rtol=1e-9, atol=1e-10)
+        fast, ref = make_pair(mode, 7, 20, 1, False, dtype=np.float32, seed=B)
+        fast.num_threads = threads
+        ref64 = make_pair(mode, 7, 20, 1, False, dtype=np.float64)[1]
+        ref64.load_state_dict({k: v.astype(np.float64) for k, v in fast.state_dict().items()})
+        x = rng.standard_normal((4, B, 7)).astype(np.float32)
+        y, h = fast(x, lengths=lengths)
+        y64, h64 = ref64(x.astype(np.float64), lengths=lengths)
+        np.testing.assert_allclose(y, y64, rtol=1e-5, atol=2e-6, err_msg=f"B = {B}")
+        for a, b in zip(flat_state(h), flat_state(h64)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-6, err_msg=f"B = {B}")
 
 
 @pytest.mark.parametrize("mode", MODES)
