@@ -46,25 +46,90 @@ struct RecurrentTile {
   static constexpr int MR = MicroRows<NVK>::MR;
 };
 
+// Bytes of a slice's K block that stay in L1 while every row block passes over it (AVX2:
+// 2-vector slices, so 16 KiB spans 256 rows of K). AVX-512 does not block K: on Zen 5
+// (48 KiB L1, 1 MiB L2) each tile streaming its panel's whole K from L2, sums in registers,
+// beat 32 KiB blocks (alternating rounds, inference: charrnn LSTM -3.4%, mid LSTM -4.3%,
+// large LSTM -4.2%, large GRU -6.7%; 32 KiB had beaten 16 and 48 KiB blocks).
+#if defined(RF_ISA_avx512)
+constexpr bool kBlockK = false;
+#else
+constexpr bool kBlockK = true;
+#endif
+constexpr int kPanelBlockBytes = 16384;
+
+// The last panel, where H leaves it partial, packed compact where a panel is one slice and
+// K is not blocked (AVX-512): lanes [v*s, v*s + s) of its `cv` vectors hold lanes [0, s) of
+// vector v, s the fewest lanes (a power of 2) that hold every unit of a vector. Its tiles
+// compute cv vectors where a full panel's compute NV, and spread them over NV before the
+// epilogue (spread_compact). LSTM H = 100: the last panel's 4 units in 1 vector, not 4.
+template <int NV>
+constexpr bool kCompactLast = RecurrentTile<NV>::NVK == NV && !kBlockK;
+struct CompactPanel {
+  int s = 0, cv = 0;  // cv = 0: not compact
+};
+template <typename T, class Cell>
+CompactPanel compact_last(int H) {
+  constexpr int W = Simd<T>::W, NV = Cell::NV, U = Cell::template units<T>();
+  const int left = H - (H + U - 1) / U * U + U;  // units in the last panel
+  if (!kCompactLast<NV> || left == U) return {};
+  CompactPanel c;
+  if constexpr (U == W) {  // vector v: gate v of the panel's units
+    for (c.s = 1; c.s < left;) c.s *= 2;
+    c.cv = ((NV - 1) * c.s + left + W - 1) / W;
+  } else {  // vector v: units [v W, v W + W) of the panel
+    c.s = W, c.cv = (left + W - 1) / W;
+  }
+  if (c.cv >= NV) return {};
+  return c;
+}
+
 // [W_ih | W_hh]^T ((in+H) x G*H) packed into panels of K = in + H rows, each panel in
 // slices of NVK vectors (one slice per pass of the tile, K x NVK vectors contiguous);
 // vector v, lane u of panel p holds the column Cell::column(p, v, u, H) (zero past H).
 // A step with an input projection already done uses the last H rows of each slice only.
+// A compact last panel (compact_last) is K x cv vectors.
 template <typename T, class Cell>
 void recurrent_pack(T* dst, const T* w_ih, int in_size, const T* w_hh, int H) {
   constexpr int W = Simd<T>::W, NV = Cell::NV, NR = NV * W;
   constexpr int LV = RecurrentTile<NV>::NVK;
   const long np = (H + Cell::template units<T>() - 1) / Cell::template units<T>();
   const long K = in_size + H;
-  for (long p = 0; p < np; ++p)
+  const CompactPanel c = compact_last<T, Cell>(H);
+  for (long p = 0; p < np; ++p) {
+    T* panel = dst + p * K * NR;
+    if (c.cv && p == np - 1) std::fill(panel, panel + K * c.cv * W, T(0));
     for (int v = 0; v < NV; ++v)
       for (long k = 0; k < K; ++k)
         for (int u = 0; u < W; ++u) {
           const long col = Cell::template column<T>(p, v, u, H);
           T val = T(0);
           if (col >= 0) val = k < in_size ? w_ih[col * in_size + k] : w_hh[col * H + k - in_size];
-          dst[p * K * NR + (v / LV) * K * LV * W + (k * LV + v % LV) * W + u] = val;
+          if (!c.cv || p < np - 1)
+            panel[(v / LV) * K * LV * W + (k * LV + v % LV) * W + u] = val;
+          else if (u < c.s && col >= 0)
+            panel[k * c.cv * W + v * c.s + u] = val;
         }
+  }
+}
+
+// Sums of a compact panel's tile (R x CV) spread over the NV vectors of a full one's: lanes
+// [v s, v s + s) to lanes [0, s) of vector v (the lanes past s are not read).
+template <typename T, int R, int CV, int NV>
+static inline __attribute__((always_inline)) void spread_compact(
+    const typename Simd<T>::V* csums, typename Simd<T>::V* sums, int s) {
+  typedef typename Simd<T>::V V;
+  typedef typename Simd<T>::VI VI;
+  constexpr int W = Simd<T>::W;
+  VI lane;
+  for (int l = 0; l < W; ++l) lane[l] = l;
+  for (int v = 0; v < NV; ++v) {
+    const int from = v * s / W, shift = v * s % W;
+    const VI idx = (lane + shift) & (W - 1);
+    for (int r = 0; r < R; ++r)
+      sums[r * NV + v] = from >= CV ? V{} : shift ? __builtin_shuffle(csums[r * CV + from], idx)
+                                                  : csums[r * CV + from];
+  }
 }
 
 // sums (R rows of ld vectors; the first NV of each) = (fresh ? 0 : sums) + rows (R x n)
@@ -97,18 +162,6 @@ static inline __attribute__((always_inline)) void tile_pass(
     for (int v = 0; v < NV; ++v) sums[r * ld + v] = acc[r][v];
 }
 
-// Bytes of a slice's K block that stay in L1 while every row block passes over it (AVX2:
-// 2-vector slices, so 16 KiB spans 256 rows of K). AVX-512 does not block K: on Zen 5
-// (48 KiB L1, 1 MiB L2) each tile streaming its panel's whole K from L2, sums in registers,
-// beat 32 KiB blocks (alternating rounds, inference: charrnn LSTM -3.4%, mid LSTM -4.3%,
-// large LSTM -4.2%, large GRU -6.7%; 32 KiB had beaten 16 and 48 KiB blocks).
-#if defined(RF_ISA_avx512)
-constexpr bool kBlockK = false;
-#else
-constexpr bool kBlockK = true;
-#endif
-constexpr int kPanelBlockBytes = 16384;
-
 // Row tiles of B rows, of heights from hi down to lo (every height between, one kind of
 // pass): the fewest tiles, as even as they go, the first `extra` one row taller. Where B
 // rows fall short of n tiles of lo rows, n tiles of lo rows, the last one padded. The
@@ -135,13 +188,13 @@ static inline TilePlan plan_tiles(int B, int hi, int lo, int low, double low_cos
   return p;
 }
 
-// Calls f(integral_constant<int, rows>) for a row count in [LO, R].
-template <int R, int LO, class F>
-static inline __attribute__((always_inline)) void with_rows(int rows, F&& f) {
-  if constexpr (R > LO) {
-    if (rows != R) return with_rows<R - 1, LO>(rows, f);
+// Calls f(integral_constant<int, n>) for n in [LO, HI].
+template <int HI, int LO, class F>
+static inline __attribute__((always_inline)) void with_constant(int n, F&& f) {
+  if constexpr (HI > LO) {
+    if (n != HI) return with_constant<HI - 1, LO>(n, f);
   }
-  f(std::integral_constant<int, R>());
+  f(std::integral_constant<int, HI>());
 }
 
 // A thread's step split by rows (FLOPs of its product) from which a thread done with its
@@ -165,6 +218,9 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
   const long LB = a.ldb, BH = LB * H, ss = (long)(I + H) * LV * W, panel_stride = ss * (NV / LV);
   const bool fused = a.x != nullptr;
   const bool split = fused && Cell::kSplitInput;
+  // A compact last panel (compact_last) where a pass covers the whole panel
+  constexpr bool kCompact = kCompactLast<NV> && PV == NV;
+  const CompactPanel compact = kCompact ? compact_last<T, Cell>(H) : CompactPanel();
   // Row tiles (plan_tiles) over all B rows, or by rows over each of nt ranges of B / nt
   // rows (range id's first tile is range_tile[id]), so that every range gets tiles of each
   // height alike. All B rows tiled at once gave AVX-512 LSTM at B = 32 ranges of 17 and 15
@@ -210,7 +266,7 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
   // f(rows-per-tile constant, first row, end of its real rows) for row tile ib
   auto with_block = [&](int ib, auto&& f) {
     const RowTile& t = row_tiles[ib];
-    with_rows<MR, LO>(t.rows, [&](auto R_c) { f(R_c, t.i0, t.end); });
+    with_constant<MR, LO>(t.rows, [&](auto R_c) { f(R_c, t.i0, t.end); });
   };
   // Several row tiles and steps: a thread done with its share of a step takes the other's
   // last tasks (StealShares). Not for batch 1 (a stolen panel is read from the other
@@ -334,6 +390,25 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
           const T *xr[R], *hr[R];
           tile_rows(false, i0, end, 0, hr);
           if (fused) tile_rows(true, i0, end, 0, xr);
+          if constexpr (kCompact) {
+            if (compact.cv && p == npanels - 1) {  // cv vectors (x rows, then h rows)
+              with_constant<NV - 1, 1>(compact.cv, [&](auto CV_c) {
+                constexpr int CV = decltype(CV_c)::value;
+                V cs[R * CV], cxs[R * CV];
+                const T* hp = panel + (long)I * CV * W;
+                if (split)
+                  tile_pass<T, R, CV, CV>(cxs, CV, true, 0, I, xr, panel, 0, nullptr, hp, far);
+                if (fused && !split)
+                  tile_pass<T, R, CV, CV>(cs, CV, true, 0, I, xr, panel, H, hr, hp, far);
+                else
+                  tile_pass<T, R, CV, CV>(cs, CV, true, 0, H, hr, hp, 0, nullptr, hp, far);
+                spread_compact<T, R, CV, NV>(cs, sums, compact.s);
+                if (split) spread_compact<T, R, CV, NV>(cxs, xsums, compact.s);
+              });
+              finish(R_c, p, i0, end, sums, xsums);
+              return;
+            }
+          }
           for (int h = 0; h < NP; ++h) {
             if (split) pass(R_c, xsums, true, panel, h, I, xr, 0);
             if (fused && !split)

@@ -129,6 +129,25 @@ def test_every_batch_size_matches_reference(isa, mode, threads):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=2e-6, err_msg=f"B = {B}")
 
 
+@pytest.mark.parametrize("mode", ["RNN_TANH", "LSTM", "GRU"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_last_panel_matches_reference(isa, mode, dtype):
+    # A partial last panel is packed compact on AVX-512 (compact_last: LSTM H = 100 keeps
+    # its last 4 units of each gate in one vector); every remainder of H against the panel
+    # width (16 or 8 units a gate, RNN 64 or 32 units a panel), on the batch-1 row kernel,
+    # a 3-row tile and taller ones, with the input product in the loop (I = 3) or not
+    # (I = 200: engine.cpp, fuse_input).
+    tol = dict(rtol=1e-9, atol=1e-10) if dtype == np.float64 else dict(rtol=2e-5, atol=5e-6)
+    for H in [*range(1, 36), 47, 50, 63, 65, 100]:
+        for B, I in [(1, 3), (3, 200), (13, 3)]:
+            results, grads = run_both(mode, 3, B, I, H, with_state=True, seed=H, dtype=dtype,
+                                      threads=2)
+            try:
+                assert_match(results, grads, **tol)
+            except AssertionError as e:
+                raise AssertionError(f"H = {H}, B = {B}, I = {I}: {e}") from None
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_float32_close_to_float64_reference(isa, mode):
     T, B, I, H = 12, 6, 20, 37
