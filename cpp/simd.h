@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
@@ -58,21 +59,58 @@ template <typename V, typename T>
 static inline __attribute__((always_inline)) V vbcast(T s) {
   return s - V{};  // x - 0 == x for every x (x + 0 would turn -0 into +0 and cost an add)
 }
-// Loads n < W elements, the rest zero.
+// Loads n < W elements, the rest zero (none for n <= 0); stores n < W. Masked loads and
+// stores on x86, which neither fault nor touch the lanes past n: the element-by-element
+// copy through memory they replace stalled on store forwarding (the epilogue of a partial
+// last panel, LSTM H 100, cost about a full panel's product).
 template <typename V, typename T>
 static inline V vload_part(const T* p, int n) {
+#if defined(RF_ISA_avx512)
+  const unsigned m = n <= 0 ? 0u : (1u << n) - 1;
+  if constexpr (sizeof(T) == 4)
+    return (V)_mm512_maskz_loadu_ps((__mmask16)m, p);
+  else
+    return (V)_mm512_maskz_loadu_pd((__mmask8)m, p);
+#elif defined(RF_ISA_avx2)
+  typedef std::conditional_t<sizeof(T) == 4, vi32, vi64> VI;
+  VI lane;
+  for (int i = 0; i < (int)(sizeof(V) / sizeof(T)); ++i) lane[i] = i;
+  const VI on = lane < n;  // -1 where loaded
+  if constexpr (sizeof(T) == 4)
+    return (V)_mm256_maskload_ps(p, (__m256i)on);
+  else
+    return (V)_mm256_maskload_pd(p, (__m256i)on);
+#else
   V v = V{};
   T tmp[sizeof(V) / sizeof(T)];
   std::memcpy(tmp, &v, sizeof(V));
   for (int i = 0; i < n; ++i) tmp[i] = p[i];
   std::memcpy(&v, tmp, sizeof(V));
   return v;
+#endif
 }
 template <typename V, typename T>
 static inline void vstore_part(T* p, V v, int n) {
+#if defined(RF_ISA_avx512)
+  const unsigned m = n <= 0 ? 0u : (1u << n) - 1;
+  if constexpr (sizeof(T) == 4)
+    _mm512_mask_storeu_ps(p, (__mmask16)m, (__m512)v);
+  else
+    _mm512_mask_storeu_pd(p, (__mmask8)m, (__m512d)v);
+#elif defined(RF_ISA_avx2)
+  typedef std::conditional_t<sizeof(T) == 4, vi32, vi64> VI;
+  VI lane;
+  for (int i = 0; i < (int)(sizeof(V) / sizeof(T)); ++i) lane[i] = i;
+  const VI on = lane < n;
+  if constexpr (sizeof(T) == 4)
+    _mm256_maskstore_ps(p, (__m256i)on, (__m256)v);
+  else
+    _mm256_maskstore_pd(p, (__m256i)on, (__m256d)v);
+#else
   T tmp[sizeof(V) / sizeof(T)];
   std::memcpy(tmp, &v, sizeof(V));
   for (int i = 0; i < n; ++i) p[i] = tmp[i];
+#endif
 }
 
 // A store that bypasses the caches (whole aligned vectors; a plain store otherwise), for
