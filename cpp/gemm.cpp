@@ -142,7 +142,7 @@ void gemm_impl(int M, int N, int K, const T* A, long rsa, long csa, const T* B, 
                bool accumulate, const T* bias, int nthreads) {
   typedef Blocking<T> BL;
   typedef typename Simd<T>::V V;
-  constexpr int MR = BL::MR, NR = BL::NR, MC = BL::MC, NC = BL::NC;
+  constexpr int MR = BL::MR, NR = BL::NR, MC = BL::MC, NC = BL::NC, W = Simd<T>::W;
   if (M <= 0 || N <= 0) return;
   const int n1 = cols ? cols->n1 : N;  // columns [n1, N) live in B2 / C2
   if (K <= 0) {
@@ -229,7 +229,15 @@ void gemm_impl(int M, int N, int K, const T* A, long rsa, long csa, const T* B, 
                 __builtin_prefetch(c + r * ld + NR - 1, 1);
               }
               V acc[MR][NV];
-              micro_kernel<T, MR, NV>(kc, rows, direct_a ? 1 : MR, bp, acc);
+              if (nr <= W) {  // columns in the panel's first vector: that one only
+                V one[MR][1];
+                zero_tile<T, MR, 1>(one);
+                micro_kernel_add<T, MR, 1, NV>(kc, rows, direct_a ? 1 : MR, bp, one);
+                for (int r = 0; r < MR; ++r)
+                  for (int v = 0; v < NV; ++v) acc[r][v] = v ? V{} : one[r][0];
+              } else {
+                micro_kernel<T, MR, NV>(kc, rows, direct_a ? 1 : MR, bp, acc);
+              }
               if (!straddling) {
                 store_tile<T, MR>(acc, c, ld, mr, nr, add, bias_p, 0);
                 continue;
@@ -314,8 +322,12 @@ static void gemm_prepacked_tiles(int M, int N, int K, const T* A, long lda, cons
                                  StealShares* steal, long gen) {
   typedef typename Simd<T>::V V;
   constexpr int NR = NV * Simd<T>::W;
+  constexpr int W = Simd<T>::W;
   const int npanels = (int)panels_for<T, NV>(N), ngroups = (npanels + PP - 1) / PP;
   const int mblocks = (M + MR - 1) / MR;
+  // A last panel whose columns fit its first vector computes that one only (the backward's
+  // dh at H = 100: 3 panels and a quarter, not 4).
+  const bool narrow_last = N - (npanels - 1) * NR <= W;
   auto tile = [&](int task) {
     const int q = task / mblocks, i0 = (task % mblocks) * MR;
     const int mr = M - i0 < MR ? M - i0 : MR;
@@ -326,29 +338,31 @@ static void gemm_prepacked_tiles(int M, int N, int K, const T* A, long lda, cons
       store_tile<T, MR>(acc, C + (long)i0 * ldc + p * NR, ldc, mr, nr, false,
                         D ? D + (long)i0 * ldd + p * NR : nullptr, ldd);
     };
-    V acc[MR][NV];
-    if constexpr (PP == 2) {
-      if (2 * q + 1 < npanels) {
-        V wide[MR][2 * NV];
-        zero_tile<T, MR, 2 * NV>(wide);
-        micro_kernel_add<T, MR, 2 * NV, NV>(K, rows, 1, Bp + (long)2 * q * K * NR, wide,
-                                            (long)K * NR);
-        for (int h = 0; h < 2; ++h) {
-          for (int r = 0; r < MR; ++r)
-            for (int v = 0; v < NV; ++v) acc[r][v] = wide[r][h * NV + v];
-          store(acc, 2 * q + h);
-        }
-        return;
+    // NC vectors of columns from panel p on (its NV, then the next panel's), stored
+    auto run = [&](auto NC_c, int p) {
+      constexpr int NC = decltype(NC_c)::value;
+      V part[MR][NC], acc[MR][NV];
+      zero_tile<T, MR, NC>(part);
+      if constexpr (MR == 1)
+        row_kernel_add<T, NC, NV>(K, rows[0], Bp + (long)p * K * NR, part, (long)K * NR);
+      else
+        micro_kernel_add<T, MR, NC, NV>(K, rows, 1, Bp + (long)p * K * NR, part, (long)K * NR);
+      for (int h = 0; h * NV < NC; ++h) {
+        for (int r = 0; r < MR; ++r)
+          for (int v = 0; v < NV; ++v) acc[r][v] = h * NV + v < NC ? part[r][h * NV + v] : V{};
+        store(acc, p + h);
       }
+    };
+    typedef std::integral_constant<int, 1> One;
+    typedef std::integral_constant<int, NV> Full;
+    if constexpr (PP == 2) {
+      typedef std::integral_constant<int, 2 * NV> Two;
+      typedef std::integral_constant<int, NV + 1> FullOne;
+      if (2 * q + 1 < npanels)
+        return narrow_last && 2 * q + 1 == npanels - 1 ? run(FullOne(), 2 * q) : run(Two(), 2 * q);
     }
     const int p = q * PP;
-    if constexpr (MR == 1) {
-      zero_tile<T, 1, NV>(acc);
-      row_kernel_add<T, NV>(K, rows[0], Bp + (long)p * K * NR, acc);
-    } else {
-      micro_kernel<T, MR, NV>(K, rows, 1, Bp + (long)p * K * NR, acc);
-    }
-    store(acc, p);
+    return narrow_last && p == npanels - 1 ? run(One(), p) : run(Full(), p);
   };
   if (!shared) {
     for (int task = 0; task < ngroups * mblocks; ++task) tile(task);
