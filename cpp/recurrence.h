@@ -59,10 +59,11 @@ constexpr bool kBlockK = true;
 constexpr int kPanelBlockBytes = 16384;
 
 // The last panel, where H leaves it partial, packed compact where a panel is one slice and
-// K is not blocked (AVX-512): lanes [v*s, v*s + s) of its `cv` vectors hold lanes [0, s) of
-// vector v, s the fewest lanes (a power of 2) that hold every unit of a vector. Its tiles
-// compute cv vectors where a full panel's compute NV, and spread them over NV before the
-// epilogue (spread_compact). LSTM H = 100: the last panel's 4 units in 1 vector, not 4.
+// K is not blocked (AVX-512): its `cv` vectors, read as one run of cv * W lanes, hold lanes
+// [0, s) of vector v at [v s, v s + s), s the fewest lanes (a power of 2) that hold every
+// unit of a vector. Its tiles compute cv vectors where a full panel's compute NV, and
+// spread them over NV before the epilogue (spread_compact). LSTM H = 100: the last panel's
+// 4 units of each gate in 1 vector, not 4.
 template <int NV>
 constexpr bool kCompactLast = RecurrentTile<NV>::NVK == NV && !kBlockK;
 struct CompactPanel {
@@ -114,7 +115,8 @@ void recurrent_pack(T* dst, const T* w_ih, int in_size, const T* w_hh, int H) {
 }
 
 // Sums of a compact panel's tile (R x CV) spread over the NV vectors of a full one's: lanes
-// [v s, v s + s) to lanes [0, s) of vector v (the lanes past s are not read).
+// [v s, v s + s) to lanes [0, s) of vector v. Lanes past s get other sums: they stand for
+// units past H, which the epilogue does not store.
 template <typename T, int R, int CV, int NV>
 static inline __attribute__((always_inline)) void spread_compact(
     const typename Simd<T>::V* csums, typename Simd<T>::V* sums, int s) {

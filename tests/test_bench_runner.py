@@ -327,3 +327,20 @@ def test_tiny_paced_run(capsys):
                                      for p in ("0", "1")]
     for r in rows:  # times and ratios are positive numbers
         assert all(float(v) > 0 for v in r[4:8])
+
+
+def test_tiny_shapes_run(capsys):
+    rows = _run_bench_script("shapes", [
+        "--cells", "lstm,gru", "--mode", "infer,train", "--batches", "2,5", "--hidden", "16,20",
+        "--batch-hidden", "16", "--hidden-batch", "3", "--steps", "3", "--pairs", "1",
+        "--threads", "1", "--torch"], capsys)
+    assert [r[:4] for r in rows] == [
+        [c, m, s, shape] for c in ("LSTM", "GRU") for m in ("infer", "train")
+        for s, shapes in (("batch", ("B 2", "B 5")), ("hidden", ("H 16", "H 20")))
+        for shape in shapes]
+    for r in rows:  # ratios positive; per row or FLOP = ratio over the work's ratio
+        ratio, per, tratio, tper = map(float, r[4:8])
+        assert min(ratio, per, tratio, tper) > 0
+        work = {"B 2": 2 / 4, "B 5": 5 / 4, "H 16": 1.0, "H 20": (20 / 16) ** 2}[r[3]]
+        assert per == pytest.approx(ratio / work, abs=0.006)
+        assert tper == pytest.approx(tratio / work, abs=0.006)
