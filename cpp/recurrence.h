@@ -121,16 +121,13 @@ template <typename T, int R, int CV, int NV>
 static inline __attribute__((always_inline)) void spread_compact(
     const typename Simd<T>::V* csums, typename Simd<T>::V* sums, int s) {
   typedef typename Simd<T>::V V;
-  typedef typename Simd<T>::VI VI;
   constexpr int W = Simd<T>::W;
-  VI lane;
-  for (int l = 0; l < W; ++l) lane[l] = l;
   for (int v = 0; v < NV; ++v) {
     const int from = v * s / W, shift = v * s % W;
-    const VI idx = (lane + shift) & (W - 1);
     for (int r = 0; r < R; ++r)
-      sums[r * NV + v] = from >= CV ? V{} : shift ? __builtin_shuffle(csums[r * CV + from], idx)
-                                                  : csums[r * CV + from];
+      sums[r * NV + v] = from >= CV ? V{}
+                         : shift    ? rotate_lanes(csums[r * CV + from], shift)
+                                    : csums[r * CV + from];
   }
 }
 

@@ -113,6 +113,26 @@ static inline void vstore_part(T* p, V v, int n) {
 #endif
 }
 
+// Lane l of the result is lane (l + shift) mod W of x: one permute on AVX-512 (no
+// __builtin_shuffle, which Clang lacks), lane by lane elsewhere.
+template <typename V>
+static inline V rotate_lanes(V x, int shift) {
+  constexpr int W = sizeof(V) / sizeof(x[0]);
+#if defined(RF_ISA_avx512)
+  typedef std::conditional_t<W == 16, vi32, vi64> VI;
+  VI idx;
+  for (int l = 0; l < W; ++l) idx[l] = (l + shift) & (W - 1);
+  if constexpr (W == 16)
+    return (V)_mm512_permutexvar_ps((__m512i)idx, (__m512)x);
+  else
+    return (V)_mm512_permutexvar_pd((__m512i)idx, (__m512d)x);
+#else
+  V y;
+  for (int l = 0; l < W; ++l) y[l] = x[(l + shift) & (W - 1)];
+  return y;
+#endif
+}
+
 // A store that bypasses the caches (whole aligned vectors; a plain store otherwise), for
 // data read back long after: it neither evicts what the kernel reads nor reads the line
 // first. stream_fence() orders such stores before what follows (a join, another thread).
