@@ -117,7 +117,7 @@ def test_every_batch_size_matches_reference(isa, mode, threads):
         results, grads = run_both(mode, 4, B, 7, 20, lengths=lengths, with_state=True, seed=B,
                                   threads=threads)
         assert_match(results, grads, rtol=1e-9, atol=1e-10)
-        fast, ref = make_pair(mode, 7, 20, 1, False, dtype=np.float32, seed=B)
+        fast = make_pair(mode, 7, 20, 1, False, dtype=np.float32, seed=B)[0]
         fast.num_threads = threads
         ref64 = make_pair(mode, 7, 20, 1, False, dtype=np.float64)[1]
         ref64.load_state_dict({k: v.astype(np.float64) for k, v in fast.state_dict().items()})
@@ -133,10 +133,10 @@ def test_every_batch_size_matches_reference(isa, mode, threads):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_every_last_panel_matches_reference(isa, mode, dtype):
     # A partial last panel is packed compact on AVX-512 (compact_last: LSTM H = 100 keeps
-    # its last 4 units of each gate in one vector); every remainder of H against the panel
-    # width (16 or 8 units a gate, RNN 64 or 32 units a panel), on the batch-1 row kernel,
-    # a 3-row tile and taller ones, with the input product in the loop (I = 3) or not
-    # (I = 200: engine.cpp, fuse_input).
+    # its last 4 units of each gate in one vector): every remainder of H against a gate's
+    # 16 or 8 units, and RNN's 64- or 32-unit panels with 1, 2, 3 and 4 vectors' worth of
+    # units left; on the batch-1 row kernel, a 3-row tile and taller ones, with the input
+    # product in the loop (I = 3) or not (I = 200: engine.cpp, fuse_input).
     tol = dict(rtol=1e-9, atol=1e-10) if dtype == np.float64 else dict(rtol=2e-5, atol=5e-6)
     for H in [*range(1, 36), 47, 50, 63, 65, 100]:
         for B, I in [(1, 3), (3, 200), (13, 3)]:
