@@ -63,23 +63,28 @@ static inline __attribute__((always_inline)) V vbcast(T s) {
 // stores on x86, which neither fault nor touch the lanes past n: the element-by-element
 // copy through memory they replace stalled on store forwarding (the epilogue of a partial
 // last panel, LSTM H 100, cost about a full panel's product).
+#if defined(RF_ISA_avx512)
+static inline unsigned part_mask(int n) { return n <= 0 ? 0u : (1u << n) - 1; }
+#elif defined(RF_ISA_avx2)
+template <typename T>  // -1 in the lanes below n
+static inline __m256i part_mask(int n) {
+  typename Simd<T>::VI lane;
+  for (int i = 0; i < Simd<T>::W; ++i) lane[i] = i;
+  return (__m256i)(lane < n);
+}
+#endif
 template <typename V, typename T>
 static inline V vload_part(const T* p, int n) {
 #if defined(RF_ISA_avx512)
-  const unsigned m = n <= 0 ? 0u : (1u << n) - 1;
   if constexpr (sizeof(T) == 4)
-    return (V)_mm512_maskz_loadu_ps((__mmask16)m, p);
+    return (V)_mm512_maskz_loadu_ps((__mmask16)part_mask(n), p);
   else
-    return (V)_mm512_maskz_loadu_pd((__mmask8)m, p);
+    return (V)_mm512_maskz_loadu_pd((__mmask8)part_mask(n), p);
 #elif defined(RF_ISA_avx2)
-  typedef std::conditional_t<sizeof(T) == 4, vi32, vi64> VI;
-  VI lane;
-  for (int i = 0; i < (int)(sizeof(V) / sizeof(T)); ++i) lane[i] = i;
-  const VI on = lane < n;  // -1 where loaded
   if constexpr (sizeof(T) == 4)
-    return (V)_mm256_maskload_ps(p, (__m256i)on);
+    return (V)_mm256_maskload_ps(p, part_mask<T>(n));
   else
-    return (V)_mm256_maskload_pd(p, (__m256i)on);
+    return (V)_mm256_maskload_pd(p, part_mask<T>(n));
 #else
   V v = V{};
   T tmp[sizeof(V) / sizeof(T)];
@@ -92,20 +97,15 @@ static inline V vload_part(const T* p, int n) {
 template <typename V, typename T>
 static inline void vstore_part(T* p, V v, int n) {
 #if defined(RF_ISA_avx512)
-  const unsigned m = n <= 0 ? 0u : (1u << n) - 1;
   if constexpr (sizeof(T) == 4)
-    _mm512_mask_storeu_ps(p, (__mmask16)m, (__m512)v);
+    _mm512_mask_storeu_ps(p, (__mmask16)part_mask(n), (__m512)v);
   else
-    _mm512_mask_storeu_pd(p, (__mmask8)m, (__m512d)v);
+    _mm512_mask_storeu_pd(p, (__mmask8)part_mask(n), (__m512d)v);
 #elif defined(RF_ISA_avx2)
-  typedef std::conditional_t<sizeof(T) == 4, vi32, vi64> VI;
-  VI lane;
-  for (int i = 0; i < (int)(sizeof(V) / sizeof(T)); ++i) lane[i] = i;
-  const VI on = lane < n;
   if constexpr (sizeof(T) == 4)
-    _mm256_maskstore_ps(p, (__m256i)on, (__m256)v);
+    _mm256_maskstore_ps(p, part_mask<T>(n), (__m256)v);
   else
-    _mm256_maskstore_pd(p, (__m256i)on, (__m256d)v);
+    _mm256_maskstore_pd(p, part_mask<T>(n), (__m256d)v);
 #else
   T tmp[sizeof(V) / sizeof(T)];
   std::memcpy(tmp, &v, sizeof(V));
