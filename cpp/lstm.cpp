@@ -55,7 +55,7 @@ struct LstmCell : GatePanels {
     constexpr int W = Simd<T>::W;
     const T *ci = io.cache, *cf = ci + H, *cg = cf + H, *co = cg + H, *ctc = co + H;
     const T* cp = io.c_prev;
-    T *ai = io.da, *af = ai + H, *ag = af + H, *ao = ag + H, *dcs = io.dc;
+    T *ai = io.da, *dcs = io.dc;  // gate gradients i, f, g, o at ai + v H
     const V one = vbcast<V>(T(1));
     for (int u = 0; u < H; u += W) {  // explicit vectors: GCC left the scalar loop alone
       const int n = H - u < W ? H - u : W;

@@ -120,14 +120,14 @@ static inline V rotate_lanes(V x, int shift) {
   constexpr int W = sizeof(V) / sizeof(x[0]);
 #if defined(RF_ISA_avx512)
   typedef std::conditional_t<W == 16, vi32, vi64> VI;
-  VI idx;
+  VI idx = {};  // every lane set below (GCC 12 warned otherwise)
   for (int l = 0; l < W; ++l) idx[l] = (l + shift) & (W - 1);
   if constexpr (W == 16)
     return (V)_mm512_permutexvar_ps((__m512i)idx, (__m512)x);
   else
     return (V)_mm512_permutexvar_pd((__m512i)idx, (__m512d)x);
 #else
-  V y;
+  V y = {};
   for (int l = 0; l < W; ++l) y[l] = x[(l + shift) & (W - 1)];
   return y;
 #endif
