@@ -306,15 +306,6 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
       const T* c_prev = a.cs ? a.cs + in * BH : nullptr;
       T* c_new = a.cs ? a.cs + out * BH : nullptr;
       const int32_t* tid = a.tidx + (long)s * LB;
-      // Walked in order or in reverse by the parity of s + a.parity, so each step runs
-      // opposite to the one before: going back over its panels first finds the ones it read
-      // last still in L2, where a walk in one direction over weights about the size of L2
-      // would miss throughout (the least recently used lines are the next ones needed).
-      const bool reverse = (s + a.parity) & 1;
-      if (by_rows) j = reverse ? npanels * nib - 1 - j : j;
-      const int task = by_rows ? (j / nib) * mblocks + ib0 + j % nib : j;
-      const int p = kblocked ? task : task / mblocks;
-      const T* panel = a.packed + p * panel_stride;  // per slice: x rows, then h rows
       // Row pointers of a tile at i0, from column k0 of x (xsrc) or h (rows from end on
       // repeat the first); -> valid rows.
       auto tile_rows = [&](bool xsrc, int i0, int end, int k0, auto& rows) {
@@ -330,20 +321,17 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
         }
         return mr;
       };
-      // Pass h of a tile whose sums (R rows, ld vectors apart) are at `sums`: its VN vectors
-      // (from zero when fresh) += rows (R x n) times rows [k, k + n) of the slices of VS
-      // vectors at pass h (x rows, then h rows), then rows2 times rows [k2, k2 + n2).
-      auto pass = [&](auto R_c, auto VN_c, auto VS_c, V* sums, int ld, bool fresh, int h, int n,
+      // Pass h of the tile with sums at `sums` (R x NV): its PV vectors (from zero when
+      // fresh) += rows (R x n) times slice rows [k, k + n) (x rows, then h rows), then
+      // rows2 times slice rows [k2, k2 + n2).
+      auto pass = [&](auto R_c, V* sums, bool fresh, const T* panel, int h, int n,
                       const T* const* rows, long k, int n2 = 0, const T* const* rows2 = nullptr,
                       long k2 = 0) {
-        constexpr int R = decltype(R_c)::value, VN = decltype(VN_c)::value;
-        constexpr int VS = decltype(VS_c)::value;
+        constexpr int R = decltype(R_c)::value;
         const T* bp = panel + h * ss;
-        tile_pass<T, R, VN, VS>(sums + h * VN, ld, fresh, ss, n, rows, bp + k * VS * W, n2,
-                                rows2, bp + k2 * VS * W, far);
+        tile_pass<T, R, PV, LV>(sums + h * PV, NV, fresh, ss, n, rows, bp + k * LV * W, n2,
+                                rows2, bp + k2 * LV * W, far);
       };
-      using PVc = std::integral_constant<int, PV>;
-      using LVc = std::integral_constant<int, LV>;
       // The epilogue of a tile (R rows at i0, those below end real) from its sums.
       auto finish = [&](auto R_c, int p, int i0, int end, const V* sums, const V* xsums) {
         constexpr int R = decltype(R_c)::value;
@@ -385,6 +373,15 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
         else
           Cell::template forward_epilogue<T, R, false>(a.cell, p, H, acc, xa, io);
       };
+      // Walked in order or in reverse by the parity of s + a.parity, so each step runs
+      // opposite to the one before: going back over its panels first finds the ones it read
+      // last still in L2, where a walk in one direction over weights about the size of L2
+      // would miss throughout (the least recently used lines are the next ones needed).
+      const bool reverse = (s + a.parity) & 1;
+      if (by_rows) j = reverse ? npanels * nib - 1 - j : j;
+      const int task = by_rows ? (j / nib) * mblocks + ib0 + j % nib : j;
+      const int p = kblocked ? task : task / mblocks;
+      const T* panel = a.packed + p * panel_stride;  // per slice: x rows, then h rows
       if (!kblocked) {  // one tile, all of K per pass
         with_block(task % mblocks, [&](auto R_c, int i0, int end) {
           constexpr int R = decltype(R_c)::value;
@@ -392,30 +389,32 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
           const T *xr[R], *hr[R];
           tile_rows(false, i0, end, 0, hr);
           if (fused) tile_rows(true, i0, end, 0, xr);
-          // All of K in np passes of VN vectors (slices of VS), sums ld vectors a row
-          auto passes = [&](auto VN_c, auto VS_c, int np, V* out, V* xout, int ld) {
-            for (int h = 0; h < np; ++h) {
-              if (split) pass(R_c, VN_c, VS_c, xout, ld, true, h, I, xr, 0);
-              if (fused && !split)
-                pass(R_c, VN_c, VS_c, out, ld, true, h, I, xr, 0, H, hr, I);
-              else
-                pass(R_c, VN_c, VS_c, out, ld, true, h, H, hr, I);
-            }
-          };
-          bool done = false;
           if constexpr (kCompact) {
-            if (compact.cv && p == npanels - 1) {  // cv vectors, spread over NV
+            if (compact.cv && p == npanels - 1) {  // cv vectors (x rows, then h rows)
               with_constant<NV - 1, 1>(compact.cv, [&](auto CV_c) {
                 constexpr int CV = decltype(CV_c)::value;
                 V cs[R * CV], cxs[R * CV];
-                passes(CV_c, CV_c, 1, cs, cxs, CV);
+                const T* hp = panel + (long)I * CV * W;
+                if (split)
+                  tile_pass<T, R, CV, CV>(cxs, CV, true, 0, I, xr, panel, 0, nullptr, hp, far);
+                if (fused && !split)
+                  tile_pass<T, R, CV, CV>(cs, CV, true, 0, I, xr, panel, H, hr, hp, far);
+                else
+                  tile_pass<T, R, CV, CV>(cs, CV, true, 0, H, hr, hp, 0, nullptr, hp, far);
                 spread_compact<T, R, CV, NV>(cs, sums, compact.s);
                 if (split) spread_compact<T, R, CV, NV>(cxs, xsums, compact.s);
               });
-              done = true;
+              finish(R_c, p, i0, end, sums, xsums);
+              return;
             }
           }
-          if (!done) passes(PVc(), LVc(), NP, sums, xsums, NV);
+          for (int h = 0; h < NP; ++h) {
+            if (split) pass(R_c, xsums, true, panel, h, I, xr, 0);
+            if (fused && !split)
+              pass(R_c, sums, true, panel, h, I, xr, 0, H, hr, I);
+            else
+              pass(R_c, sums, true, panel, h, H, hr, I);
+          }
           finish(R_c, p, i0, end, sums, xsums);
         });
         return;
@@ -450,11 +449,11 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
                 const T *xr[R], *hr[R];
                 if (k1 <= I || k0 >= I) {
                   tile_rows(k0 < I, i0, end, k0 < I ? k0 : k0 - I, k0 < I ? xr : hr);
-                  pass(R_c, PVc(), LVc(), sums, NV, k0 == lo, h, k1 - k0, k0 < I ? xr : hr, k0);
+                  pass(R_c, sums, k0 == lo, panel, h, k1 - k0, k0 < I ? xr : hr, k0);
                 } else {  // straddles x and h
                   tile_rows(true, i0, end, k0, xr);
                   tile_rows(false, i0, end, 0, hr);
-                  pass(R_c, PVc(), LVc(), sums, NV, k0 == lo, h, I - k0, xr, k0, k1 - I, hr, I);
+                  pass(R_c, sums, k0 == lo, panel, h, I - k0, xr, k0, k1 - I, hr, I);
                 }
                 if (!xp && k1 == hi && h == NP - 1)
                   finish(R_c, p, i0, end, sums, split ? xpartial + ib * tile : nullptr);
