@@ -69,9 +69,9 @@ def torch_call(torch, cell, H, x, mode):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--scan", default="batch,hidden", help="batch, hidden or both")
+    ap.add_argument("--scan", default="batch,hidden", help="of batch, hidden")
     ap.add_argument("--cells", default="lstm,gru", help="of rnn, lstm, gru")
-    ap.add_argument("--mode", default="infer", help="infer, train or both")
+    ap.add_argument("--mode", default="infer", help="of infer, train")
     ap.add_argument("--batches", default=",".join(map(str, range(1, 21))))
     ap.add_argument("--ref-batch", type=int, default=4)
     ap.add_argument("--batch-hidden", type=int, default=256, help="I = H of the batch scan")
@@ -83,6 +83,11 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--torch", action="store_true", help="PyTorch's ratios too")
     a = ap.parse_args(argv)
+    for name, allowed in (("scan", ("batch", "hidden")), ("cells", CELLS),
+                          ("mode", ("infer", "train"))):
+        bad = set(getattr(a, name).split(",")) - set(allowed)
+        if bad:
+            ap.error(f"--{name}: {', '.join(sorted(bad))} not of {', '.join(allowed)}")
     rf.set_num_threads(a.threads)
     torch = None
     if a.torch:

@@ -126,7 +126,7 @@ static inline __attribute__((always_inline)) void spread_compact(
     const int from = v * s / W, shift = v * s % W;
     for (int r = 0; r < R; ++r)
       sums[r * NV + v] = from >= CV ? V{}
-                         : shift    ? rotate_lanes(csums[r * CV + from], shift)
+                         : shift    ? rotate_lanes<T>(csums[r * CV + from], shift)
                                     : csums[r * CV + from];
   }
 }

@@ -63,14 +63,18 @@ static inline __attribute__((always_inline)) V vbcast(T s) {
 // stores on x86, which neither fault nor touch the lanes past n: the element-by-element
 // copy through memory they replace stalled on store forwarding (the epilogue of a partial
 // last panel, LSTM H 100, cost about a full panel's product).
+template <typename T>  // lanes 0, 1, ..., W - 1
+static inline typename Simd<T>::VI lane_index() {
+  typename Simd<T>::VI lane = {};
+  for (int i = 0; i < Simd<T>::W; ++i) lane[i] = i;
+  return lane;
+}
 #if defined(RF_ISA_avx512)
 static inline unsigned part_mask(int n) { return n <= 0 ? 0u : (1u << n) - 1; }
 #elif defined(RF_ISA_avx2)
 template <typename T>  // -1 in the lanes below n
 static inline __m256i part_mask(int n) {
-  typename Simd<T>::VI lane;
-  for (int i = 0; i < Simd<T>::W; ++i) lane[i] = i;
-  return (__m256i)(lane < n);
+  return (__m256i)(lane_index<T>() < n);
 }
 #endif
 template <typename V, typename T>
@@ -115,19 +119,17 @@ static inline void vstore_part(T* p, V v, int n) {
 
 // Lane l of the result is lane (l + shift) mod W of x: one permute on AVX-512 (no
 // __builtin_shuffle, which Clang lacks), lane by lane elsewhere.
-template <typename V>
-static inline V rotate_lanes(V x, int shift) {
-  constexpr int W = sizeof(V) / sizeof(x[0]);
+template <typename T>
+static inline typename Simd<T>::V rotate_lanes(typename Simd<T>::V x, int shift) {
+  constexpr int W = Simd<T>::W;
 #if defined(RF_ISA_avx512)
-  typedef std::conditional_t<W == 16, vi32, vi64> VI;
-  VI idx = {};  // every lane set below (GCC 12 warned otherwise)
-  for (int l = 0; l < W; ++l) idx[l] = (l + shift) & (W - 1);
+  const typename Simd<T>::VI idx = (lane_index<T>() + shift) & (W - 1);
   if constexpr (W == 16)
-    return (V)_mm512_permutexvar_ps((__m512i)idx, (__m512)x);
+    return (typename Simd<T>::V)_mm512_permutexvar_ps((__m512i)idx, (__m512)x);
   else
-    return (V)_mm512_permutexvar_pd((__m512i)idx, (__m512d)x);
+    return (typename Simd<T>::V)_mm512_permutexvar_pd((__m512i)idx, (__m512d)x);
 #else
-  V y = {};
+  typename Simd<T>::V y = {};
   for (int l = 0; l < W; ++l) y[l] = x[(l + shift) & (W - 1)];
   return y;
 #endif
