@@ -481,7 +481,7 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
       const int last = timed ? runs[me + 1] : rf_share(ntasks, me + 1, team);
       const double began = timed ? rf_ticks() : 0;
       double in_runs = 0;  // a sequence's: time in this thread's runs, barriers excluded
-      const int delay = timed && !one_step && me == 1 ? row_step_delay_us() : 0;  // test probe
+      const int delay = timed && !one_step && me == 1 ? step_delay_us() : 0;  // test probe
       for (int s = a.s0; s < a.steps; ++s) {
         const double step_began = timed && !one_step ? rf_ticks() : 0;
         probe_wait_us(delay);

@@ -101,7 +101,7 @@ std::atomic<int> g_worker_delay_us{0};  // test probes (delay_workers, late_shar
 std::atomic<long> g_late_shares{0};
 std::atomic<long> g_steals{0};
 std::atomic<long> g_helps{0};
-std::atomic<int> g_row_step_delay_us{0};
+std::atomic<int> g_step_delay_us{0};
 
 // A test probe's count, written only once a test has read one: the steps of streams
 // (PanelSplit's, and batched ones' row sweeps) would otherwise write a process-wide line
@@ -623,8 +623,8 @@ void note_steal() { g_steals.fetch_add(1, std::memory_order_relaxed); }
 long steals() { return g_steals.load(); }
 void note_help() { g_helps.fetch_add(1, std::memory_order_relaxed); }
 long helps() { return g_helps.load(); }
-void delay_row_steps(int us) { g_row_step_delay_us.store(us > 0 ? us : 0); }
-int row_step_delay_us() { return g_row_step_delay_us.load(std::memory_order_relaxed); }
+void delay_steps(int us) { g_step_delay_us.store(us > 0 ? us : 0); }
+int step_delay_us() { return g_step_delay_us.load(std::memory_order_relaxed); }
 
 int team_threads(int nthreads) {
   TeamProbe t;

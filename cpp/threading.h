@@ -108,8 +108,8 @@ long helps();
 // count (this or splits_*) on.
 void note_row_sweep();
 long row_sweeps();
-void delay_row_steps(int us);
-int row_step_delay_us();
+void delay_steps(int us);
+int step_delay_us();
 
 // How tasks split statically are shared between the threads of a team (a layer's, kept
 // across calls): in runs sized by how fast each thread got through its last ones, not in

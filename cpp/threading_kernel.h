@@ -63,7 +63,7 @@ static inline double rf_ticks() {
 #endif
 }
 
-// A test probe's wait (delay_row_steps): asleep, as a late worker is (delay_workers).
+// A test probe's wait (delay_steps): asleep, as a late worker is (delay_workers).
 static inline void probe_wait_us(int us) {
   if (us > 0) std::this_thread::sleep_for(std::chrono::microseconds(us));
 }
@@ -142,6 +142,7 @@ class StealShares {
       for (long i = 0; i < count; ++i) f(first + (reverse ? count - 1 - i : i));
       return;
     }
+    if (me == 1) probe_wait_us(step_delay_us());  // test probe
     const uint64_t g = (uint64_t)(gen % 0xFFFF) + 1;  // never 0, the unset slots' gen
     for (int d = 0; d < team; ++d) {
       const int v = (me + d) % team;
@@ -197,7 +198,7 @@ class HelpedRuns {
     Run& own = run_[me];
     own.ctl.store(kAlone, std::memory_order_release);
     const long n = tasks_of(me);
-    const int delay = me == 1 ? row_step_delay_us() : 0;  // test probe
+    const int delay = me == 1 ? step_delay_us() : 0;  // test probe
     long s = s0;
     for (; s < s1 && own.ctl.load(std::memory_order_relaxed) != kAsked; ++s) {
       probe_wait_us(delay);

@@ -79,7 +79,7 @@ def assert_same(a, b, atol=1e-6, rtol=1e-6):
 
 @contextlib.contextmanager
 def probe_at(probe, value):
-    """A test probe (_core._delay_workers, _delay_row_steps, _set_row_sweep_bytes) set to
+    """A test probe (_core._delay_workers, _delay_steps, _set_row_sweep_bytes) set to
     `value` for the block, then to 0 (off, or the default)."""
     probe(value)
     try:
@@ -326,14 +326,29 @@ def test_late_workers_shares_run_by_their_callers(kind):
 @pytest.mark.skipif(CPUS < 2, reason="stealing needs a team of two")
 def test_steps_stolen_from_a_late_worker_same_results(kind):
     # Over a sequence with panels split (a barrier a step), a thread done with its share of
-    # a step takes the other's remaining tasks, in the forward and in both phases of the
-    # backward's steps. A worker 20 ms late to each job leaves its whole first step to the
-    # caller: steals happen, and the outputs, the training forward and the gradients are
-    # the same bits as on one thread. (Panels are split here on any L2: no row sweeps.)
+    # a step takes the other's remaining tasks. A worker 20 ms late to each job leaves its
+    # whole first step to the caller: a steal in each of the three time loops' jobs (the
+    # training forward, the backward, inference), and the outputs, the training forward and
+    # the gradients are the same bits as on one thread. (Panels are split here on any L2:
+    # no row sweeps.) More steals come only from the threads' own imbalance: GRU had 3 in
+    # one of 15 runs, which is why this asks for 3, not 4.
     with probe_at(_core._set_row_sweep_bytes, 1):
         results, steals = delayed_runs(kind, inputs(12, 8, I=32), 512, _core._delay_workers,
                                        20000, _core._steals)
-    assert steals[1] == 0 and steals[2] >= 4  # 2 forwards, a backward's 2 phases
+    assert steals[1] == 0 and steals[2] >= 3
+    assert_same(results[1], results[2], atol=0, rtol=0)
+
+
+@pytest.mark.skipif(CPUS < 2, reason="stealing needs a team of two")
+def test_every_phase_stolen_from_a_slow_thread_same_results(kind):
+    # Thread 1 waits 5 ms before its share of each phase that threads steal from (well over
+    # a share's work, under ThreadSanitizer too): the caller takes tasks from it in every
+    # step of both forwards and in both phases of each backward step, T + T + 2T phases.
+    T = 4
+    with probe_at(_core._set_row_sweep_bytes, 1):
+        results, steals = delayed_runs(kind, inputs(T, 8, I=32), 512, _core._delay_steps,
+                                       5000, _core._steals)
+    assert steals[1] == 0 and steals[2] >= 4 * T
     assert_same(results[1], results[2], atol=0, rtol=0)
 
 
@@ -405,7 +420,7 @@ def test_batch1_sequence_runs_move_off_a_slow_thread_same_results(kind):
     # its run (well over a step's work, under ThreadSanitizer too, where 300 us was not):
     # call after call the caller's run grows, and inference, the training forward and the
     # gradients are the same bits as on one thread.
-    results, toward = delayed_runs(kind, inputs(6, 1, I=32), 256, _core._delay_row_steps, 2000,
+    results, toward = delayed_runs(kind, inputs(6, 1, I=32), 256, _core._delay_steps, 2000,
                                    lambda: _core._splits()[0], warm=12)
     assert toward[1] == 0 and toward[2] >= 6
     assert_same(results[1], results[2], atol=0, rtol=0)
@@ -423,7 +438,7 @@ def test_rows_of_a_slow_thread_helped_same_results(kind):
     helps = 0
     H = 256 if kind == "RNN" else 128
     for batch in (8, 12):
-        results, moved = delayed_runs(kind, inputs(12, batch, I=32), H, _core._delay_row_steps,
+        results, moved = delayed_runs(kind, inputs(12, batch, I=32), H, _core._delay_steps,
                                       300, _core._helps)
         assert moved[1] == 0
         helps += moved[2]

@@ -904,9 +904,10 @@ PYBIND11_MODULE(_core, m) {
       "_splits", [] { return py::make_tuple(splits_toward_caller(), splits_away_from_caller()); },
       "Test probe: (toward, away) calls so far whose tasks a PanelSplit sized and whose caller "
       "ran more / fewer of them than an equal share.");
-  m.def("_delay_row_steps", &delay_row_steps, py::arg("us"),
+  m.def("_delay_steps", &delay_steps, py::arg("us"),
         "Test probe: thread 1 of a team waits `us` microseconds before each step of the rows "
-        "it runs in a time loop split by rows, or of its run of a batch-1 sequence (0: none).");
+        "it runs in a time loop split by rows, of its run of a batch-1 sequence, or of its "
+        "share of a step's phase that threads steal from (0: none).");
   m.def("_set_far_prefetch", &set_far_prefetch, py::arg("on"),
         "Test probe: batch-1 steps on weights over 4 MiB prefetch them (True) or not; returns "
         "the previous setting.");
