@@ -99,8 +99,8 @@ void note_steal();
 long steals();
 // Test probes: how many times a thread has helped another with its rows (HelpedRuns: once
 // per run joined, however many steps); thread 1 of a team waits `us` microseconds before
-// each step of its rows and of the rows it helps with, or of its run of a sequence sized by
-// PanelSplit (0: none).
+// each step of its rows and of the rows it helps with, of its run of a sequence sized by
+// PanelSplit, or of its share of a phase run by StealShares (0: none).
 void note_help();
 long helps();
 // Test probe: time loops (a layer and direction, forward or backward) whose threads split
