@@ -103,6 +103,8 @@ struct LayerFwd {
   long ldy;
   RowOrder xo, yo;
   bool keep_all;           // training: hs/cs hold all steps; else ping-pong
+  bool c_in_place = false; // inference: cs is one slot, each c_prev read before its c_new
+                           // is stored (a stream's own state, not copied in and out)
   int parity;              // step s walks its tasks backwards when s + parity is odd
   PanelSplit* split = nullptr;      // one step: the threads' runs of tasks (may be null)
   PanelSplit* seq_split = nullptr;  // several steps, tasks split statically: the same

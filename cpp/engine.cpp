@@ -320,6 +320,7 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
   RowPlan& plan = training ? cache_.plan : ws.plan;
   plan_rows(steps, batch, lengths, starts, plan);
   const int32_t* perm = plan.order();
+  const bool c_stays = !training && steps == 1 && c0 && c0 == cn && !perm && !plan.padded;
   // The engine's buffers are time-major in its row order; the caller's x and y are in
   // `caller` order, which maps engine rows to the caller's.
   const RowOrder time_major{batch, 1},
@@ -411,7 +412,11 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
         take_rows(h0 + si * BH, perm, batch, H_, hs.data());
       else
         std::memset(hs.data(), 0, sizeof(T) * BH);
-      if (cell_ == LSTM) {
+      // A step of a stream (its c given as c0 and cn) updates c where it lies: each
+      // element is read and written by the thread that owns its units, so the worker's
+      // half stays in its cache (copied in and out, LSTM-128 steps took ~0.13 us more).
+      const bool c_in_place = cell_ == LSTM && c_stays;
+      if (cell_ == LSTM && !c_in_place) {
         cs.resize((size_t)stride_state * BH);
         if (c0)
           take_rows(c0 + si * BH, perm, batch, H_, cs.data());
@@ -437,7 +442,8 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
       a.x = fused ? layer_in : nullptr;
       a.b_hn = (cell_ == GRU && bias_) ? params_.data() + s.b_hh + 2 * H_ : nullptr;
       a.hs = hs.data();
-      a.cs = cell_ == LSTM ? cs.data() : nullptr;
+      a.cs = c_in_place ? cn + si * BH : cell_ == LSTM ? cs.data() : nullptr;
+      a.c_in_place = c_in_place;
       a.cache = gate_cache;
       a.cache_stream = gate_cache && stream_gate_cache(TB, cell_, H_, sizeof(T));
       a.y = layer_out + d * H_;
@@ -461,7 +467,7 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
         const long fin = training ? plan.lens[b] : (plan.lens[b] & 1);
         const long to = si * BH + (perm ? perm[b] : b) * H_, from = fin * BH + b * H_;
         std::memcpy(hn + to, hs.data() + from, sizeof(T) * H_);
-        if (cell_ == LSTM) std::memcpy(cn + to, cs.data() + from, sizeof(T) * H_);
+        if (cell_ == LSTM && !c_in_place) std::memcpy(cn + to, cs.data() + from, sizeof(T) * H_);
       }
     }
     if (!last) {

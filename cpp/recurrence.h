@@ -303,8 +303,8 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
       const long in = a.keep_all ? s : (s & 1), out = a.keep_all ? s + 1 : ((s + 1) & 1);
       const T* h_prev = a.hs + in * BH;
       T* h_new = a.hs + out * BH;
-      const T* c_prev = a.cs ? a.cs + in * BH : nullptr;
-      T* c_new = a.cs ? a.cs + out * BH : nullptr;
+      const T* c_prev = a.cs ? a.cs + (a.c_in_place ? 0 : in * BH) : nullptr;
+      T* c_new = a.cs ? a.cs + (a.c_in_place ? 0 : out * BH) : nullptr;
       const int32_t* tid = a.tidx + (long)s * LB;
       // Row pointers of a tile at i0, from column k0 of x (xsrc) or h (rows from end on
       // repeat the first); -> valid rows.

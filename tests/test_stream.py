@@ -42,6 +42,31 @@ def test_stream_matches_whole_sequence(isa, mode, batch, dtype):
         np.testing.assert_allclose(a, b, **tol, err_msg="state")
 
 
+@pytest.mark.parametrize("batch", [None, 3])
+def test_lstm_stream_cell_state_updated_where_it_lies(isa, batch):
+    # A stream's step updates its c in place (cpp/engine.cpp), on two threads that split
+    # the units (H = 256: panels split): each step's outputs and the state between steps
+    # are the reference's after as many steps.
+    T, I, H, L = 8, 32, 256, 2
+    fast, ref = make_pair("LSTM", I, H, L, dtype=np.float32, seed=5)
+    fast.num_threads = 2
+    rng = np.random.default_rng(11)
+    B = 1 if batch is None else batch
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    h0, c0 = state_like("LSTM", (L, B, H), rng, np.float32)
+    state = (h0[:, 0], c0[:, 0]) if batch is None else (h0, c0)
+    s = fast.stream(batch_size=batch, state=state)
+    tol = dict(rtol=2e-5, atol=2e-5)
+    for t in range(T):
+        y = s.step(x[t, 0] if batch is None else x[t])
+        want_y, (want_h, want_c) = ref.forward(x[:t + 1].astype(np.float64), (h0, c0))
+        got = y if batch is not None else y[None]
+        np.testing.assert_allclose(got, want_y[t], **tol, err_msg=f"y[{t}]")
+        for got_s, want_s in zip(s.state, (want_h, want_c)):
+            np.testing.assert_allclose(got_s if batch is not None else got_s[:, None], want_s,
+                                       **tol, err_msg=f"state after step {t}")
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("T,B", [(1, 1), (5, 1), (1, 3)])
 def test_batch_one_and_single_step_float32(isa, mode, T, B):
