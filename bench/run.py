@@ -1238,14 +1238,22 @@ def check_goals(rows: list[Row], sgemm: float | None) -> list[GoalCheck]:
                 checks.append(GoalCheck(name, ">= 0.85x sgemm", pct(share),
                                         _at_least(share, 0.85)))
         elif r.config == "small":
+            # Issue 3: where a peer sits near the ceiling, the goal is the ceiling, not a
+            # ratio no machine can give (ONNX Runtime's LSTM `small` inference ran at 77% of
+            # the Zen 4's ceiling: 1.5x that is 116%). So each peer ratio here, as on the
+            # other rows, or 0.9x sgemm.
             if r.mode == "train":
                 need = 2.0 if r.cell == "LSTM" else 3.0
-                checks.append(GoalCheck(name, f">= {need:.0f}x torch", ratio(torch_r),
-                                        _at_least(torch_r, need)))
+                checks.append(GoalCheck(
+                    name, f">= min({need:.0f}x torch, 0.9x sgemm)",
+                    f"{ratio(torch_r)}, {pct(share)}",
+                    _either(_at_least(torch_r, need), _at_least(share, 0.9))))
             else:
                 both = None if torch_r is None or onnx_r is None else min(torch_r, onnx_r)
-                checks.append(GoalCheck(name, ">= 1.5x faster of torch and ONNX Runtime",
-                                        ratio(both), _at_least(both, 1.5)))
+                checks.append(GoalCheck(
+                    name, ">= min(1.5x faster of torch and ONNX Runtime, 0.9x sgemm)",
+                    f"{ratio(both)}, {pct(share)}",
+                    _either(_at_least(both, 1.5), _at_least(share, 0.9))))
             checks.append(GoalCheck(name, ">= 5x NumPy ref", ratio(numpy_r),
                                     _at_least(numpy_r, 5.0)))
         elif r.mode == "stream":
