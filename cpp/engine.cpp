@@ -320,7 +320,11 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
   RowPlan& plan = training ? cache_.plan : ws.plan;
   plan_rows(steps, batch, lengths, starts, plan);
   const int32_t* perm = plan.order();
-  const bool c_stays = !training && steps == 1 && c0 && c0 == cn && !perm && !plan.padded;
+  // A step of a stream (its c given as c0 and cn) updates an LSTM's c where it lies: each
+  // element is read, then written, by the one task that owns its row and unit, so a
+  // worker's part stays in its cache (copied in and out: LSTM-128 steps ~0.2 us more).
+  const bool c_in_place =
+      cell_ == LSTM && !training && steps == 1 && c0 && c0 == cn && !perm && !plan.padded;
   // The engine's buffers are time-major in its row order; the caller's x and y are in
   // `caller` order, which maps engine rows to the caller's.
   const RowOrder time_major{batch, 1},
@@ -412,10 +416,6 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
         take_rows(h0 + si * BH, perm, batch, H_, hs.data());
       else
         std::memset(hs.data(), 0, sizeof(T) * BH);
-      // A step of a stream (its c given as c0 and cn) updates c where it lies: each
-      // element is read, then written, by the one task that owns its row and unit, so a
-      // worker's part stays in its cache (copied in and out: LSTM-128 steps ~0.2 us more).
-      const bool c_in_place = cell_ == LSTM && c_stays;
       if (cell_ == LSTM && !c_in_place) {
         cs.resize((size_t)stride_state * BH);
         if (c0)
