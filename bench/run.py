@@ -985,6 +985,7 @@ def machine_info(threads: int) -> dict:
         info["rnnfast_isa"] = importlib.import_module("rnnfast").get_isa()
         core = importlib.import_module("rnnfast._core")
         info["rnnfast_far_prefetch"] = "on" if core._far_prefetch() else "off"
+        info["rnnfast_wgrad_a_in_place"] = "on" if core._transposed_a_in_place() else "off"
         info["rnnfast_row_sweep_kib"] = core._row_sweep_bytes() >> 10
         info["l2_kib"] = core._l2_cache_bytes() >> 10
     except Exception:
@@ -1065,7 +1066,8 @@ def format_report(
         + ", ".join(
             f"{k} {info[k]}"
             for k in ("python", "numpy", "numpy_blas", "numpy_blas_kernels", "rnnfast",
-                      "rnnfast_isa", "rnnfast_far_prefetch", "rnnfast_row_sweep_kib", "l2_kib",
+                      "rnnfast_isa", "rnnfast_far_prefetch", "rnnfast_wgrad_a_in_place",
+                      "rnnfast_row_sweep_kib", "l2_kib",
                       "torch", "onnxruntime")
             if k in info
         ),

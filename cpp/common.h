@@ -59,6 +59,9 @@ static inline long row_at(RowOrder o, long t, long b) {
 // Whether batch-1 steps on weights beyond L2 request each weight line ahead of use
 // (defined in dispatch.cpp: by CPU, see cpp/README.md item 2).
 bool far_prefetch();
+// Whether the GEMM reads a transposed A whose columns lie an odd number of cache lines
+// apart in place rather than packing it (defined in dispatch.cpp: by CPU).
+bool transposed_a_in_place();
 // Weights a step reads (bytes) up to which threads split a step's rows, not its panels
 // (recurrence.h): three quarters of one core's L2 (defined in dispatch.cpp).
 long row_sweep_bytes();

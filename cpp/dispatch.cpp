@@ -81,6 +81,25 @@ bool far_prefetch_default() {
 
 std::atomic<bool> g_far_prefetch{far_prefetch_default()};
 
+// A weight gradient's transposed dA read in place by the GEMM (gemm.cpp): measured faster
+// on Zen 4 (AMD family 19h; `small` training -2 to -5%), slower on an Intel Xeon (family 6
+// model 207) with 4-8 panels of B, where each k's line is read again for every panel
+// (cpp/README.md, twenty-fifth and thirtieth sessions). Off where not measured.
+bool transposed_a_in_place_default() {
+#if RF_X86
+  __builtin_cpu_init();
+  unsigned a, b, c, d;
+  if (!__builtin_cpu_is("amd") || !__get_cpuid(1, &a, &b, &c, &d)) return false;
+  unsigned family = (a >> 8) & 0xf;
+  if (family == 0xf) family += (a >> 20) & 0xff;
+  return family == 0x19;
+#else
+  return false;
+#endif
+}
+
+std::atomic<bool> g_transposed_a_in_place{transposed_a_in_place_default()};
+
 // One core's L2 from sysfs (Linux: cpu0's level-2 data or unified cache), else sysconf.
 long l2_from_os() {
   for (int i = 0; i < 8; ++i) {
@@ -148,6 +167,8 @@ const KernelTable<double>& kernels<double>() {
 
 bool far_prefetch() { return g_far_prefetch.load(std::memory_order_relaxed); }
 bool set_far_prefetch(bool on) { return g_far_prefetch.exchange(on); }
+bool transposed_a_in_place() { return g_transposed_a_in_place.load(std::memory_order_relaxed); }
+bool set_transposed_a_in_place(bool on) { return g_transposed_a_in_place.exchange(on); }
 long row_sweep_bytes() { return g_row_sweep.load(std::memory_order_relaxed); }
 long set_row_sweep_bytes(long bytes) {
   return g_row_sweep.exchange(bytes > 0 ? bytes : row_sweep_default());

@@ -15,6 +15,9 @@ std::vector<std::string> supported_isas();   // best first
 void set_isa(const std::string& name);       // throws std::invalid_argument if unsupported
 // far_prefetch() (common.h) for this CPU, and a setter for tests; returns the previous value.
 bool set_far_prefetch(bool on);
+// transposed_a_in_place() (common.h) for this CPU, and a setter for tests; returns the
+// previous value.
+bool set_transposed_a_in_place(bool on);
 // row_sweep_bytes() (common.h): set it for tests (0: this CPU's); returns the previous value.
 long set_row_sweep_bytes(long bytes);
 // One core's L2 in bytes as the OS reports it (0 if unknown).

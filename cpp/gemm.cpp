@@ -172,12 +172,14 @@ void gemm_impl(int M, int N, int K, const T* A, long rsa, long csa, const T* B, 
   // N 256 430 -> 470; with N 1024-4096 no clear difference, so they still pack).
   const bool direct_a = csa == 1 && panels_for<T, NV>(N) <= kDirectPanels;
   // A transposed (a weight gradient's dA) whose k's lie an odd number of cache lines apart
-  // is read in place too: each k's MR rows are consecutive, as in a packed micro-panel, and
-  // the odd stride spreads the k's over every cache set (the engine's dA rows are padded
-  // so). Zen 4, 2 threads, alternating processes: M 512 N 160 K 400 372-378 -> 359-360 us,
-  // `small` training LSTM -1.8 to -3.3%, GRU -3%; charrnn/mid/large level. At a stride of
-  // 2048 floats the k's share 16 L2 sets and mid's shape ran 6% slower: those still pack.
-  const bool direct_t = !direct_a && rsa == 1 && csa * (long)sizeof(T) % 128 != 0;
+  // is read in place too, on CPUs where that pays (transposed_a_in_place): each k's MR rows
+  // are consecutive, as in a packed micro-panel, and the odd stride spreads the k's over
+  // every cache set (the engine's dA rows are padded so). Zen 4, 2 threads, alternating
+  // processes: M 512 N 160 K 400 372-378 -> 359-360 us, `small` training LSTM -1.8 to
+  // -3.3%, GRU -3%; charrnn/mid/large level. At a stride of 2048 floats the k's share 16
+  // L2 sets and mid's shape ran 6% slower: those still pack.
+  const bool direct_t =
+      !direct_a && rsa == 1 && csa * (long)sizeof(T) % 128 != 0 && transposed_a_in_place();
   const long a_step = direct_a ? 1 : direct_t ? csa : MR;
   // Under two blocks per thread, smaller blocks rather than split column ranges that each
   // pack the same A (M 512 N 160 K 400, A transposed: 3 blocks in halves 340 -> 400).

@@ -284,8 +284,18 @@ GEMM_SHAPES = [(1, 1, 1), (5, 3, 7), (6, 16, 8), (7, 17, 9), (13, 33, 511), (95,
                (400, 32, 512), (150, 260, 600)]
 
 
+@pytest.fixture(params=[False, True], ids=["a_packed", "a_in_place"])
+def transposed_in_place(request):
+    """The GEMM's reading of a transposed A (columns an odd number of cache lines apart)
+    in place, on or off whatever this CPU's default (dispatch.cpp)."""
+    before = _core._set_transposed_a_in_place(request.param)
+    assert _core._transposed_a_in_place() is request.param
+    yield request.param
+    _core._set_transposed_a_in_place(before)
+
+
 @pytest.mark.parametrize("trans_a", [False, True])
-def test_gemm_matches_numpy(isa, trans_a):
+def test_gemm_matches_numpy(isa, trans_a, transposed_in_place):
     rng = np.random.default_rng(3)
     for M, N, K in GEMM_SHAPES:
         a = rng.standard_normal((K, M) if trans_a else (M, K)).astype(np.float32)
@@ -304,7 +314,7 @@ GAPPED = [(21, 6, 15, (14, 7, 14, 7)), (384, 40, 400, (256, 128, 256, 128)),
 
 
 @pytest.mark.parametrize("trans_a", [False, True])
-def test_gapped_gemm_matches_numpy(isa, trans_a):
+def test_gapped_gemm_matches_numpy(isa, trans_a, transposed_in_place):
     """A read with gaps (GRU's one dA row [dr | dz | dn*r | dn]) against NumPy on the
     same A with the skipped rows and columns deleted."""
     rng = np.random.default_rng(4)
@@ -321,6 +331,18 @@ def test_gapped_gemm_matches_numpy(isa, trans_a):
                               gaps=gaps)
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.sqrt(K),
                                        err_msg=f"M={M} N={N} K={K} gaps={gaps} nthreads={nt}")
+
+
+# The weight gradients' dA, read in place or packed (float64: the GEMM's code is one
+# template for both types, and _gemm above covers float32): B 8 and 5, [h | x] of 160 and
+# 77 columns (several panels), in time order and compacted by lengths, one and two threads.
+@pytest.mark.parametrize("mode", MODES)
+def test_weight_gradients_with_da_in_place_or_packed(isa, mode, transposed_in_place):
+    for (T, B, I, H), lengths, threads in itertools.product(
+            [(9, 8, 32, 128), (6, 5, 13, 64)], (False, True), (1, 2)):
+        lens = [T, 1, T - 2, 3, T, T, 2, T][:B] if lengths else None
+        results, grads = run_both(mode, T, B, I, H, lengths=lens, threads=threads)
+        assert_match(results, grads, rtol=1e-9, atol=1e-11)
 
 
 def _transparent_huge_pages():

@@ -912,6 +912,11 @@ PYBIND11_MODULE(_core, m) {
         "Test probe: batch-1 steps on weights over 4 MiB prefetch them (True) or not; returns "
         "the previous setting.");
   m.def("_far_prefetch", &far_prefetch, "Whether _set_far_prefetch's prefetch is on.");
+  m.def("_set_transposed_a_in_place", &set_transposed_a_in_place, py::arg("on"),
+        "Test probe: the GEMM reads a transposed A whose columns lie an odd number of cache "
+        "lines apart in place (True) or packs it; returns the previous setting.");
+  m.def("_transposed_a_in_place", &transposed_a_in_place,
+        "Whether _set_transposed_a_in_place's reading is on.");
   m.def("_set_row_sweep_bytes", &set_row_sweep_bytes, py::arg("bytes"),
         "Test probe: weights a step reads (bytes) up to which threads split a step's batch rows "
         "rather than its weights (0: three quarters of this CPU's L2); returns the previous "
