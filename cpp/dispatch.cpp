@@ -63,40 +63,33 @@ Isa initial_isa() {
 
 std::atomic<int> g_isa{initial_isa()};
 
-// Software prefetch of batch-1 weights from L3: measured faster on Zen 5 (AMD family 1Ah),
-// slower on Zen 4 (19h), whose hardware prefetch alone reads the one stream at a plain
-// loop's rate. Off where not measured.
-bool far_prefetch_default() {
+// The CPU's family where it is an AMD one (0x19 Zen 3/4, 0x1a Zen 5), else 0.
+unsigned amd_family() {
 #if RF_X86
   __builtin_cpu_init();
   unsigned a, b, c, d;
-  if (!__builtin_cpu_is("amd") || !__get_cpuid(1, &a, &b, &c, &d)) return false;
+  if (!__builtin_cpu_is("amd") || !__get_cpuid(1, &a, &b, &c, &d)) return 0;
   unsigned family = (a >> 8) & 0xf;
   if (family == 0xf) family += (a >> 20) & 0xff;
-  return family >= 0x1a;
+  return family;
 #else
-  return false;
+  return 0;
 #endif
 }
+
+// Software prefetch of batch-1 weights from L3: measured faster on Zen 5 (AMD family 1Ah),
+// slower on Zen 4 (19h), whose hardware prefetch alone reads the one stream at a plain
+// loop's rate. Off where not measured.
+bool far_prefetch_default() { return amd_family() >= 0x1a; }
 
 std::atomic<bool> g_far_prefetch{far_prefetch_default()};
 
 // A weight gradient's transposed dA read in place by the GEMM (gemm.cpp): measured faster
 // on Zen 4 (AMD family 19h; `small` training -2 to -5%), slower on an Intel Xeon (family 6
 // model 207) with 4-8 panels of B, where each k's line is read again for every panel
-// (cpp/README.md, twenty-fifth and thirtieth sessions). Off where not measured.
-bool transposed_a_in_place_default() {
-#if RF_X86
-  __builtin_cpu_init();
-  unsigned a, b, c, d;
-  if (!__builtin_cpu_is("amd") || !__get_cpuid(1, &a, &b, &c, &d)) return false;
-  unsigned family = (a >> 8) & 0xf;
-  if (family == 0xf) family += (a >> 20) & 0xff;
-  return family == 0x19;
-#else
-  return false;
-#endif
-}
+// (cpp/README.md, twenty-fifth and thirtieth sessions). On for family 19h (Zen 3 as well
+// as the Zen 4 measured), off elsewhere.
+bool transposed_a_in_place_default() { return amd_family() == 0x19; }
 
 std::atomic<bool> g_transposed_a_in_place{transposed_a_in_place_default()};
 
