@@ -85,11 +85,17 @@ bool far_prefetch_default() { return amd_family() >= 0x1a; }
 std::atomic<bool> g_far_prefetch{far_prefetch_default()};
 
 // A weight gradient's transposed dA read in place by the GEMM (gemm.cpp): measured faster
-// on Zen 4 (AMD family 19h; `small` training -2 to -5%), slower on an Intel Xeon (family 6
-// model 207) with 4-8 panels of B, where each k's line is read again for every panel
-// (cpp/README.md, twenty-fifth and thirtieth sessions). On for family 19h (Zen 3 as well
-// as the Zen 4 measured), off elsewhere.
-bool transposed_a_in_place_default() { return amd_family() == 0x19; }
+// on Zen 4 (`small` training -2 to -5%), slower on an Intel Xeon (family 6 model 207)
+// with 4-8 panels of B, where each k's line is read again for every panel (cpp/README.md,
+// twenty-fifth and thirtieth sessions). On for Zen 4 only (family 19h with AVX-512; Zen 3,
+// the same family without it, was not measured), off elsewhere.
+bool transposed_a_in_place_default() {
+#if RF_X86
+  return amd_family() == 0x19 && __builtin_cpu_supports("avx512f");
+#else
+  return false;
+#endif
+}
 
 std::atomic<bool> g_transposed_a_in_place{transposed_a_in_place_default()};
 
