@@ -51,29 +51,30 @@ static inline vf vmax_c(vf c, vf x) {
 
 // e^x = 2^n e^r with x = n ln2 + r, |r| <= ln2/2: q = e^r - 1 = r + r^2 P(r), P of degree
 // 4 fitted for relative error on e^r (float evaluation: 3e-8), 2^n assembled in the
-// exponent bits. x must lie in [-87.3, 88.3]; on return x holds 2^n. P reads r = x - n L
-// (L: ln2 in float, one FMA); the r and r^2 around it read r less n (ln2 - L), a
-// correction off the polynomial's chain. Exp within 8.5e-8 of float64, as with Cephes' degree-7
-// polynomial on a two-FMA r before; 2 FMAs less on the chain, 1 less in all: `small`
-// LSTM inference and training -0.5 to -1% (Zen 4, alternating processes). Without fused
-// multiply-adds n L is rounded (exp off by 4e-6): there r takes two steps, as before.
+// exponent bits. x must lie in [-87.3, 88.3]; on return x holds 2^n. With fused
+// multiply-adds P reads r = x - n kLn2Hi (ln2 in float, one FMA) and the r and r^2 around
+// it read rl = r - n kLn2Lo, a correction off the polynomial's chain. Without them n ln2
+// would be rounded (exp off by 4e-6), so kLn2Hi is short and P reads rl too, as before.
+// Exp within 8.5e-8 of float64, as with Cephes' degree-7 polynomial on a two-FMA r; 2 FMAs
+// less on the chain, 1 less in all: `small` LSTM inference and training -0.5 to -1% (Zen 4,
+// alternating processes).
 template <int N>
 static inline void vexp_parts(vf (&x)[N], vf (&q)[N]) {
+#if RF_FUSED_MADD
+  constexpr float kLn2Hi = 0.693147182f, kLn2Lo = -1.904654323e-9f;
+#else  // n times a short ln2 is exact where the product is rounded before the difference
+  constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+#endif
   vf n[N], r[N], rl[N], t[N];
   RF_EACH {
     t[j] = x[j] * 1.44269504088896341f + 12582912.0f;  // 1.5*2^23 + round(x log2 e)
     n[j] = t[j] - 12582912.0f;
-#if RF_FUSED_MADD
-    r[j] = x[j] - n[j] * 0.693147182f;
-#else  // n times a short ln2 is exact where the product is rounded before the difference
-    r[j] = x[j] - n[j] * 0.693359375f;
-#endif
+    r[j] = x[j] - n[j] * kLn2Hi;
   }
-#if RF_FUSED_MADD
-  RF_EACH rl[j] = r[j] - n[j] * -1.904654323e-9f;
-#else
-  RF_EACH rl[j] = r[j] = r[j] - n[j] * -2.12194440e-4f;
-#endif
+  RF_EACH rl[j] = r[j] - n[j] * kLn2Lo;
+  if constexpr (!RF_FUSED_MADD) {
+    RF_EACH r[j] = rl[j];
+  }
   RF_EACH q[j] = r[j] * 1.38179e-3f + 8.36871e-3f;
   RF_EACH q[j] = q[j] * r[j] + 4.166833e-2f;
   RF_EACH q[j] = q[j] * r[j] + 1.6666521e-1f;
