@@ -202,6 +202,10 @@ static inline __attribute__((always_inline)) void with_constant(int n, F&& f) {
 // (0.66 and 0.49) faster (cpp/README.md, twenty-third session).
 constexpr double kHelpFlops = 0.3e6;
 
+// Rows a thread may take beyond an equal share and still split a step by rows, in FLOPs:
+// about what a step's barrier and its h lines from the other core cost.
+constexpr double kRowSlackFlops = 40e3;
+
 // The time loop. A task is one panel times one tile of batch rows, or (where K is blocked,
 // see kBlockK) when the panel outgrows L1 and several row tiles share it, the panel times
 // all row tiles, K block by K block with partial sums in memory (AVX2 LSTM inference: mid
@@ -565,8 +569,11 @@ void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
       most_mixed = std::max(most_mixed, p.rows);
       mixed_cost = std::max(mixed_cost, p.cost);
     }
-    const bool low_ok = most_low * nt <= fewer * 1.05;
-    const bool mixed_ok = most_mixed * nt <= fewer * 1.05;
+    const double row_flops = 2.0 * npanels * NV * Simd<T>::W * K;
+    auto even = [&](int most) {
+      return most * nt <= fewer * 1.05 || (most - fewer / nt) * row_flops <= kRowSlackFlops;
+    };
+    const bool low_ok = even(most_low), mixed_ok = even(most_mixed);
     by_rows = low_ok || mixed_ok;
     if (by_rows) low_tiles = low_ok && (!mixed_ok || kLow * most_low <= mixed_cost);
   }

@@ -271,6 +271,26 @@ def test_row_split_steps_same_results(kind, B, H, sweep):
                 assert sweeps[2] >= 6
 
 
+@pytest.mark.skipif(CPUS < 2, reason="the split needs a team of two")
+def test_uneven_row_split_where_the_extra_rows_are_cheap():
+    # B = 11 gives one thread 6 rows and the other 5. An RNN with H = 128 still splits by
+    # rows, since half a row of its step is cheaper than a barrier. An LSTM with H = 128 has
+    # four times the work per row, so it splits by panels. Either way the bits match one
+    # thread's. (This split used to go by panels on two threads and ran 2x slower a row than
+    # B = 12 when the VM's barriers slowed.)
+    x = inputs(20, 11, I=128)
+    for kind, by_rows in (("RNN", True), ("LSTM", False)):
+        outs, sweeps = {}, {}
+        for n in (1, 2):
+            m = make(kind, I=128, H=128, num_threads=n)
+            before = _core._row_sweeps()
+            outs[n] = m(x)[0]
+            sweeps[n] = _core._row_sweeps() - before
+        np.testing.assert_array_equal(outs[1], outs[2])
+        assert sweeps[1] == 0
+        assert (sweeps[2] > 0) == by_rows, kind
+
+
 def test_row_sweep_limit_is_three_quarters_of_the_l2():
     # The OS's word on cpu0's L2 (sysfs, else sysconf), read here apart from the library;
     # unknown counts as 1 MiB, and it is held to 256 KiB-4 MiB.
