@@ -3,10 +3,13 @@
 // machine and once for another (aarch64, run under qemu) from the same generic kernels, the
 // two dumps must agree (tests/test_cross_arch.py). <out>.ftz: a ReLU RNN whose every product
 // is a float32 denormal, then the same sum computed here without the kernels' flush.
+// <out>.act: the float32 exp, sigmoid and tanh on a grid, each point as (x, f(x)).
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <vector>
 
+#include "dispatch.h"
 #include "engine.h"
 
 using namespace rnnfast;
@@ -67,7 +70,8 @@ int main(int argc, char** argv) {
   FILE* f32 = fopen((out + ".f32").c_str(), "wb");
   FILE* f64 = fopen((out + ".f64").c_str(), "wb");
   FILE* ftz = fopen((out + ".ftz").c_str(), "wb");
-  if (!f32 || !f64 || !ftz) return 1;
+  FILE* act = fopen((out + ".act").c_str(), "wb");
+  if (!f32 || !f64 || !ftz || !act) return 1;
   // I, H, B, S: H from one unit to past two panels of every build, odd H bidirectional,
   // lengths where B > 2
   const int shapes[][4] = {{3, 5, 1, 1},    {7, 33, 3, 4}, {16, 64, 8, 6},
@@ -95,7 +99,23 @@ int main(int argc, char** argv) {
     put(ftz, y);
     put(ftz, std::vector<float>{unflushed});
   }
-  fclose(f32), fclose(f64), fclose(ftz);
+  // Activations: [-20, 20] and [-80, 80] evenly (exp's range reduction loses most on large
+  // |x|) and 1e-10 to 20 geometrically, both signs
+  {
+    std::vector<float> x;
+    for (int i = 0; i <= 100000; ++i) x.push_back(float(-20.0 + 40.0 * i / 100000));
+    for (int i = 0; i <= 16000; ++i) x.push_back(float(-80.0 + 160.0 * i / 16000));
+    for (int i = 0; i <= 4000; ++i) {
+      const float v = float(std::pow(10.0, -10.0 + 11.3 * i / 4000));
+      x.push_back(v), x.push_back(-v);
+    }
+    for (int kind = 0; kind < 3; ++kind) {
+      std::vector<float> y(x);
+      kernels<float>().activation(kind, y.data(), (long)y.size());
+      for (size_t i = 0; i < x.size(); ++i) put(act, std::vector<float>{x[i], y[i]});
+    }
+  }
+  fclose(f32), fclose(f64), fclose(ftz), fclose(act);
   printf("%d cases\n", cases);
   return 0;
 }
