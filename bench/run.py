@@ -988,6 +988,7 @@ def machine_info(threads: int) -> dict:
         info["rnnfast_wgrad_a_in_place"] = "on" if core._transposed_a_in_place() else "off"
         info["rnnfast_row_sweep_kib"] = core._row_sweep_bytes() >> 10
         info["l2_kib"] = core._l2_cache_bytes() >> 10
+        info["l3_kib"] = core._l3_cache_bytes() >> 10
     except Exception:
         pass
     try:
@@ -1067,7 +1068,7 @@ def format_report(
             f"{k} {info[k]}"
             for k in ("python", "numpy", "numpy_blas", "numpy_blas_kernels", "rnnfast",
                       "rnnfast_isa", "rnnfast_far_prefetch", "rnnfast_wgrad_a_in_place",
-                      "rnnfast_row_sweep_kib", "l2_kib",
+                      "rnnfast_row_sweep_kib", "l2_kib", "l3_kib",
                       "torch", "onnxruntime")
             if k in info
         ),

@@ -99,8 +99,8 @@ bool transposed_a_in_place_default() {
 
 std::atomic<bool> g_transposed_a_in_place{transposed_a_in_place_default()};
 
-// One core's L2 from sysfs (Linux: cpu0's level-2 data or unified cache), else sysconf.
-long l2_from_os() {
+// cpu0's cache of a level (2 or 3; data or unified) from sysfs (Linux), else sysconf.
+long cache_from_os(int level) {
   for (int i = 0; i < 8; ++i) {
     char path[96], buf[32] = {};
     auto read = [&](const char* leaf) {
@@ -114,21 +114,22 @@ long l2_from_os() {
       return f != nullptr;
     };
     if (!read("level")) break;
-    if (std::atol(buf) != 2 || !read("type") || buf[0] == 'I' || !read("size")) continue;
+    if (std::atol(buf) != level || !read("type") || buf[0] == 'I' || !read("size")) continue;
     char* end = nullptr;
     long size = std::strtol(buf, &end, 10);
     if (*end == 'K' || *end == 'k') size <<= 10;
     else if (*end == 'M' || *end == 'm') size <<= 20;
     if (size > 0) return size;
   }
-#ifdef _SC_LEVEL2_CACHE_SIZE
-  const long size = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#if defined(_SC_LEVEL2_CACHE_SIZE) && defined(_SC_LEVEL3_CACHE_SIZE)
+  const long size = sysconf(level == 2 ? _SC_LEVEL2_CACHE_SIZE : _SC_LEVEL3_CACHE_SIZE);
   if (size > 0) return size;
 #endif
   return 0;
 }
 
-const long g_l2_bytes = l2_from_os();
+const long g_l2_bytes = cache_from_os(2);
+const long g_l3_bytes = cache_from_os(3);
 
 // Three quarters of the L2 leaves room for the rest a step touches: on 1 MiB L2s (Zen 4
 // and 5) weights of a whole 1 MiB ran 4-9% slower split by rows. An unknown L2 counts as
@@ -172,7 +173,14 @@ long row_sweep_bytes() { return g_row_sweep.load(std::memory_order_relaxed); }
 long set_row_sweep_bytes(long bytes) {
   return g_row_sweep.exchange(bytes > 0 ? bytes : row_sweep_default());
 }
+long row_sweep_bytes(double rows) {
+  const long base = row_sweep_bytes();
+  const double times = std::min(std::max(rows / 4, 1.0), 8.0);
+  if (times <= 1 || g_l3_bytes <= 0) return base;
+  return std::max(base, std::min((long)(base * times), g_l3_bytes / 4));
+}
 long l2_cache_bytes() { return g_l2_bytes; }
+long l3_cache_bytes() { return g_l3_bytes; }
 
 std::string current_isa() { return kNames[g_isa.load()]; }
 

@@ -20,7 +20,8 @@ bool set_far_prefetch(bool on);
 bool set_transposed_a_in_place(bool on);
 // row_sweep_bytes() (common.h): set it for tests (0: this CPU's); returns the previous value.
 long set_row_sweep_bytes(long bytes);
-// One core's L2 in bytes as the OS reports it (0 if unknown).
+// One core's L2 and cpu0's L3 in bytes as the OS reports them (0 if unknown).
 long l2_cache_bytes();
+long l3_cache_bytes();
 
 }  // namespace rnnfast

@@ -558,7 +558,7 @@ void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
   // kind of tile over each range gives no thread over 5% more rows than an equal share of
   // the fewer rows either kind computes over all B; the cheaper such kind.
   bool low_tiles = low <= mixed.cost, by_rows = false;
-  if (nt > 1 && B > 1 && weight_bytes <= row_sweep_bytes()) {
+  if (nt > 1 && B > 1 && weight_bytes <= row_sweep_bytes((double)B / nt)) {
     const double fewer = std::min(mixed.rows, lblocks * LR);
     int most_low = 0, most_mixed = 0;
     double mixed_cost = 0;
@@ -611,8 +611,8 @@ void recurrent_backward(const LayerBwd<T>& a, int nthreads) {
   // thread, but for one thread with 3: with fewer the product's tiles run short of rows.
   // Two threads, training, B = 7 by rows: 2-8% faster in quiet spells, 3-16% in slow ones;
   // B = 4-6: level to 6% slower in quiet spells (GRU H = 200), so they keep to panels.
-  const bool by_rows =
-      nt > 1 && B >= 4 * nt - 1 && GH * H * (long)sizeof(T) <= row_sweep_bytes();
+  const bool by_rows = nt > 1 && B >= 4 * nt - 1 &&
+                       GH * H * (long)sizeof(T) <= row_sweep_bytes((double)B / nt);
   if (by_rows) note_row_sweep();
   T* direct = a.direct;  // null but for GRU (cell_has_direct)
   // Bias gradients: a partial sum per batch row, added to while the row's dA is in L1

@@ -314,6 +314,53 @@ def test_row_sweep_limit_is_three_quarters_of_the_l2():
     assert _core._row_sweep_bytes() == want
 
 
+def _cache_from_sysfs(level):
+    for leaf in sorted(pathlib.Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        read = lambda name: (leaf / name).read_text().strip()  # noqa: E731
+        if read("level") == str(level) and read("type") != "Instruction":
+            size = read("size")
+            return int(size[:-1]) << {"K": 10, "M": 20}[size[-1].upper()] \
+                if size[-1].isalpha() else int(size)
+    return 0
+
+
+def test_row_sweep_limit_grows_with_rows_a_thread():
+    # Beyond 4 rows a thread, the limit is the base times rows / 4, at most 8 times and at
+    # most a quarter of the L3; the base alone where the L3 is unknown.
+    l3 = _cache_from_sysfs(3)
+    if l3 or not hasattr(os, "sysconf") or "SC_LEVEL3_CACHE_SIZE" not in os.sysconf_names:
+        assert _core._l3_cache_bytes() == l3
+    l3 = _core._l3_cache_bytes()
+    base = 300 << 10
+    with probe_at(_core._set_row_sweep_bytes, base):
+        for rows, times in ((1, 1), (4, 1), (6, 1.5), (16, 4), (32, 8), (200, 8)):
+            want = base if times == 1 or not l3 else max(base, min(int(base * times), l3 // 4))
+            assert _core._row_sweep_bytes_for(rows) == want, rows
+
+
+@pytest.mark.skipif(CPUS < 2 or _core._l3_cache_bytes() < 4 << 20,
+                    reason="needs a team of two and a known L3 of 4 MiB or more")
+def test_more_rows_a_thread_split_larger_weights_by_rows(kind):
+    # A base limit of a third of W_hh (H = 160): with 4 rows a thread (B = 8) the forward
+    # and the backward split panels; with 16 (B = 32) the limit is 4 times the base, over
+    # W_hh and the forward's [W_ih | W_hh] (I = 16), so both split rows. The bits match one
+    # thread's either way.
+    H = 160
+    w_hh = {"LSTM": 4, "GRU": 3, "RNN": 1}[kind] * H * H * 4
+    with probe_at(_core._set_row_sweep_bytes, w_hh // 3):
+        for B, by_rows in ((8, False), (32, True)):
+            x = inputs(12, B, I=16)
+            results, sweeps = {}, {}
+            for n in (1, 2):
+                m = make(kind, I=16, H=H, num_threads=n)
+                before = _core._row_sweeps()
+                results[n] = run_train(m, x)
+                sweeps[n] = _core._row_sweeps() - before
+            assert_same(results[1], results[2], atol=0, rtol=0)
+            assert sweeps[1] == 0
+            assert sweeps[2] >= 2 if by_rows else sweeps[2] == 0, B
+
+
 @pytest.mark.skipif(CPUS < 2, reason="a late worker needs a team of two")
 def test_late_workers_shares_run_by_their_callers(kind):
     # Regions whose threads never wait for each other (a single step; rows split with no

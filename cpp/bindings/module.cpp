@@ -921,11 +921,15 @@ PYBIND11_MODULE(_core, m) {
         "Test probe: weights a step reads (bytes) up to which threads split a step's batch rows "
         "rather than its weights (0: three quarters of this CPU's L2); returns the previous "
         "value.");
-  m.def("_row_sweep_bytes", &row_sweep_bytes, "The limit _set_row_sweep_bytes sets.");
+  m.def("_row_sweep_bytes", [] { return row_sweep_bytes(); },
+        "The limit _set_row_sweep_bytes sets.");
+  m.def("_row_sweep_bytes_for", [](double rows) { return row_sweep_bytes(rows); },
+        py::arg("rows"), "The limit for threads of `rows` batch rows each.");
   m.def("_row_sweeps", &row_sweeps,
         "Test probe: time loops so far (a layer and direction, forward or backward) whose "
         "threads split the batch rows rather than the weights, counted from the first read.");
   m.def("_l2_cache_bytes", &l2_cache_bytes, "One core's L2 as the OS reports it (0: unknown).");
+  m.def("_l3_cache_bytes", &l3_cache_bytes, "cpu0's L3 as the OS reports it (0: unknown).");
   m.def("_set_huge_pages", &set_huge_pages, py::arg("on"),
         "Buffers of 2 MiB or more allocated from now on ask for huge pages (True, the default "
         "unless RNNFAST_HUGE_PAGES=0) or not; returns the previous setting.");
