@@ -328,9 +328,9 @@ def test_row_sweep_limit_grows_with_rows_a_thread():
     # Beyond 4 rows a thread, the limit is the base times rows / 4, at most 8 times and at
     # most a quarter of the L3; the base alone where the L3 is unknown.
     l3 = _cache_from_sysfs(3)
-    if l3 or not hasattr(os, "sysconf") or "SC_LEVEL3_CACHE_SIZE" not in os.sysconf_names:
-        assert _core._l3_cache_bytes() == l3
-    l3 = _core._l3_cache_bytes()
+    if not l3 and hasattr(os, "sysconf") and "SC_LEVEL3_CACHE_SIZE" in os.sysconf_names:
+        l3 = max(0, os.sysconf("SC_LEVEL3_CACHE_SIZE"))
+    assert _core._l3_cache_bytes() == l3
     base = 300 << 10
     with probe_at(_core._set_row_sweep_bytes, base):
         for rows, times in ((1, 1), (4, 1), (6, 1.5), (16, 4), (32, 8), (200, 8)):
