@@ -293,19 +293,24 @@ def test_uneven_row_split_where_the_extra_rows_are_cheap():
         assert (sweeps[2] > 0) == by_rows, kind
 
 
-def test_row_sweep_limit_is_three_quarters_of_the_l2():
-    # The OS's word on cpu0's L2 (sysfs, else sysconf), read here apart from the library;
-    # unknown counts as 1 MiB, and it is held to 256 KiB-4 MiB.
-    l2 = 0
+def _cache_from_os(level):
+    """The OS's word on cpu0's level-2 or level-3 cache (sysfs, else sysconf; 0: unknown),
+    read here apart from the library."""
     for leaf in sorted(pathlib.Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
         read = lambda name: (leaf / name).read_text().strip()  # noqa: E731
-        if read("level") == "2" and read("type") != "Instruction":
+        if read("level") == str(level) and read("type") != "Instruction":
             size = read("size")
-            l2 = int(size[:-1]) << {"K": 10, "M": 20}[size[-1].upper()] if size[-1].isalpha() \
-                else int(size)
-            break
-    if not l2 and hasattr(os, "sysconf") and "SC_LEVEL2_CACHE_SIZE" in os.sysconf_names:
-        l2 = max(0, os.sysconf("SC_LEVEL2_CACHE_SIZE"))
+            return int(size[:-1]) << {"K": 10, "M": 20}[size[-1].upper()] \
+                if size[-1].isalpha() else int(size)
+    name = f"SC_LEVEL{level}_CACHE_SIZE"
+    if hasattr(os, "sysconf") and name in os.sysconf_names:
+        return max(0, os.sysconf(name))
+    return 0
+
+
+def test_row_sweep_limit_is_three_quarters_of_the_l2():
+    # An unknown L2 counts as 1 MiB, and it is held to 256 KiB-4 MiB.
+    l2 = _cache_from_os(2)
     assert _core._l2_cache_bytes() == l2
     want = min(max(l2 or 1 << 20, 256 << 10), 4 << 20) // 4 * 3
     assert _core._row_sweep_bytes() == want
@@ -314,22 +319,10 @@ def test_row_sweep_limit_is_three_quarters_of_the_l2():
     assert _core._row_sweep_bytes() == want
 
 
-def _cache_from_sysfs(level):
-    for leaf in sorted(pathlib.Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
-        read = lambda name: (leaf / name).read_text().strip()  # noqa: E731
-        if read("level") == str(level) and read("type") != "Instruction":
-            size = read("size")
-            return int(size[:-1]) << {"K": 10, "M": 20}[size[-1].upper()] \
-                if size[-1].isalpha() else int(size)
-    return 0
-
-
 def test_row_sweep_limit_grows_with_rows_a_thread():
     # Beyond 4 rows a thread, the limit is the base times rows / 4, at most 8 times and at
     # most a quarter of the L3; the base alone where the L3 is unknown.
-    l3 = _cache_from_sysfs(3)
-    if not l3 and hasattr(os, "sysconf") and "SC_LEVEL3_CACHE_SIZE" in os.sysconf_names:
-        l3 = max(0, os.sysconf("SC_LEVEL3_CACHE_SIZE"))
+    l3 = _cache_from_os(3)
     assert _core._l3_cache_bytes() == l3
     base = 300 << 10
     with probe_at(_core._set_row_sweep_bytes, base):
