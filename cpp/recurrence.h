@@ -569,7 +569,7 @@ void recurrent_forward(const LayerFwd<T>& a, int nthreads) {
       most_mixed = std::max(most_mixed, p.rows);
       mixed_cost = std::max(mixed_cost, p.cost);
     }
-    const double row_flops = 2.0 * npanels * NV * Simd<T>::W * K;
+    const double row_flops = 2.0 * weight_bytes / sizeof(T);  // a row's step: 2 a weight
     auto even = [&](int most) {
       return most * nt <= fewer * 1.05 || (most - fewer / nt) * row_flops <= kRowSlackFlops;
     };

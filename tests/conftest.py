@@ -16,6 +16,19 @@ def isa(request):
     _core.set_isa(before)
 
 
+# The float64 references of _core._activation's kinds: 0 exp, 1 sigmoid, 2 tanh.
+ACTIVATIONS = (np.exp, lambda v: 1 / (1 + np.exp(-v)), np.tanh)
+
+
+def assert_activation_within(kind, x, got, rtol=1e-6):
+    """got (float32 activation `kind` of x) within rtol of float64, exact where that is 0."""
+    want = ACTIVATIONS[kind](np.asarray(x, np.float64))
+    got = np.asarray(got, np.float64)
+    nz = want != 0
+    assert np.max(np.abs(got - want)[nz] / np.abs(want[nz])) < rtol, kind
+    assert not got[~nz].any(), kind
+
+
 def make_pair(mode, I, H, L=1, bidirectional=False, bias=True, batch_first=False, dropout=0.0,
               dtype=np.float64, seed=0):
     """The C++ model and the NumPy reference with the same weights and dropout seed."""

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import flat_state, make_pair, state_like
+from conftest import assert_activation_within, flat_state, make_pair, state_like
 
 import rnnfast as rf
 from rnnfast import _core
@@ -256,17 +256,12 @@ def test_dropout_masks_match_reference_and_vary():
     np.testing.assert_allclose(y2, r2, rtol=1e-10)
 
 
-@pytest.mark.parametrize("kind,fn", [(0, np.exp), (1, lambda v: 1 / (1 + np.exp(-v))),
-                                     (2, np.tanh)])
-def test_vector_activations_error_bound(isa, kind, fn):
+@pytest.mark.parametrize("kind", [0, 1, 2])
+def test_vector_activations_error_bound(isa, kind):
     x = np.concatenate([np.linspace(-20, 20, 100001), np.linspace(-80, 80, 16001),
                         np.logspace(-10, 1.3, 4001), -np.logspace(-10, 1.3, 4001)])
     x = x.astype(np.float32)
-    got = _core._activation(kind, x).astype(np.float64)
-    want = fn(x.astype(np.float64))
-    nz = want != 0
-    assert np.max(np.abs(got - want)[nz] / np.abs(want[nz])) < 1e-6
-    assert not got[~nz].any()
+    assert_activation_within(kind, x, _core._activation(kind, x))
     special = _core._activation(kind, np.array([np.nan, np.inf, -np.inf], np.float32))
     assert np.isnan(special[0])
     if kind == 0:  # exp is the others' building block, clamped to float range

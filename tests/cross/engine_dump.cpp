@@ -109,10 +109,12 @@ int main(int argc, char** argv) {
       const float v = float(std::pow(10.0, -10.0 + 11.3 * i / 4000));
       x.push_back(v), x.push_back(-v);
     }
+    std::vector<float> y(x), pairs(2 * x.size());
     for (int kind = 0; kind < 3; ++kind) {
-      std::vector<float> y(x);
+      y = x;
       kernels<float>().activation(kind, y.data(), (long)y.size());
-      for (size_t i = 0; i < x.size(); ++i) put(act, std::vector<float>{x[i], y[i]});
+      for (size_t i = 0; i < x.size(); ++i) pairs[2 * i] = x[i], pairs[2 * i + 1] = y[i];
+      put(act, pairs);
     }
   }
   fclose(f32), fclose(f64), fclose(ftz), fclose(act);
