@@ -625,6 +625,10 @@ void note_help() { g_helps.fetch_add(1, std::memory_order_relaxed); }
 long helps() { return g_helps.load(); }
 void delay_steps(int us) { g_step_delay_us.store(us > 0 ? us : 0); }
 int step_delay_us() { return g_step_delay_us.load(std::memory_order_relaxed); }
+int set_pool_cpus(int n) {
+  pool();  // sets g_cpus first, so the new limit is not overwritten
+  return g_cpus.exchange(n > 0 ? n : usable_cpus());
+}
 
 int team_threads(int nthreads) {
   TeamProbe t;

@@ -110,6 +110,10 @@ void note_row_sweep();
 long row_sweeps();
 void delay_steps(int us);
 int step_delay_us();
+// Test probe: teams may hold up to n threads (0: the CPUs this process may use, the
+// default), so that a 2-core machine can run the splits of larger teams; -> the previous
+// limit.
+int set_pool_cpus(int n);
 
 // How tasks split statically are shared between the threads of a team (a layer's, kept
 // across calls): in runs sized by how fast each thread got through its last ones, not in

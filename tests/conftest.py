@@ -1,3 +1,5 @@
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -52,3 +54,14 @@ def state_like(mode, shape, rng, dtype):
 
 def flat_state(state):
     return list(state) if isinstance(state, tuple) else [state]
+
+
+@contextlib.contextmanager
+def teams_of_up_to(n):
+    """Teams of up to n threads on any machine (_core._set_pool_cpus) for the block: a
+    2-core machine runs the splits a 16-core one makes, its threads taking turns."""
+    _core._set_pool_cpus(n)
+    try:
+        yield
+    finally:
+        _core._set_pool_cpus(0)

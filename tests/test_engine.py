@@ -6,7 +6,8 @@ import os
 
 import numpy as np
 import pytest
-from conftest import assert_activation_within, flat_state, make_pair, state_like
+from conftest import (assert_activation_within, flat_state, make_pair, state_like,
+                      teams_of_up_to)
 
 import rnnfast as rf
 from rnnfast import _core
@@ -297,8 +298,9 @@ def test_gemm_matches_numpy(isa, trans_a, transposed_in_place):
         a = rng.standard_normal((K, M) if trans_a else (M, K)).astype(np.float32)
         b = rng.standard_normal((K, N)).astype(np.float32)
         want = (a.T if trans_a else a).astype(np.float64) @ b.astype(np.float64)
-        for nt in (1, 2, 3):
-            got = _core._gemm(a, b, nthreads=nt, trans_a=trans_a)
+        for nt in (1, 2, 3, 8):
+            with teams_of_up_to(nt):  # teams of 3 and 8 on any machine
+                got = _core._gemm(a, b, nthreads=nt, trans_a=trans_a)
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.sqrt(K),
                                        err_msg=f"M={M} N={N} K={K} nthreads={nt}")
 
@@ -322,9 +324,10 @@ def test_gapped_gemm_matches_numpy(isa, trans_a, transposed_in_place):
         b = rng.standard_normal((K, N)).astype(np.float32)
         want = used.astype(np.float32).astype(np.float64) @ b.astype(np.float64)
         a = (full.T if trans_a else full).astype(np.float32)
-        for nt in (1, 2, 3):
-            got = _core._gemm(np.ascontiguousarray(a), b, nthreads=nt, trans_a=trans_a,
-                              gaps=gaps)
+        for nt in (1, 2, 3, 8):
+            with teams_of_up_to(nt):
+                got = _core._gemm(np.ascontiguousarray(a), b, nthreads=nt, trans_a=trans_a,
+                                  gaps=gaps)
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.sqrt(K),
                                        err_msg=f"M={M} N={N} K={K} gaps={gaps} nthreads={nt}")
 

@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pytest
+from conftest import teams_of_up_to
 
 import rnnfast as rf
 from rnnfast import _core
@@ -208,6 +209,85 @@ def test_pool_gives_the_threads_asked_for():
         got = list(ex.map(_core._team_threads, [3] * 64))
     assert all(1 <= n <= min(3, CPUS) for n in got)
     assert _core._team_threads(3) == min(3, CPUS)  # alone again: all of them
+
+
+def test_pool_cpus_probe_sets_the_largest_team():
+    with teams_of_up_to(8):
+        for n in (3, 4, 8):
+            assert _core._team_threads(n) == n
+        assert _core._team_threads(16) == 8
+    assert _core._team_threads(8) == min(8, CPUS)
+
+
+# Teams of 3, 4 and 8 (more threads than this machine may have cores): every split of a
+# step (by rows into n ranges, by panels with stealing, a batch-1 step's sized runs) gives
+# the same bits as one thread, as on two. B = 1, 7, 11 and 33 give uneven ranges and short
+# tiles; H = 200 gives steps worth 8 threads (rf_threads_for); lengths freeze rows; the
+# reverse direction and a second layer come along. Rows and panels are forced as in
+# test_row_split_steps_same_results.
+@pytest.mark.parametrize("sweep", ["rows", "panels"])
+def test_larger_teams_same_results(kind, sweep):
+    with teams_of_up_to(8), probe_at(_core._set_row_sweep_bytes,
+                                      4 << 20 if sweep == "rows" else 1):
+        for B, H in ((1, 200), (7, 64), (11, 200), (33, 200)):
+            x = inputs(12, B, I=24)
+            lengths = np.maximum(1, 12 - 3 * (np.arange(B) % 5))
+            for config in ({"num_layers": 2}, {"bidirectional": True}):
+                results = {}
+                for n in (1, 3, 4, 8):
+                    m = make(kind, I=24, H=H, num_threads=n, **config)
+                    results[n] = run_train(m, x, lengths=lengths)
+                    results[n]["inference"], _ = m(x, lengths=lengths)
+                for n in (3, 4, 8):
+                    assert_same(results[1], results[n], atol=0, rtol=0)
+
+
+def test_larger_teams_streams_same_results(kind):
+    # Streams of batch 1 and 4 (runs sized by PanelSplit, the thread count chosen by
+    # timing) and the plain call with T = 1 on teams of 3 and 8: the same bits as one
+    # thread.
+    with teams_of_up_to(8):
+        for H, batch in ((128, 4), (256, 1), (512, 1)):
+            x = inputs(24, batch, I=32)
+            got = {}
+            for n in (1, 3, 8):
+                m = make(kind, I=32, H=H, num_threads=n)
+                s = m.stream(batch_size=batch if batch > 1 else None, num_threads=n)
+                steps = [s.step(x[t] if batch > 1 else x[t, 0]) for t in range(len(x))]
+                ys, state = [], None
+                for t in range(8):
+                    y, state = m(x[t:t + 1], state)
+                    ys.append(y)
+                got[n] = {"stream": np.stack(steps), "call": np.concatenate(ys),
+                          "state": flat(state)}
+            for n in (3, 8):
+                assert_same(got[1], got[n], atol=0, rtol=0)
+
+
+def test_larger_teams_with_a_late_or_slow_thread_same_results(kind):
+    # Teams of 4 with every worker 3 ms late to its job (its caller runs its share where
+    # no barrier waits for it: a stream's step, rows split), or with thread 1 waiting 300 us before each of its steps
+    # (the others steal its panels, or help with its rows): the same bits as one thread,
+    # and each of those hand-overs happened.
+    counts = {"late": _core._late_shares_run, "steals": _core._steals, "helps": _core._helps}
+    before = {k: f() for k, f in counts.items()}
+    with teams_of_up_to(4):
+        for probe, us in ((_core._delay_workers, 3000), (_core._delay_steps, 300)):
+            for sweep in (4 << 20, 1):
+                with probe_at(_core._set_row_sweep_bytes, sweep):
+                    for B, H in ((1, 256), (16, 128), (33, 200)):
+                        x = inputs(6, B, I=32)
+                        results = {}
+                        for n in (1, 4):
+                            m = make(kind, I=32, H=H, num_threads=n)
+                            with probe_at(probe, us if n > 1 else 0):
+                                results[n] = run_train(m, x)
+                                results[n]["inference"], _ = m(x)
+                                s = m.stream(batch_size=B, num_threads=n)  # single steps
+                                results[n]["stream"] = np.stack([s.step(x[t]) for t in range(4)])
+                        assert_same(results[1], results[4], atol=0, rtol=0)
+    for k, f in counts.items():
+        assert f() > before[k], k
 
 
 def test_not_a_forked_child():

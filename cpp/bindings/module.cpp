@@ -892,6 +892,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("_team_threads", &team_threads, py::arg("nthreads"),
         py::call_guard<py::gil_scoped_release>(),
         "How many distinct threads ran a parallel region asked for nthreads (a test probe).");
+  m.def("_set_pool_cpus", &set_pool_cpus, py::arg("n"),
+        "Test probe: teams may hold up to n threads (0: the usable CPUs); -> the previous.");
   m.def("_delay_workers", &delay_workers, py::arg("us"),
         "Test probe: pool workers wait `us` microseconds before taking a job (0: none).");
   m.def("_late_shares_run", &late_shares_run,
