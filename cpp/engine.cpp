@@ -303,18 +303,68 @@ void Engine<T>::plan_rows(int steps, int batch, const int32_t* lengths, const in
 }
 
 template <typename T>
+double Engine<T>::forward_flops(int steps, int batch) const {
+  double f = 0;
+  for (int l = 0; l < L_; ++l)
+    f += 2.0 * steps * batch * ((l == 0 ? I_ : D_ * H_) + H_) * G_ * H_ * D_;
+  return f;
+}
+
+template <typename T>
+template <class Run>
+void Engine<T>::run_chosen(int kind, int steps, int batch, double flops, int nt, Run&& run) {
+  if (nt <= 1 || steps <= 1 || flops > kChoiceFlops) return run(nt);
+  StepThreadChoice* choice;
+  StepThreadChoice::Plan plan;
+  {
+    std::lock_guard<std::mutex> guard(choice_mutex_);
+    CallChoice* e = nullptr;
+    for (CallChoice& c : choices_)
+      if (c.kind == kind && c.steps == steps && c.batch == batch && c.nt == nt) e = &c;
+    if (!e) {  // the least recently used entry starts afresh
+      e = &choices_[0];
+      for (CallChoice& c : choices_)
+        if (c.used < e->used) e = &c;
+      *e = CallChoice{kind, steps, batch, nt};
+    }
+    e->used = ++calls_;
+    choice = &e->choice;
+    plan = choice->next();
+  }
+  if (plan.one) note_call_on_one_thread();
+  if (!plan.timed) return run(plan.one ? 1 : nt);
+  typedef std::chrono::duration<double> Seconds;
+  const auto t0 = std::chrono::steady_clock::now();
+  run(plan.one ? 1 : nt);
+  const auto t1 = std::chrono::steady_clock::now();
+  std::lock_guard<std::mutex> guard(choice_mutex_);
+  choice->record(Seconds(t0.time_since_epoch()).count(), Seconds(t1 - t0).count());
+}
+
+template <typename T>
 void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* c0,
                         const int32_t* lengths, const int32_t* starts, bool training,
                         double dropout, uint64_t seed, int nthreads, T* y, T* hn, T* cn,
                         bool batch_first, long x_rows_apart) {
+  const ThreadBudget budget(nthreads);
+  run_chosen(training ? 1 : 0, steps, batch, forward_flops(steps, batch), budget.threads(),
+             [&](int nt) {
+               forward_on(x, steps, batch, h0, c0, lengths, starts, training, dropout, seed, nt,
+                          y, hn, cn, batch_first, x_rows_apart);
+             });
+}
+
+template <typename T>
+void Engine<T>::forward_on(const T* x, int steps, int batch, const T* h0, const T* c0,
+                           const int32_t* lengths, const int32_t* starts, bool training,
+                           double dropout, uint64_t seed, int nt, T* y, T* hn, T* cn,
+                           bool batch_first, long x_rows_apart) {
   if (x_rows_apart > 0 && (steps != 1 || training))
     throw std::logic_error("spaced input rows are for one inference step");
   std::unique_lock<std::mutex> train_lock(train_mutex_, std::defer_lock);
   if (training) train_lock.lock();
   const auto lock = packed_lock();
   const KernelTable<T>& kt = kernels<T>();
-  const ThreadBudget budget(nthreads);
-  const int nt = budget.threads();
   const long TB = (long)steps * batch, BH = (long)batch * H_, GH = (long)G_ * H_;
   const long DH = (long)D_ * H_;
   const bool use_dropout = training && dropout > 0 && L_ > 1;
@@ -504,13 +554,21 @@ template <typename T>
 void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, T* dx, T* dh0,
                          T* dc0) {
   std::lock_guard<std::mutex> train_lock(train_mutex_);
+  const ThreadBudget budget(nthreads);
+  const int steps = cache_.steps, batch = cache_.batch;
+  run_chosen(2, steps, batch, 2 * forward_flops(steps, batch), budget.threads(),
+             [&](int nt) { backward_on(dy, dhn, dcn, nt, dx, dh0, dc0); });
+}
+
+// Under train_mutex_ (backward).
+template <typename T>
+void Engine<T>::backward_on(const T* dy, const T* dhn, const T* dcn, int nt, T* dx, T* dh0,
+                            T* dc0) {
   std::shared_lock<std::shared_mutex> lock(pack_mutex_);
   if (!cache_.valid) throw std::logic_error("backward() needs a forward(training=True) first");
   if (packed_with_ != &kernels<T>())
     throw std::logic_error("the instruction set changed between forward and backward");
   const KernelTable<T>& kt = kernels<T>();
-  const ThreadBudget budget(nthreads);
-  const int nt = budget.threads();
   const int steps = cache_.steps, batch = cache_.batch;
   const long TB = (long)steps * batch, BH = (long)batch * H_, GH = (long)G_ * H_;
   const long DH = (long)D_ * H_;

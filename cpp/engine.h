@@ -123,6 +123,11 @@ class Engine {
   // dy (T,B,D*H), dhn/dcn or null. Writes dx (T,B,I), dh0/dc0; adds into grads(). dy and
   // dx are (B,T,.) when the forward was batch_first.
   void backward(const T* dy, const T* dhn, const T* dcn, int nthreads, T* dx, T* dh0, T* dc0);
+  // Sequence calls (T > 1) of at most kChoiceFlops, and their backward, choose by timing
+  // between one thread and the count, as streams do (StepThreadChoice): one choice a kind
+  // of call (inference, training forward, backward), shape and count. Either gives the
+  // same bits. Larger calls always run on the count.
+  static constexpr double kChoiceFlops = 50e6;
   bool has_cache() const { return cache_.valid; }
   bool cache_batch_first() const { return cache_.batch_first; }
   int cache_steps() const { return cache_.steps; }
@@ -150,6 +155,18 @@ class Engine {
 
   std::shared_lock<std::shared_mutex> packed_lock();  // held, on weights packed for the ISA
   void repack_locked();
+  void forward_on(const T* x, int steps, int batch, const T* h0, const T* c0,
+                  const int32_t* lengths, const int32_t* starts, bool training, double dropout,
+                  uint64_t seed, int nt, T* y, T* hn, T* cn, bool batch_first,
+                  long x_rows_apart);
+  void backward_on(const T* dy, const T* dhn, const T* dcn, int nt, T* dx, T* dh0, T* dc0);
+  // FLOPs of a forward over steps x batch rows (shared/rnn-equations.md), all layers.
+  double forward_flops(int steps, int batch) const;
+  // run(n) on n = one thread or nt, as the call's choice says (kind: 0 inference, 1
+  // training forward, 2 backward; flops: the call's, the backward's counted as twice its
+  // forward's).
+  template <class Run>
+  void run_chosen(int kind, int steps, int batch, double flops, int nt, Run&& run);
   void plan_rows(int steps, int batch, const int32_t* lengths, const int32_t* starts,
                  RowPlan& plan) const;
 
@@ -163,6 +180,14 @@ class Engine {
   std::shared_mutex pack_mutex_;   // inference shares; repack excludes
   std::mutex train_mutex_;         // training forward/backward touch the cache
   std::atomic<unsigned long> steps_run_{0};  // forward steps so far: their walks' direction
+  struct CallChoice {  // run_chosen's, one a kind of call, shape and thread count
+    int kind = -1, steps = 0, batch = 0, nt = 0;
+    unsigned long used = 0;  // when last used (calls_)
+    StepThreadChoice choice;
+  };
+  std::mutex choice_mutex_;
+  CallChoice choices_[6];
+  unsigned long calls_ = 0;
 };
 
 // Batch-B streaming over an engine: the state lives here between steps, and a step

@@ -117,7 +117,7 @@ struct GatedCount {
     return n.load();
   }
 };
-GatedCount g_split_toward, g_split_away, g_row_sweeps;
+GatedCount g_split_toward, g_split_away, g_row_sweeps, g_calls_on_one;
 
 // Waits until done() holds: spins, then yields the CPU between checks (a team member
 // that lost its CPU gets it back sooner), at once when teams outnumber the CPUs.
@@ -618,6 +618,8 @@ long splits_toward_caller() { return g_split_toward.read(); }
 long splits_away_from_caller() { return g_split_away.read(); }
 void note_row_sweep() { g_row_sweeps.add(); }
 long row_sweeps() { return g_row_sweeps.read(); }
+void note_call_on_one_thread() { g_calls_on_one.add(); }
+long calls_on_one_thread() { return g_calls_on_one.read(); }
 
 void note_steal() { g_steals.fetch_add(1, std::memory_order_relaxed); }
 long steals() { return g_steals.load(); }

@@ -25,7 +25,8 @@ class ThreadBudget {
 };
 
 // Which thread count each step of a batch-1 stream runs on (Stream::step): the stream's
-// count or one thread. A step lasts a few microseconds, and what a second thread costs
+// count or one thread; also each small sequence call, a call for a step
+// (Engine::run_chosen). A step lasts a few microseconds, and what a second thread costs
 // (waking it, one cache-line round trip each way) swings with the machine: on the 2-core
 // Zen 5 VM, GRU-128 took 2.5 us on two threads in some spells and 4.3 in others, against
 // ~3 on one; on the Zen 4, RNN-256 5.5 us on two in a slow spell against 5.1 on one, 3.3
@@ -108,6 +109,10 @@ long helps();
 // count (this or splits_*) on.
 void note_row_sweep();
 long row_sweeps();
+// Test probe: sequence calls that their thread choice ran on one thread (Engine::run_chosen),
+// counted from a test's first read of a gated count on.
+void note_call_on_one_thread();
+long calls_on_one_thread();
 void delay_steps(int us);
 int step_delay_us();
 // Test probe: teams may hold up to n threads (0: the CPUs this process may use, the

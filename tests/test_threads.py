@@ -266,13 +266,15 @@ def test_larger_teams_streams_same_results(kind):
 
 def test_larger_teams_with_a_late_or_slow_thread_same_results(kind):
     # Teams of 4 with every worker 3 ms late to its job (its caller runs its share where
-    # no barrier waits for it: a stream's step, rows split), or with thread 1 waiting 300 us before each of its steps
-    # (the others steal its panels, or help with its rows): the same bits as one thread,
-    # and each of those hand-overs happened.
-    counts = {"late": _core._late_shares_run, "steals": _core._steals, "helps": _core._helps}
+    # no barrier waits for it: a stream's step, rows split), or with thread 1 waiting 2 ms
+    # before each of its steps (the others steal its panels, or help with its rows): the
+    # same bits as one thread, and late shares and steals happened. (Helps need thread 1
+    # to have started before the others finish their rows, which threads taking turns on
+    # fewer cores do not promise: under ThreadSanitizer none came.)
+    counts = {"late": _core._late_shares_run, "steals": _core._steals}
     before = {k: f() for k, f in counts.items()}
     with teams_of_up_to(4):
-        for probe, us in ((_core._delay_workers, 3000), (_core._delay_steps, 300)):
+        for probe, us in ((_core._delay_workers, 3000), (_core._delay_steps, 2000)):
             for sweep in (4 << 20, 1):
                 with probe_at(_core._set_row_sweep_bytes, sweep):
                     for B, H in ((1, 256), (16, 128), (33, 200)):
@@ -586,6 +588,36 @@ def test_rows_of_a_slow_thread_helped_same_results(kind):
         helps += moved[2]
         assert_same(results[1], results[2], atol=0, rtol=0)
     assert helps >= 1
+
+
+def test_small_calls_choose_one_thread_where_the_other_is_slow(kind):
+    # Sequence calls of at most Engine::kChoiceFlops time one thread against the count now
+    # and then, as streams do. Thread 1 waits 2 ms before each step it runs (well over a
+    # step's work, under ThreadSanitizer too), so on two threads a call of 6 steps takes
+    # over 12 ms: after the first probe (4 calls to warm up, then blocks of 4 on each
+    # choice) the rest of the cycle runs on one thread, for inference, the training forward
+    # and the backward alike, and every call gives one thread's bits. A call over the limit
+    # runs on the count: within 12 calls its probe would have run 4 on one thread.
+    x = inputs(6, 8, I=32)
+    ref = make(kind, I=32, H=128, num_threads=1)  # steps worth two threads (rf_threads_for)
+    want, want_train = ref(x)[0], run_train(ref, x)
+    m = make(kind, I=32, H=128, num_threads=2)
+    before = _core._calls_on_one_thread()
+    with probe_at(_core._delay_steps, 2000):
+        for _ in range(40):
+            np.testing.assert_array_equal(m(x)[0], want)
+        for _ in range(30):
+            assert_same(run_train(m, x), want_train, atol=0, rtol=0)
+    # inference 8 + 20 calls on one thread, the training forward and backward 8 + 10 each
+    assert _core._calls_on_one_thread() - before >= 50
+    big = make(kind, I=32, H=512, num_threads=2)  # 2 steps of 64 rows: over 50 MFLOP
+    x = inputs(2, 64, I=32)
+    before = _core._calls_on_one_thread()
+    with probe_at(_core._delay_steps, 2000):
+        for _ in range(12):
+            big(x)
+            run_train(big, x)
+    assert _core._calls_on_one_thread() == before
 
 
 def test_model_num_threads_same_results(kind):

@@ -892,6 +892,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("_team_threads", &team_threads, py::arg("nthreads"),
         py::call_guard<py::gil_scoped_release>(),
         "How many distinct threads ran a parallel region asked for nthreads (a test probe).");
+  m.def("_calls_on_one_thread", &calls_on_one_thread,
+        "Test probe: sequence calls run on one thread by their thread choice (counted from "
+        "the first read of a gated probe).");
   m.def("_set_pool_cpus", &set_pool_cpus, py::arg("n"),
         "Test probe: teams may hold up to n threads (0: the usable CPUs); -> the previous.");
   m.def("_delay_workers", &delay_workers, py::arg("us"),
