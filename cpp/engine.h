@@ -180,10 +180,14 @@ class Engine {
   std::shared_mutex pack_mutex_;   // inference shares; repack excludes
   std::mutex train_mutex_;         // training forward/backward touch the cache
   std::atomic<unsigned long> steps_run_{0};  // forward steps so far: their walks' direction
-  struct CallChoice {  // run_chosen's, one a kind of call, shape and thread count
+  // run_chosen's, one a kind of call, shape and thread count. Cycles of 1024 calls, not a
+  // stream's 256: where neither choice is 1.5x faster (cycles not lengthened), a probe's 16
+  // calls every 256 would fall into about 3 in 10 of the bench's 20 ms samples of RNN
+  // `small` training (~150 calls a round: 90 priming, 60 timed); every 1024, under 1 in 10.
+  struct CallChoice {
     int kind = -1, steps = 0, batch = 0, nt = 0;
     unsigned long used = 0;  // when last used (calls_)
-    StepThreadChoice choice;
+    StepThreadChoice choice{4 * StepThreadChoice::kCycle};
   };
   std::mutex choice_mutex_;
   CallChoice choices_[6];

@@ -480,7 +480,7 @@ void StepThreadChoice::decide() {
   const bool was_one = use_one_;
   use_one_ = one < all;
   const bool far = std::max(all, one) > 1.5 * std::min(all, one);
-  run_steps_ = (far && (!use_one_ || was_one) ? 16 : 1) * kCycle - 2 * kProbe;
+  run_steps_ = (far && (!use_one_ || was_one) ? 16 : 1) * cycle_ - 2 * kProbe;
   warm_max_ = std::max<long>(kWarmMin, run_steps_ / 8);
   pos_ = 0;
   phase_ = kRun;

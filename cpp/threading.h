@@ -54,6 +54,9 @@ class ThreadBudget {
 // Either choice gives the same bits.
 class StepThreadChoice {
  public:
+  static constexpr long kCycle = 256;
+  // cycle: steps a cycle (kCycle for a stream's steps)
+  explicit StepThreadChoice(long cycle = kCycle) : cycle_(cycle) {}
   struct Plan {
     bool one;    // run the step on one thread
     bool timed;  // time it and pass the time to record()
@@ -64,12 +67,12 @@ class StepThreadChoice {
   void restart();  // probe afresh from the next step
 
  private:
-  static constexpr long kCycle = 256;
   static constexpr int kProbe = 8, kBlock = 4, kCounted = kProbe / kBlock * (kBlock - 1);
   static constexpr int kWarmMin = 32;
   static constexpr double kWarmTime = 500e-6;
   enum Phase { kWarm, kProbing, kRun };
   void decide();
+  long cycle_;
   Phase phase_ = kWarm;
   long pos_ = 0;            // steps into the phase
   long run_steps_ = 0;      // steps of this cycle's kRun phase
