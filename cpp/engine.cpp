@@ -312,8 +312,9 @@ double Engine<T>::forward_flops(int steps, int batch) const {
 
 template <typename T>
 template <class Run>
-void Engine<T>::run_chosen(int kind, int steps, int batch, double flops, int nt, Run&& run) {
-  if (nt <= 1 || steps <= 1 || flops > kChoiceFlops) return run(nt);
+void Engine<T>::run_chosen(int kind, int steps, int batch, double scale, int nt, Run&& run) {
+  if (nt <= 1 || steps <= 1 || scale * forward_flops(steps, batch) > kChoiceFlops)
+    return run(nt);
   StepThreadChoice* choice;
   StepThreadChoice::Plan plan;
   {
@@ -332,13 +333,10 @@ void Engine<T>::run_chosen(int kind, int steps, int batch, double flops, int nt,
     plan = choice->next();
   }
   if (plan.one) note_call_on_one_thread();
-  if (!plan.timed) return run(plan.one ? 1 : nt);
-  typedef std::chrono::duration<double> Seconds;
-  const auto t0 = std::chrono::steady_clock::now();
-  run(plan.one ? 1 : nt);
-  const auto t1 = std::chrono::steady_clock::now();
-  std::lock_guard<std::mutex> guard(choice_mutex_);
-  choice->record(Seconds(t0.time_since_epoch()).count(), Seconds(t1 - t0).count());
+  StepThreadChoice::run(plan, nt, run, [&](double start, double seconds) {
+    std::lock_guard<std::mutex> guard(choice_mutex_);
+    choice->record(start, seconds);
+  });
 }
 
 template <typename T>
@@ -347,11 +345,10 @@ void Engine<T>::forward(const T* x, int steps, int batch, const T* h0, const T* 
                         double dropout, uint64_t seed, int nthreads, T* y, T* hn, T* cn,
                         bool batch_first, long x_rows_apart) {
   const ThreadBudget budget(nthreads);
-  run_chosen(training ? 1 : 0, steps, batch, forward_flops(steps, batch), budget.threads(),
-             [&](int nt) {
-               forward_on(x, steps, batch, h0, c0, lengths, starts, training, dropout, seed, nt,
-                          y, hn, cn, batch_first, x_rows_apart);
-             });
+  run_chosen(training ? 1 : 0, steps, batch, 1, budget.threads(), [&](int nt) {
+    forward_on(x, steps, batch, h0, c0, lengths, starts, training, dropout, seed, nt, y, hn, cn,
+               batch_first, x_rows_apart);
+  });
 }
 
 template <typename T>
@@ -556,7 +553,7 @@ void Engine<T>::backward(const T* dy, const T* dhn, const T* dcn, int nthreads, 
   std::lock_guard<std::mutex> train_lock(train_mutex_);
   const ThreadBudget budget(nthreads);
   const int steps = cache_.steps, batch = cache_.batch;
-  run_chosen(2, steps, batch, 2 * forward_flops(steps, batch), budget.threads(),
+  run_chosen(2, steps, batch, 2, budget.threads(),
              [&](int nt) { backward_on(dy, dhn, dcn, nt, dx, dh0, dc0); });
 }
 

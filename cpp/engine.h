@@ -7,7 +7,6 @@
 #endif
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -163,10 +162,10 @@ class Engine {
   // FLOPs of a forward over steps x batch rows (shared/rnn-equations.md), all layers.
   double forward_flops(int steps, int batch) const;
   // run(n) on n = one thread or nt, as the call's choice says (kind: 0 inference, 1
-  // training forward, 2 backward; flops: the call's, the backward's counted as twice its
-  // forward's).
+  // training forward, 2 backward; its FLOPs: `scale` times its forward's, 2 for a
+  // backward).
   template <class Run>
-  void run_chosen(int kind, int steps, int batch, double flops, int nt, Run&& run);
+  void run_chosen(int kind, int steps, int batch, double scale, int nt, Run&& run);
   void plan_rows(int steps, int batch, const int32_t* lengths, const int32_t* starts,
                  RowPlan& plan) const;
 
@@ -223,16 +222,10 @@ class Stream {
       run(x, x_rows_apart, y, 1);
       return;
     }
-    const auto plan = choice_.next();  // one thread or the count (threading.h)
-    if (!plan.timed) {
-      run(x, x_rows_apart, y, plan.one ? 1 : nthreads_);
-      return;
-    }
-    typedef std::chrono::duration<double> Seconds;
-    const auto t0 = std::chrono::steady_clock::now();
-    run(x, x_rows_apart, y, plan.one ? 1 : nthreads_);
-    const auto t1 = std::chrono::steady_clock::now();
-    choice_.record(Seconds(t0.time_since_epoch()).count(), Seconds(t1 - t0).count());
+    // one thread or the count (threading.h)
+    StepThreadChoice::run(
+        choice_.next(), nthreads_, [&](int n) { run(x, x_rows_apart, y, n); },
+        [&](double start, double seconds) { choice_.record(start, seconds); });
   }
 
  private:

@@ -2,6 +2,7 @@
 // The default count honours OMP_NUM_THREADS, else the CPUs this process may use.
 #pragma once
 #include <atomic>
+#include <chrono>
 
 namespace rnnfast {
 
@@ -64,6 +65,18 @@ class StepThreadChoice {
   Plan next();
   // The step that next() asked to time began at `start` and lasted `seconds`.
   void record(double start, double seconds);
+  // step(n) on the plan's count (one thread, or nt); where the plan asks, its start and
+  // seconds go to done(start, seconds) (which calls record()).
+  template <class Step, class Done>
+  static void run(Plan plan, int nt, Step&& step, Done&& done) {
+    const int n = plan.one ? 1 : nt;
+    if (!plan.timed) return step(n);
+    typedef std::chrono::duration<double> Seconds;
+    const auto t0 = std::chrono::steady_clock::now();
+    step(n);
+    const auto t1 = std::chrono::steady_clock::now();
+    done(Seconds(t0.time_since_epoch()).count(), Seconds(t1 - t0).count());
+  }
   void restart();  // probe afresh from the next step
 
  private:
