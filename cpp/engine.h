@@ -186,7 +186,7 @@ class Engine {
   struct CallChoice {
     int kind = -1, steps = 0, batch = 0, nt = 0;
     unsigned long used = 0;  // when last used (calls_)
-    StepThreadChoice choice{4 * StepThreadChoice::kCycle};
+    StepThreadChoice choice{4 * StepThreadChoice::kCycle, true};  // watched
   };
   std::mutex choice_mutex_;
   CallChoice choices_[6];

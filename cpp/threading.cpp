@@ -435,6 +435,7 @@ void pool_run(int nt, void (*fn)(void*), void* ctx, bool independent) {
 }
 
 StepThreadChoice::Plan StepThreadChoice::next() {
+  watching_ = false;
   switch (phase_) {
     case kWarm:
       slot_ = -1;
@@ -446,17 +447,33 @@ StepThreadChoice::Plan StepThreadChoice::next() {
       if (slot_ < 0) ++pos_;  // untimed: moves on at once (a block's last step is timed)
       return {arm == 1, slot_ >= 0};
     }
-    case kRun:
-      if (++pos_ == run_steps_) {
-        pos_ = 0;
-        phase_ = use_one_ ? kWarm : kProbing;
-      }
-      return {use_one_, false};
+    case kRun: {
+      const bool one = use_one_;
+      if (++pos_ == run_steps_)
+        end_cycle();
+      else
+        watching_ = watch_;
+      return {one, watching_};
+    }
   }
   return {false, false};
 }
 
+void StepThreadChoice::end_cycle() {
+  pos_ = 0;
+  slow_ = 0;
+  phase_ = use_one_ ? kWarm : kProbing;
+}
+
 void StepThreadChoice::record(double start, double seconds) {
+  if (watching_) {  // a run step
+    watching_ = false;
+    if (phase_ != kRun) return;
+    const bool moved = seconds > kSlow * chosen_ || kSlow * seconds < chosen_;
+    slow_ = moved ? slow_ + 1 : 0;
+    if (slow_ >= kSlowRun || (use_one_ && start - decided_at_ > kOneTime)) end_cycle();
+    return;
+  }
   if (phase_ == kWarm) {
     if (pos_++ == 0) warm_start_ = start;
     if ((pos_ >= kBlock && start + seconds - warm_start_ >= kWarmTime) || pos_ >= warm_max_) {
@@ -468,10 +485,11 @@ void StepThreadChoice::record(double start, double seconds) {
   if (phase_ != kProbing || slot_ < 0) return;
   probe_[slot_ / kCounted][slot_ % kCounted] = seconds;
   slot_ = -1;
-  if (++pos_ == 2 * kProbe) decide();
+  if (++pos_ == 2 * kProbe) decide(start + seconds);
 }
 
-void StepThreadChoice::decide() {
+void StepThreadChoice::decide(double now) {
+  decided_at_ = now;
   auto median = [](double* p) {
     std::sort(p, p + kCounted);
     return (p[(kCounted - 1) / 2] + p[kCounted / 2]) / 2;
@@ -479,8 +497,15 @@ void StepThreadChoice::decide() {
   const double all = median(probe_[0]), one = median(probe_[1]);
   const bool was_one = use_one_;
   use_one_ = one < all;
+  chosen_ = use_one_ ? one : all;
+  slow_ = 0;
   const bool far = std::max(all, one) > 1.5 * std::min(all, one);
-  run_steps_ = (far && (!use_one_ || was_one) ? 16 : 1) * cycle_ - 2 * kProbe;
+  long steps = cycle_;
+  if (far && (!use_one_ || was_one))
+    steps = 16 * cycle_;
+  else if (watch_ && use_one_ && !was_one)
+    steps = cycle_ / 16;
+  run_steps_ = steps - 2 * kProbe;
   warm_max_ = std::max<long>(kWarmMin, run_steps_ / 8);
   pos_ = 0;
   phase_ = kRun;
@@ -489,14 +514,16 @@ void StepThreadChoice::decide() {
 void StepThreadChoice::restart() {
   phase_ = kWarm;
   pos_ = 0;
+  watching_ = false;
+  slow_ = 0;
   use_one_ = false;
   slot_ = -1;
   warm_max_ = kCycle;
 }
 
 void step_thread_choice_trace(const double* count_s, const double* one_s, long n,
-                              signed char* out) {
-  StepThreadChoice choice;
+                              signed char* out, long cycle, bool watch) {
+  StepThreadChoice choice(cycle, watch);
   double now = 0;
   for (long i = 0; i < n; ++i) {
     const auto plan = choice.next();

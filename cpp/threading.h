@@ -52,12 +52,26 @@ class ThreadBudget {
 // - Where one choice was over 1.5x faster, the cycle is 16 times longer (probing a 2x
 //   slower choice costs a long step 3% of its time at kCycle); for one thread, only where
 //   the probe before chose one thread too (else 1x: a slow start looks the same).
+// - Watched (sequence calls, each tens of microseconds or more, where two clock reads cost
+//   nothing): every step of the run phase is timed too, and kSlowRun steps in a row over
+//   kSlow times the chosen arm's probe median, or under it by as much, end the cycle
+//   early. A slow spell starting mid-cycle is then probed within a few calls, not up to a
+//   cycle later (RNN `small` training on two threads ran 0.66-0.75 ms for seconds in such
+//   spells, against ~0.51 on one), and so is its end, where the probe ran in it. A
+//   watched cycle on one thread also ends kOneTime after its probe, and lasts cycle / 16
+//   calls where the probe before chose the count (or there was none): one thread's times
+//   say nothing of the count's, and a choice of one thread misled by a moment's noise, or
+//   made in a spell since over, held calls 1.6x slower for a cycle (2 of 24 processes of
+//   the bench's pattern, RNN `small` training) or 16 (~8 s of calls). Where the count is
+//   1.5x slower, its probes then cost ~1%, 2x slower ~2.4%. Streams' steps (1-5 us) stay
+//   untimed between probes.
 // Either choice gives the same bits.
 class StepThreadChoice {
  public:
   static constexpr long kCycle = 256;
-  // cycle: steps a cycle (kCycle for a stream's steps)
-  explicit StepThreadChoice(long cycle = kCycle) : cycle_(cycle) {}
+  // cycle: steps a cycle (kCycle for a stream's steps); watch: time every step (above)
+  explicit StepThreadChoice(long cycle = kCycle, bool watch = false)
+      : cycle_(cycle), watch_(watch) {}
   struct Plan {
     bool one;    // run the step on one thread
     bool timed;  // time it and pass the time to record()
@@ -83,9 +97,18 @@ class StepThreadChoice {
   static constexpr int kProbe = 8, kBlock = 4, kCounted = kProbe / kBlock * (kBlock - 1);
   static constexpr int kWarmMin = 32;
   static constexpr double kWarmTime = 500e-6;
+  static constexpr double kSlow = 1.5;
+  static constexpr int kSlowRun = 8;
+  static constexpr double kOneTime = 0.25;  // seconds
   enum Phase { kWarm, kProbing, kRun };
-  void decide();
+  void decide(double now);
+  void end_cycle();
   long cycle_;
+  bool watch_;
+  bool watching_ = false;   // the step being timed is a run step, watched
+  int slow_ = 0;            // watched run steps in a row kSlow times off chosen_
+  double chosen_ = 0;       // the chosen arm's median probe step, seconds
+  double decided_at_ = 0;   // when the probe ended
   Phase phase_ = kWarm;
   long pos_ = 0;            // steps into the phase
   long run_steps_ = 0;      // steps of this cycle's kRun phase
@@ -95,10 +118,10 @@ class StepThreadChoice {
   int slot_ = -1;           // probe_ slot of the step being timed (-1: warm-up)
   double probe_[2][kCounted] = {};  // counted probe steps of each choice, seconds
 };
-// Test probe: the choices (0: the count, 1: one thread) StepThreadChoice makes over
-// n steps whose durations on each choice are count_s[i] and one_s[i].
+// Test probe: the choices (0: the count, 1: one thread) a StepThreadChoice(cycle, watch)
+// makes over n steps whose durations on each choice are count_s[i] and one_s[i].
 void step_thread_choice_trace(const double* count_s, const double* one_s, long n,
-                              signed char* out);
+                              signed char* out, long cycle, bool watch);
 
 bool in_forked_child();
 // Seconds per barrier of a team of nthreads passing `rounds` barriers (0 for one thread):

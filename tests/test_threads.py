@@ -199,6 +199,58 @@ def test_stream_thread_choice_not_misled_by_a_slow_start():
     assert warm[0] == 0 and 50 + 4 <= warm[1] <= 51 + 4  # 0.5 ms of 10 us steps (rounding)
 
 
+def test_call_thread_choice_probes_again_when_a_slow_spell_starts():
+    # Sequence calls' choice (cycles of 1024, watched): two threads 1.67x faster than one,
+    # so after the first probe the cycle is 16 x 1024 calls long. From call 3000 on, two
+    # threads take 1.4x one thread's time (a slow spell of the second core). Watched, 8
+    # calls over 1.5x the chosen arm's probe median end the cycle: a probe (blocks of 4,
+    # the count's first), then one thread. A stream's choice (not watched) keeps the count
+    # until its cycle ends.
+    n = 8000
+    count = np.full(n, 0.3e-3)
+    count[3000:] = 0.7e-3
+    one = np.full(n, 0.5e-3)
+    watched = _core._step_thread_choice(count, one, cycle=1024, watch=True)
+    plain = _core._step_thread_choice(count, one, cycle=1024, watch=False)
+    np.testing.assert_array_equal(watched[:3008], plain[:3008])
+    assert np.count_nonzero(plain[3000:]) == 0
+    assert not watched[3008:3012].any() and watched[3012:3016].all()  # the probe's blocks
+    # then one thread: a short cycle (1024 / 16), checked by a probe, then cycles of
+    # 0.25 s (500 calls here), each followed by a probe (4 + 8 calls on the count)
+    assert watched[3020:3068].all() and watched[3088:3580].all()
+    assert 0.95 < np.mean(watched[3020:]) < 0.98
+    took = np.where(watched[3000:] == 1, one[3000:], count[3000:]).sum()
+    assert took <= 1.02 * one[3000:].sum()
+    # A first probe misled (two threads slow for the first 30 calls only): one thread for
+    # 1024 / 16 calls, not a whole cycle.
+    count = np.full(n, 0.3e-3)
+    count[:30] = 0.9e-3
+    watched = _core._step_thread_choice(count, one, cycle=1024, watch=True)
+    plain = _core._step_thread_choice(count, one, cycle=1024, watch=False)
+    assert plain[16:1000].all()
+    assert watched[16:64].all() and not watched[100:].any()
+    # A spell that makes two threads 2x slower than one, then ends at call 3000: unwatched,
+    # the second probe's choice of one thread (1.5x faster, twice) holds 16 cycles; watched,
+    # cycles on one thread last 0.25 s, and the count is back within 500 calls.
+    n = 20000
+    count = np.full(n, 0.3e-3)
+    count[:3000] = 1.0e-3
+    one = np.full(n, 0.5e-3)
+    watched = _core._step_thread_choice(count, one, cycle=1024, watch=True)
+    plain = _core._step_thread_choice(count, one, cycle=1024, watch=False)
+    assert plain[3000:17000].all()
+    assert np.mean(watched[100:3000]) > 0.95 and not watched[3500:19000].any()
+    # Noise alone (each call's time varying by up to 1.5x either way in 1 of 3 calls, the
+    # count always faster) seldom ends a cycle: the probes cost under 1% over the count.
+    rng = np.random.default_rng(0)
+    count = 0.3e-3 * rng.lognormal(0, 0.4, 50000)
+    one = 0.5e-3 * rng.lognormal(0, 0.4, 50000)
+    got = _core._step_thread_choice(count, one, cycle=1024, watch=True)
+    assert np.where(got == 1, one, count).sum() <= 1.01 * count.sum()
+    with pytest.raises(ValueError, match="cycle"):
+        _core._step_thread_choice(np.zeros(3), np.zeros(3), cycle=16)
+
+
 def test_pool_gives_the_threads_asked_for():
     assert _core._team_threads(1) == 1
     for n in (2, 3, 8):
@@ -618,6 +670,28 @@ def test_small_calls_choose_one_thread_where_the_other_is_slow(kind):
             big(x)
             run_train(big, x)
     assert _core._calls_on_one_thread() == before
+
+
+def test_small_calls_probe_again_when_the_other_thread_turns_slow(kind):
+    # The calls' choice is watched: where the count was chosen (cycles up to 16 x 1024
+    # calls), thread 1 turning slow (2 ms a step) ends the cycle within 8 calls, and after
+    # the probe the calls run on one thread, with one thread's bits.
+    x = inputs(6, 8, I=32)
+    want = make(kind, I=32, H=128, num_threads=1)(x)[0]
+    m = make(kind, I=32, H=128, num_threads=2)
+    for _ in range(100):
+        m(x)
+    before = _core._calls_on_one_thread()
+    for _ in range(100):
+        m(x)
+    count_chosen = _core._calls_on_one_thread() == before  # (else the test shows less)
+    before = _core._calls_on_one_thread()
+    with probe_at(_core._delay_steps, 2000):
+        for _ in range(40):
+            np.testing.assert_array_equal(m(x)[0], want)
+    # 8 slow calls, then blocks of 4 alternating (8 on one thread), then the rest
+    on_one = _core._calls_on_one_thread() - before
+    assert on_one >= (8 + 12 if count_chosen else 8), on_one
 
 
 def test_model_num_threads_same_results(kind):

@@ -1007,18 +1007,19 @@ PYBIND11_MODULE(_core, m) {
       "the bench's probe of the hand-off between cores.");
   m.def(
       "_step_thread_choice",
-      [](Arr<double> count_s, Arr<double> one_s) {
+      [](Arr<double> count_s, Arr<double> one_s, long cycle, bool watch) {
         if (count_s.ndim() != 1 || one_s.ndim() != 1 || count_s.size() != one_s.size())
           throw py::value_error("count_s and one_s must be 1-d arrays of one length");
+        if (cycle < 64) throw py::value_error("cycle must be >= 64");
         py::array_t<signed char> out(count_s.size());
         step_thread_choice_trace(count_s.data(), one_s.data(), (long)count_s.size(),
-                                 out.mutable_data());
+                                 out.mutable_data(), cycle, watch);
         return out;
       },
-      py::arg("count_s"), py::arg("one_s"),
+      py::arg("count_s"), py::arg("one_s"), py::arg("cycle") = 256, py::arg("watch") = false,
       "Test probe: the choice a stream on more than one thread makes for each of n steps (0: "
       "its count, 1: one thread), where step i lasts count_s[i] seconds on its count and "
-      "one_s[i] on one thread.");
+      "one_s[i] on one thread; cycle=1024, watch=True: a sequence call's choice.");
   m.def(
       "_panel_split",
       [](int n, Arr<double> lag, Arr<double> rate, int calls, std::optional<Arr<double>> skew) {
