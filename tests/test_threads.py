@@ -684,7 +684,9 @@ def test_small_calls_probe_again_when_the_other_thread_turns_slow(kind):
     before = _core._calls_on_one_thread()
     for _ in range(100):
         m(x)
-    count_chosen = _core._calls_on_one_thread() == before  # (else the test shows less)
+    # where one thread won a probe here (a machine on which it is faster), the calls below
+    # run on one thread anyway, and only the probe's 8 are certain
+    count_chosen = _core._calls_on_one_thread() == before
     before = _core._calls_on_one_thread()
     with probe_at(_core._delay_steps, 2000):
         for _ in range(40):
