@@ -61,8 +61,8 @@ class ThreadBudget {
 //   watched cycle on one thread also ends kOneTime after its probe, and lasts cycle / 16
 //   calls where the probe before chose the count (or there was none): one thread's times
 //   say nothing of the count's, and a choice of one thread misled by a moment's noise, or
-//   made in a spell since over, held calls 1.6x slower for a cycle (2 of 24 processes of
-//   the bench's pattern, RNN `small` training) or 16 (~8 s of calls). Where the count is
+//   made in a spell since over, held calls 1.6x slower for a cycle (1 or 2 processes in
+//   10-12 of the bench's pattern, RNN `small` training) or 16 (~8 s of calls). Where the count is
 //   1.5x slower, its probes then cost ~1%, 2x slower ~2.4%. Streams' steps (1-5 us) stay
 //   untimed between probes.
 // Either choice gives the same bits.
