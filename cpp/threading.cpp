@@ -435,7 +435,6 @@ void pool_run(int nt, void (*fn)(void*), void* ctx, bool independent) {
 }
 
 StepThreadChoice::Plan StepThreadChoice::next() {
-  watching_ = false;
   switch (phase_) {
     case kWarm:
       slot_ = -1;
@@ -447,13 +446,11 @@ StepThreadChoice::Plan StepThreadChoice::next() {
       if (slot_ < 0) ++pos_;  // untimed: moves on at once (a block's last step is timed)
       return {arm == 1, slot_ >= 0};
     }
-    case kRun: {
+    case kRun: {  // timed where watched, but for the cycle's last step
       const bool one = use_one_;
-      if (++pos_ == run_steps_)
-        end_cycle();
-      else
-        watching_ = watch_;
-      return {one, watching_};
+      if (++pos_ < run_steps_) return {one, watch_};
+      end_cycle();
+      return {one, false};
     }
   }
   return {false, false};
@@ -461,14 +458,11 @@ StepThreadChoice::Plan StepThreadChoice::next() {
 
 void StepThreadChoice::end_cycle() {
   pos_ = 0;
-  slow_ = 0;
   phase_ = use_one_ ? kWarm : kProbing;
 }
 
 void StepThreadChoice::record(double start, double seconds) {
-  if (watching_) {  // a run step
-    watching_ = false;
-    if (phase_ != kRun) return;
+  if (phase_ == kRun) {  // a watched run step (no other step is timed in this phase)
     const bool moved = seconds > kSlow * chosen_ || kSlow * seconds < chosen_;
     slow_ = moved ? slow_ + 1 : 0;
     if (slow_ >= kSlowRun || (use_one_ && start - decided_at_ > kOneTime)) end_cycle();
@@ -498,13 +492,13 @@ void StepThreadChoice::decide(double now) {
   const bool was_one = use_one_;
   use_one_ = one < all;
   chosen_ = use_one_ ? one : all;
-  slow_ = 0;
+  slow_ = 0;  // counted afresh each run phase
   const bool far = std::max(all, one) > 1.5 * std::min(all, one);
   long steps = cycle_;
   if (far && (!use_one_ || was_one))
     steps = 16 * cycle_;
   else if (watch_ && use_one_ && !was_one)
-    steps = cycle_ / 16;
+    steps = std::max<long>(cycle_ / 16, 4 * kProbe);
   run_steps_ = steps - 2 * kProbe;
   warm_max_ = std::max<long>(kWarmMin, run_steps_ / 8);
   pos_ = 0;
@@ -514,8 +508,6 @@ void StepThreadChoice::decide(double now) {
 void StepThreadChoice::restart() {
   phase_ = kWarm;
   pos_ = 0;
-  watching_ = false;
-  slow_ = 0;
   use_one_ = false;
   slot_ = -1;
   warm_max_ = kCycle;

@@ -62,9 +62,9 @@ class ThreadBudget {
 //   calls where the probe before chose the count (or there was none): one thread's times
 //   say nothing of the count's, and a choice of one thread misled by a moment's noise, or
 //   made in a spell since over, held calls 1.6x slower for a cycle (1 or 2 processes in
-//   10-12 of the bench's pattern, RNN `small` training) or 16 (~8 s of calls). Where the count is
-//   1.5x slower, its probes then cost ~1%, 2x slower ~2.4%. Streams' steps (1-5 us) stay
-//   untimed between probes.
+//   10-12 of the bench's pattern, RNN `small` training) or 16 (~8 s of calls). Where the
+//   count is 1.5x slower, its probes then cost ~1%, 2x slower ~2.4%. Streams' steps (1-5
+//   us) stay untimed between probes.
 // Either choice gives the same bits.
 class StepThreadChoice {
  public:
@@ -105,7 +105,6 @@ class StepThreadChoice {
   void end_cycle();
   long cycle_;
   bool watch_;
-  bool watching_ = false;   // the step being timed is a run step, watched
   int slow_ = 0;            // watched run steps in a row kSlow times off chosen_
   double chosen_ = 0;       // the chosen arm's median probe step, seconds
   double decided_at_ = 0;   // when the probe ended
