@@ -88,8 +88,8 @@ std::atomic<bool> g_far_prefetch{far_prefetch_default()};
 // on Zen 4 (`small` training -2 to -5%) and Zen 5 (family 1Ah: `small` -2 to -5%, the
 // larger rows level to -1%), slower on an Intel Xeon (family 6 model 207) with 4-8 panels
 // of B, where each k's line is read again for every panel (cpp/README.md, twenty-fifth,
-// thirtieth and thirty-fourth sessions). On for AMD families 19h and 1Ah with AVX-512 (Zen 3,
-// family 19h without it, was not measured), off elsewhere.
+// thirtieth and thirty-fourth sessions). On for AMD families 19h and 1Ah with AVX-512
+// (Zen 3, family 19h without it, was not measured), off elsewhere.
 bool transposed_a_in_place_default() {
 #if RF_X86
   const unsigned family = amd_family();
