@@ -446,12 +446,10 @@ StepThreadChoice::Plan StepThreadChoice::next() {
       if (slot_ < 0) ++pos_;  // untimed: moves on at once (a block's last step is timed)
       return {arm == 1, slot_ >= 0};
     }
-    case kRun: {  // timed where watched, but for the cycle's last step
-      const bool one = use_one_;
-      if (++pos_ < run_steps_) return {one, watch_};
-      end_cycle();
-      return {one, false};
-    }
+    case kRun:  // timed where watched, but for the cycle's last step
+      if (++pos_ < run_steps_) return {use_one_, watch_};
+      end_cycle();  // leaves use_one_ as it is
+      return {use_one_, false};
   }
   return {false, false};
 }
