@@ -417,11 +417,13 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
       // would miss throughout (the least recently used lines are the next ones needed).
       const bool reverse = (s + a.parity) & 1;
       if (by_rows) j = reverse ? npanels * nib - 1 - j : j;
-      const int task = by_rows ? (j / nib) * mblocks + ib0 + j % nib : j;
-      const int p = kblocked ? task : task / mblocks;
+      // The task's panel p and row tile ib (no divisions for one tile: the panel's address
+      // waits on them)
+      const int per_panel = by_rows ? nib : kblocked ? 1 : mblocks;
+      const int p = per_panel == 1 ? j : j / per_panel;
+      const int ib = (by_rows ? ib0 : 0) + (j - p * per_panel);
       const T* panel = a.packed + p * panel_stride;  // per slice: x rows, then h rows
       if (!kblocked) {  // one tile, all of K per pass
-        const int ib = task % mblocks;
         with_block(ib, [&](auto R_c, int i0, int end) {
           constexpr int R = decltype(R_c)::value;
           V sums[R * NV], xsums[R * NV];
