@@ -382,17 +382,11 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
       return rows;
     };
     // The epilogue of panel p for a tile with rows io, from its sums.
-    auto epilogue = [&](auto R_c, int p, const FwdRows<T>* io, const V* sums,
-                        const V* xsums) {
+    auto epilogue = [&](auto R_c, int p, const FwdRows<T>* io, V* sums, const V* xsums) {
       constexpr int R = decltype(R_c)::value;
-      V acc[R][NV], xacc[R][NV];
-      for (int r = 0; r < R; ++r)
-        for (int v = 0; v < NV; ++v) {
-          acc[r][v] = sums[r * NV + v];
-          xacc[r][v] = split ? xsums[r * NV + v] : V{};
-        }
+      V(&acc)[R][NV] = *reinterpret_cast<V(*)[R][NV]>(sums);  // R x NV, row by row
+      const V(*xa)[NV] = split ? reinterpret_cast<const V(*)[NV]>(xsums) : nullptr;
       // Full panels (all but maybe the last) load and store whole vectors, no lane checks.
-      const V(*xa)[NV] = split ? xacc : nullptr;
       if ((p + 1) * Cell::template units<T>() <= H)
         Cell::template forward_epilogue<T, R, true>(a.cell, p, H, acc, xa, io);
       else
