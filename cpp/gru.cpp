@@ -15,7 +15,7 @@ struct GruCell : GatePanels {
   // A fused step passes x W_ih^T in xacc, and x holds the biases alone.
   template <typename T, int MR, bool Full>
   static void forward_epilogue(int, int p, int H, typename Simd<T>::V (&acc)[MR][NV],
-                               const typename Simd<T>::V (*xacc)[NV], const FwdRows<T>* io) {
+                               const typename Simd<T>::V (*xacc)[NV], const FwdRows<T> (&io)[MR]) {
     typedef typename Simd<T>::V V;
     const int u0 = p * Simd<T>::W, n = Full ? Simd<T>::W : H - u0;
     const V bhn = io[0].b_hn ? load_units<T>(io[0].b_hn + u0, n) : V{};

@@ -14,7 +14,7 @@ struct LstmCell : GatePanels {
   // acc[r] holds row r's h_prev W_hh^T for gates i, f, g, o of units [u0, u0+W).
   template <typename T, int MR, bool Full>
   static void forward_epilogue(int, int p, int H, typename Simd<T>::V (&acc)[MR][NV],
-                               const typename Simd<T>::V (*)[NV], const FwdRows<T>* io) {
+                               const typename Simd<T>::V (*)[NV], const FwdRows<T> (&io)[MR]) {
     typedef typename Simd<T>::V V;
     const int u0 = p * Simd<T>::W, n = Full ? Simd<T>::W : H - u0;
     V ifo[3 * MR], g[MR], c[MR], tc[MR];

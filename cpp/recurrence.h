@@ -302,98 +302,29 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
     std::vector<V> heap(kblocked ? (split ? 2 : 1) * mblocks * tile : 0);
     V* partial = heap.data();
     V* xpartial = kblocked && split ? partial + mblocks * tile : nullptr;
-    // Step s's pointers: h and c before and after it, its rows' time indices.
-    struct StepRows {
-      const T* h_prev;
-      T* h_new;
-      const T* c_prev;
-      T* c_new;
-      const int32_t* tid;
-    };
-    auto step_rows = [&](int s) {
-      const long in = a.keep_all ? s : (s & 1), out = a.keep_all ? s + 1 : ((s + 1) & 1);
-      return StepRows{a.hs + in * BH, a.hs + out * BH,
-                      a.cs ? a.cs + (a.c_in_place ? 0 : in * BH) : nullptr,
-                      a.cs ? a.cs + (a.c_in_place ? 0 : out * BH) : nullptr,
-                      a.tidx + (long)s * LB};
-    };
-    // Row pointers of a tile at i0, from column k0 of x (xsrc) or h (rows from end on
-    // repeat the first).
-    auto tile_rows = [&](const StepRows& st, auto R_c, bool xsrc, int i0, int end, int k0,
-                         const T** rows) {
-      constexpr int R = decltype(R_c)::value;
-      const int mr = end - i0 < R ? end - i0 : R;
-      for (int r = 0; r < R; ++r) {
-        const int b = i0 + (r < mr ? r : 0);
-        if (xsrc) {
-          rows[r] = a.x + row_at(a.xo, st.tid[b], b) * I + k0;
-        } else {
-          rows[r] = st.h_prev + (long)b * H + k0;
-        }
-      }
-    };
-    // The epilogue's rows of a tile (R rows at i0, those below end real).
-    auto rows_io = [&](const StepRows& st, int s, auto R_c, int i0, int end, FwdRows<T>* io) {
-      constexpr int R = decltype(R_c)::value;
-      const int mr = end - i0 < R ? end - i0 : R;
-      for (int r = 0; r < R; ++r) {
-        io[r] = FwdRows<T>();
-        if (r >= mr) continue;
-        const int b = i0 + r;
-        const long t = st.tid[b];
-        const long row = b * (long)H;
-        io[r].x = a.xproj + (a.xrow ? a.xrow[t * LB + b] : row_at(a.xo, t, b)) * a.ldx;
-        io[r].h_prev = st.h_prev + row;
-        io[r].h_new = st.h_new + row;
-        io[r].c_prev = st.c_prev ? st.c_prev + row : nullptr;
-        io[r].c_new = st.c_new ? st.c_new + row : nullptr;
-        io[r].y = a.y ? a.y + row_at(a.yo, t, b) * a.ldy : nullptr;
-        io[r].cache =
-            a.cache ? a.cache + ((long)s * LB + b) * cell_cache_width(a.cell) * H : nullptr;
-        io[r].cache_stream = a.cache_stream;
-        io[r].b_hn = a.b_hn;
-      }
-      for (int r = mr; r < R; ++r) {  // padding: computed alongside from row 0, not stored
-        io[r].x = io[0].x;
-        io[r].h_prev = io[0].h_prev;
-        io[r].c_prev = io[0].c_prev;
-        io[r].b_hn = a.b_hn;
-      }
-    };
-    // Row pointers of the last tiles this thread ran, by step and tile: a tile's are the
-    // same on every panel of a step (set up on each panel, they took ~8% of LSTM `small`
-    // inference).
-    struct TileRows {
-      int s = -1, ib = -1;
-      const T *x[MR], *h[MR];
-      FwdRows<T> io[MR];
-    };
-    constexpr int kRowCache = 8;
-    TileRows row_cache[kRowCache];
-    auto rows_of = [&](int s, int ib, auto R_c, int i0, int end) -> const TileRows& {
-      TileRows& rows = row_cache[ib % kRowCache];
-      if (rows.s != s || rows.ib != ib) {
-        const StepRows st = step_rows(s);
-        rows.s = s, rows.ib = ib;
-        tile_rows(st, R_c, false, i0, end, 0, rows.h);
-        if (fused) tile_rows(st, R_c, true, i0, end, 0, rows.x);
-        rows_io(st, s, R_c, i0, end, rows.io);
-      }
-      return rows;
-    };
-    // The epilogue of panel p for a tile with rows io, from its sums.
-    auto epilogue = [&](auto R_c, int p, const FwdRows<T>* io, V* sums, const V* xsums) {
-      constexpr int R = decltype(R_c)::value;
-      V(&acc)[R][NV] = *reinterpret_cast<V(*)[R][NV]>(sums);  // R x NV, row by row
-      const V(*xa)[NV] = split ? reinterpret_cast<const V(*)[NV]>(xsums) : nullptr;
-      // Full panels (all but maybe the last) load and store whole vectors, no lane checks.
-      if ((p + 1) * Cell::template units<T>() <= H)
-        Cell::template forward_epilogue<T, R, true>(a.cell, p, H, acc, xa, io);
-      else
-        Cell::template forward_epilogue<T, R, false>(a.cell, p, H, acc, xa, io);
-    };
     // Task j of step s: over all row tiles, or (by_rows) over the nib row tiles from ib0.
     auto task_at = [&](int s, int ib0, int nib, int j) {
+      const long in = a.keep_all ? s : (s & 1), out = a.keep_all ? s + 1 : ((s + 1) & 1);
+      const T* h_prev = a.hs + in * BH;
+      T* h_new = a.hs + out * BH;
+      const T* c_prev = a.cs ? a.cs + (a.c_in_place ? 0 : in * BH) : nullptr;
+      T* c_new = a.cs ? a.cs + (a.c_in_place ? 0 : out * BH) : nullptr;
+      const int32_t* tid = a.tidx + (long)s * LB;
+      // Row pointers of a tile at i0, from column k0 of x (xsrc) or h (rows from end on
+      // repeat the first); -> valid rows.
+      auto tile_rows = [&](bool xsrc, int i0, int end, int k0, auto& rows) {
+        constexpr int R = std::extent<std::remove_reference_t<decltype(rows)>>::value;
+        const int mr = end - i0 < R ? end - i0 : R;
+        for (int r = 0; r < R; ++r) {
+          const int b = i0 + (r < mr ? r : 0);
+          if (xsrc) {
+            rows[r] = a.x + row_at(a.xo, tid[b], b) * I + k0;
+          } else {
+            rows[r] = h_prev + (long)b * H + k0;
+          }
+        }
+        return mr;
+      };
       // Pass h of the tile with sums at `sums` (R x NV): its PV vectors (from zero when
       // fresh) += rows (R x n) times slice rows [k, k + n) (x rows, then h rows), then
       // rows2 times slice rows [k2, k2 + n2).
@@ -405,26 +336,63 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
         tile_pass<T, R, PV, LV>(sums + h * PV, NV, fresh, ss, n, rows, bp + k * LV * W, n2,
                                 rows2, bp + k2 * LV * W, far);
       };
+      // The epilogue of a tile (R rows at i0, those below end real) from its sums.
+      auto finish = [&](auto R_c, int p, int i0, int end, const V* sums, const V* xsums) {
+        constexpr int R = decltype(R_c)::value;
+        const int mr = end - i0 < R ? end - i0 : R;
+        V acc[R][NV], xacc[R][NV];
+        for (int r = 0; r < R; ++r)
+          for (int v = 0; v < NV; ++v) {
+            acc[r][v] = sums[r * NV + v];
+            xacc[r][v] = split ? xsums[r * NV + v] : V{};
+          }
+        FwdRows<T> io[R];
+        for (int r = 0; r < R; ++r) {
+          io[r] = FwdRows<T>();
+          if (r >= mr) continue;
+          const int b = i0 + r;
+          const long t = tid[b];
+          const long row = b * (long)H;
+          io[r].x = a.xproj + (a.xrow ? a.xrow[t * LB + b] : row_at(a.xo, t, b)) * a.ldx;
+          io[r].h_prev = h_prev + row;
+          io[r].h_new = h_new + row;
+          io[r].c_prev = c_prev ? c_prev + row : nullptr;
+          io[r].c_new = c_new ? c_new + row : nullptr;
+          io[r].y = a.y ? a.y + row_at(a.yo, t, b) * a.ldy : nullptr;
+          io[r].cache =
+              a.cache ? a.cache + ((long)s * LB + b) * cell_cache_width(a.cell) * H : nullptr;
+          io[r].cache_stream = a.cache_stream;
+          io[r].b_hn = a.b_hn;
+        }
+        for (int r = mr; r < R; ++r) {  // padding: computed alongside from row 0, not stored
+          io[r].x = io[0].x;
+          io[r].h_prev = io[0].h_prev;
+          io[r].c_prev = io[0].c_prev;
+          io[r].b_hn = a.b_hn;
+        }
+        // Full panels (all but maybe the last) load and store whole vectors, no lane checks.
+        const V(*xa)[NV] = split ? xacc : nullptr;
+        if ((p + 1) * Cell::template units<T>() <= H)
+          Cell::template forward_epilogue<T, R, true>(a.cell, p, H, acc, xa, io);
+        else
+          Cell::template forward_epilogue<T, R, false>(a.cell, p, H, acc, xa, io);
+      };
       // Walked in order or in reverse by the parity of s + a.parity, so each step runs
       // opposite to the one before: going back over its panels first finds the ones it read
       // last still in L2, where a walk in one direction over weights about the size of L2
       // would miss throughout (the least recently used lines are the next ones needed).
       const bool reverse = (s + a.parity) & 1;
       if (by_rows) j = reverse ? npanels * nib - 1 - j : j;
-      // The task's panel p and row tile ib (no divisions for one tile: the panel's address
-      // waits on them)
-      const int per_panel = by_rows ? nib : kblocked ? 1 : mblocks;
-      const int p = per_panel == 1 ? j : j / per_panel;
-      const int ib = (by_rows ? ib0 : 0) + (j - p * per_panel);
+      const int task = by_rows ? (j / nib) * mblocks + ib0 + j % nib : j;
+      const int p = kblocked ? task : task / mblocks;
       const T* panel = a.packed + p * panel_stride;  // per slice: x rows, then h rows
       if (!kblocked) {  // one tile, all of K per pass
-        with_block(ib, [&](auto R_c, int i0, int end) {
+        with_block(task % mblocks, [&](auto R_c, int i0, int end) {
           constexpr int R = decltype(R_c)::value;
           V sums[R * NV], xsums[R * NV];
-          const TileRows& rows = rows_of(s, ib, R_c, i0, end);
-          const T* const* xr = rows.x;
-          const T* const* hr = rows.h;
-          auto finish = [&] { epilogue(R_c, p, rows.io, sums, xsums); };
+          const T *xr[R], *hr[R];
+          tile_rows(false, i0, end, 0, hr);
+          if (fused) tile_rows(true, i0, end, 0, xr);
           if constexpr (kCompact) {
             if (compact.cv && p == npanels - 1) {  // cv vectors (x rows, then h rows)
               with_constant<NV - 1, 1>(compact.cv, [&](auto CV_c) {
@@ -440,7 +408,7 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
                 spread_compact<T, R, CV, NV>(cs, sums, compact.s);
                 if (split) spread_compact<T, R, CV, NV>(cxs, xsums, compact.s);
               });
-              finish();
+              finish(R_c, p, i0, end, sums, xsums);
               return;
             }
           }
@@ -451,7 +419,7 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
             else
               pass(R_c, sums, true, panel, h, H, hr, I);
           }
-          finish();
+          finish(R_c, p, i0, end, sums, xsums);
         });
         return;
       }
@@ -459,7 +427,6 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
       // sums x and h apart, so its blocks do not straddle them), split evenly into
       // blocks of at most KC rows, each for every pass and every tile, into partial (x
       // into xpartial when split); the epilogue follows the last.
-      const StepRows st = step_rows(s);
       auto range = [&](int lo, int hi, bool xp) {
         const int nb = (hi - lo + KC - 1) / KC, kc = (hi - lo + nb - 1) / nb;
         for (int k0 = lo; k0 < hi; k0 += kc) {
@@ -485,18 +452,15 @@ void recurrent_forward_tasks(const LayerFwd<T>& a, int nt, int npanels, bool by_
                 V* sums = (xp ? xpartial : partial) + ib * tile;
                 const T *xr[R], *hr[R];
                 if (k1 <= I || k0 >= I) {
-                  tile_rows(st, R_c, k0 < I, i0, end, k0 < I ? k0 : k0 - I, k0 < I ? xr : hr);
+                  tile_rows(k0 < I, i0, end, k0 < I ? k0 : k0 - I, k0 < I ? xr : hr);
                   pass(R_c, sums, k0 == lo, panel, h, k1 - k0, k0 < I ? xr : hr, k0);
                 } else {  // straddles x and h
-                  tile_rows(st, R_c, true, i0, end, k0, xr);
-                  tile_rows(st, R_c, false, i0, end, 0, hr);
+                  tile_rows(true, i0, end, k0, xr);
+                  tile_rows(false, i0, end, 0, hr);
                   pass(R_c, sums, k0 == lo, panel, h, I - k0, xr, k0, k1 - I, hr, I);
                 }
-                if (!xp && k1 == hi && h == NP - 1) {
-                  FwdRows<T> io[R];
-                  rows_io(st, s, R_c, i0, end, io);
-                  epilogue(R_c, p, io, sums, split ? xpartial + ib * tile : nullptr);
-                }
+                if (!xp && k1 == hi && h == NP - 1)
+                  finish(R_c, p, i0, end, sums, split ? xpartial + ib * tile : nullptr);
               });
           }
         }

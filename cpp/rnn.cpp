@@ -18,7 +18,7 @@ struct RnnCell {
   }
   template <typename T, int MR, bool Full>
   static void forward_epilogue(int cell, int p, int H, typename Simd<T>::V (&acc)[MR][NV],
-                               const typename Simd<T>::V (*)[NV], const FwdRows<T>* io) {
+                               const typename Simd<T>::V (*)[NV], const FwdRows<T> (&io)[MR]) {
     typedef typename Simd<T>::V V;
     constexpr int W = Simd<T>::W;
     V pre[MR * NV];
